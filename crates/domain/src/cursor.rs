@@ -1,0 +1,221 @@
+//! Sealed, stateless history cursors.
+//!
+//! A cursor carries everything needed to continue a walk (scope, range, page size, position,
+//! total and snapshot), bound to the app and the query, and authenticated with HMAC-SHA256 under
+//! the server's cursor key. Any server holding the same key continues it; nothing is kept
+//! server-side. The contents are not secret (they are what the client asked for), only tamper-proof.
+
+use crate::scope::Scope;
+use crate::time::TimeRange;
+use crate::{Error, Millis};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+const VERSION: u8 = 1;
+const MAC_LEN: usize = 16;
+const BODY_LEN: usize = 1 + 8 + 1 + 8 + 8 + 8 + 2 + 8 + 8 + 8 + 8 + 8;
+
+/// The secret that seals cursors. Servers that share it continue each other's cursors.
+#[derive(Clone)]
+pub struct CursorKey([u8; 32]);
+
+impl std::fmt::Debug for CursorKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CursorKey(..)")
+    }
+}
+
+impl CursorKey {
+    /// Derives the key from operator-supplied text of any length (at least 16 bytes).
+    pub fn from_text(text: &str) -> Result<Self, Error> {
+        if text.len() < 16 {
+            return Err(Error::invalid("the cursor key must be at least 16 characters long"));
+        }
+        Ok(CursorKey(Sha256::digest(text.as_bytes()).into()))
+    }
+}
+
+/// Position in a walk: the last message served, in `(msg_ctime, msgid)` order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub ctime: Millis,
+    pub msgid: u64,
+}
+
+/// Everything a cursor carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorState {
+    pub range: TimeRange,
+    pub count: u16,
+    pub after: Position,
+    pub total: u64,
+    /// The store's commit sequence when the walk began; later writes are not part of the walk.
+    pub snapshot: u64,
+    pub issued_ms: Millis,
+}
+
+fn fingerprint(parts: &[&[u8]]) -> [u8; 8] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u32).to_be_bytes());
+        h.update(p);
+    }
+    let d = h.finalize();
+    d[..8].try_into().expect("8 bytes")
+}
+
+fn mac(key: &CursorKey, body: &[u8]) -> [u8; MAC_LEN] {
+    let mut m = Hmac::<Sha256>::new_from_slice(&key.0).expect("any key length");
+    m.update(body);
+    m.finalize().into_bytes()[..MAC_LEN].try_into().expect("16 bytes")
+}
+
+struct Reader<'a>(&'a [u8]);
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let (head, tail) = self.0.split_at(N);
+        self.0 = tail;
+        head.try_into().expect("length checked")
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_be_bytes(self.take())
+    }
+    fn i64(&mut self) -> i64 {
+        i64::from_be_bytes(self.take())
+    }
+}
+
+/// Seals a cursor for `app_key` and `scope`.
+pub fn seal(key: &CursorKey, app_key: &str, scope: &Scope, st: &CursorState) -> String {
+    let mut b = Vec::with_capacity(BODY_LEN + MAC_LEN);
+    b.push(VERSION);
+    b.extend_from_slice(&fingerprint(&[app_key.as_bytes()]));
+    b.push(scope.tag());
+    b.extend_from_slice(&fingerprint(&[&[scope.tag()], scope.id().as_bytes()]));
+    b.extend_from_slice(&st.range.begin.to_be_bytes());
+    b.extend_from_slice(&st.range.end.to_be_bytes());
+    b.extend_from_slice(&st.count.to_be_bytes());
+    b.extend_from_slice(&st.after.ctime.to_be_bytes());
+    b.extend_from_slice(&st.after.msgid.to_be_bytes());
+    b.extend_from_slice(&st.total.to_be_bytes());
+    b.extend_from_slice(&st.snapshot.to_be_bytes());
+    b.extend_from_slice(&st.issued_ms.to_be_bytes());
+    debug_assert_eq!(b.len(), BODY_LEN);
+    let tag = mac(key, &b);
+    b.extend_from_slice(&tag);
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Opens a cursor, checking in turn its form, its seal, the app, the scope and its age.
+pub fn open(
+    key: &CursorKey,
+    app_key: &str,
+    scope: &Scope,
+    cursor: &str,
+    now_ms: Millis,
+    ttl_ms: Millis,
+) -> Result<CursorState, Error> {
+    let bytes = URL_SAFE_NO_PAD.decode(cursor.as_bytes()).map_err(|_| {
+        Error::invalid("cursor is truncated or malformed: pass the cursor value exactly as returned, or start again with count, begin_time and end_time")
+    })?;
+    if bytes.len() != BODY_LEN + MAC_LEN || bytes[0] != VERSION {
+        return Err(Error::invalid(
+            "cursor is truncated or malformed; pass the cursor value exactly as returned, or start again with count, begin_time and end_time",
+        ));
+    }
+    let (body, tag) = bytes.split_at(BODY_LEN);
+    let expected = mac(key, body);
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], tag)) {
+        return Err(Error::invalid(
+            "cursor is forged or was sealed with another cursor key; start again with count, begin_time and end_time",
+        ));
+    }
+    let mut r = Reader(&body[1..]);
+    if r.take::<8>() != fingerprint(&[app_key.as_bytes()]) {
+        return Err(Error::invalid(
+            "cursor was issued to another app; use the cursor your own app received",
+        ));
+    }
+    let tag_byte = r.take::<1>()[0];
+    if tag_byte != scope.tag() || r.take::<8>() != fingerprint(&[&[scope.tag()], scope.id().as_bytes()]) {
+        return Err(Error::invalid(
+            "cursor belongs to another query (a different endpoint, user, group or chatroom); send it to the URL that issued it",
+        ));
+    }
+    let range = TimeRange { begin: r.i64(), end: r.i64() };
+    let count = u16::from_be_bytes(r.take());
+    let after = Position { ctime: r.i64(), msgid: r.u64() };
+    let total = r.u64();
+    let snapshot = r.u64();
+    let issued_ms = r.i64();
+    if now_ms.saturating_sub(issued_ms) > ttl_ms {
+        return Err(Error::invalid(format!(
+            "cursor expired: cursors are valid for {} seconds after they are issued; start again with count, begin_time and end_time",
+            ttl_ms / 1000
+        )));
+    }
+    Ok(CursorState { range, count, after, total, snapshot, issued_ms })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key() -> CursorKey {
+        CursorKey::from_text("0123456789abcdef-test-key").unwrap()
+    }
+
+    fn state() -> CursorState {
+        CursorState {
+            range: TimeRange { begin: 1_000, end: 2_000_999 },
+            count: 500,
+            after: Position { ctime: 1_500, msgid: 42 },
+            total: 3000,
+            snapshot: 7,
+            issued_ms: 10_000,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_url_safe() {
+        let s = state();
+        let c = seal(&key(), "appA", &Scope::App, &s);
+        assert!(c.len() <= 256);
+        assert!(c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_eq!(open(&key(), "appA", &Scope::App, &c, 10_000, 120_000).unwrap(), s);
+    }
+
+    #[test]
+    fn refusals_say_which() {
+        let c = seal(&key(), "appA", &Scope::User("u".into()), &state());
+        let err = |r: Result<CursorState, Error>| r.unwrap_err().to_string();
+        assert!(err(open(&key(), "appB", &Scope::User("u".into()), &c, 10_000, 120_000)).contains("another app"));
+        assert!(err(open(&key(), "appA", &Scope::User("v".into()), &c, 10_000, 120_000)).contains("another query"));
+        assert!(err(open(&key(), "appA", &Scope::Group("u".into()), &c, 10_000, 120_000)).contains("another query"));
+        assert!(err(open(&key(), "appA", &Scope::User("u".into()), &c, 130_001, 120_000)).contains("expired"));
+        assert!(err(open(&key(), "appA", &Scope::User("u".into()), &c[..c.len() - 4], 10_000, 120_000)).contains("truncated"));
+        let other = CursorKey::from_text("another-key-of-16-bytes").unwrap();
+        assert!(err(open(&other, "appA", &Scope::User("u".into()), &c, 10_000, 120_000)).contains("forged"));
+        assert!(err(open(&key(), "appA", &Scope::App, "!!!", 10_000, 120_000)).contains("malformed"));
+    }
+
+    proptest! {
+        #[test]
+        fn any_single_byte_change_is_refused(pos in 0usize..114, bit in 0u8..8) {
+            let c = seal(&key(), "appA", &Scope::App, &state());
+            let mut raw = URL_SAFE_NO_PAD.decode(&c).unwrap();
+            let pos = pos % raw.len();
+            raw[pos] ^= 1 << bit;
+            let forged = URL_SAFE_NO_PAD.encode(raw);
+            prop_assert!(open(&key(), "appA", &Scope::App, &forged, 10_000, 120_000).is_err());
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(s in ".{0,300}") {
+            let _ = open(&key(), "appA", &Scope::App, &s, 0, 120_000);
+        }
+    }
+}

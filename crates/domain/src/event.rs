@@ -1,0 +1,482 @@
+//! Ingest events: decoding a batch (NDJSON or a JSON array), applying defaults, and validating
+//! every field before anything is stored, so that one bad event rejects the whole batch with an
+//! error naming its line (or index) and field.
+
+use crate::message::{FromType, Message, TargetType};
+use crate::{Error, MAX_ID_BYTES, Millis};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Events more than this far in the future are a clock error.
+pub const MAX_FUTURE_MS: Millis = 5 * 60 * 1000;
+/// Longest name (`from_name`, `target_name`) accepted, in bytes.
+pub const MAX_NAME_BYTES: usize = 512;
+/// Longest `msg_type` / `from_platform`, in bytes.
+pub const MAX_TAG_BYTES: usize = 32;
+
+/// Ingest limits (settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IngestLimits {
+    /// Most events in one request.
+    pub max_events: usize,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest `msg_body`, in bytes.
+    pub max_msg_body_bytes: usize,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        IngestLimits {
+            max_events: 10_000,
+            max_body_bytes: 16 * 1024 * 1024,
+            max_msg_body_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// One validated event, defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A message; `msgid` is 0 when the server is to assign one.
+    Message(Message),
+    UserRegistered { username: String, time: Millis },
+    UserDeleted { username: String, time: Millis },
+    UserLogin { username: String, time: Millis },
+    GroupCreated { gid: String, time: Millis },
+    GroupDeleted { gid: String, time: Millis },
+}
+
+impl Event {
+    /// The instant the event happened (`msg_ctime` for messages).
+    pub fn time(&self) -> Millis {
+        match self {
+            Event::Message(m) => m.msg_ctime,
+            Event::UserRegistered { time, .. }
+            | Event::UserDeleted { time, .. }
+            | Event::UserLogin { time, .. }
+            | Event::GroupCreated { time, .. }
+            | Event::GroupDeleted { time, .. } => *time,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct RawEvent<'a> {
+    #[serde(borrow)]
+    event: Option<&'a RawValue>,
+    #[serde(borrow)]
+    msgid: Option<&'a RawValue>,
+    #[serde(borrow)]
+    msg_ctime: Option<&'a RawValue>,
+    #[serde(borrow)]
+    create_time: Option<&'a RawValue>,
+    #[serde(borrow)]
+    target_type: Option<&'a RawValue>,
+    #[serde(borrow)]
+    target_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    target_name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    target_appkey: Option<&'a RawValue>,
+    #[serde(borrow)]
+    from_type: Option<&'a RawValue>,
+    #[serde(borrow)]
+    from_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    from_name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    from_appkey: Option<&'a RawValue>,
+    #[serde(borrow)]
+    from_platform: Option<&'a RawValue>,
+    #[serde(borrow)]
+    msg_type: Option<&'a RawValue>,
+    #[serde(borrow)]
+    msg_body: Option<&'a RawValue>,
+    #[serde(borrow)]
+    version: Option<&'a RawValue>,
+    #[serde(borrow)]
+    msg_level: Option<&'a RawValue>,
+    #[serde(borrow)]
+    set_from_name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    username: Option<&'a RawValue>,
+    #[serde(borrow)]
+    gid: Option<&'a RawValue>,
+    #[serde(borrow)]
+    time: Option<&'a RawValue>,
+}
+
+/// Where an event sits in the request, for error messages.
+#[derive(Clone, Copy)]
+enum Place {
+    Line(usize),
+    Index(usize),
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Line(n) => write!(f, "line {n}"),
+            Place::Index(n) => write!(f, "index {n}"),
+        }
+    }
+}
+
+/// Present and not JSON `null`.
+fn present<'a>(v: Option<&'a RawValue>) -> Option<&'a str> {
+    v.map(RawValue::get).filter(|s| *s != "null")
+}
+
+struct Ctx<'a> {
+    place: Place,
+    app_key: &'a str,
+    now: Millis,
+    limits: &'a IngestLimits,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: &str, why: impl std::fmt::Display) -> Error {
+        Error::invalid(format!("{}: field \"{field}\" {why}", self.place))
+    }
+
+    fn string(&self, field: &str, raw: &str, max: usize) -> Result<String, Error> {
+        if !raw.starts_with('"') {
+            return Err(self.err(field, "must be a string"));
+        }
+        let s: String = serde_json::from_str(raw).map_err(|_| self.err(field, "must be a string"))?;
+        if s.len() > max {
+            return Err(self.err(field, format!("is {} bytes long; at most {max} bytes are accepted", s.len())));
+        }
+        Ok(s)
+    }
+
+    fn opt_string(&self, field: &str, v: Option<&RawValue>, max: usize) -> Result<Option<String>, Error> {
+        present(v).map(|raw| self.string(field, raw, max)).transpose()
+    }
+
+    /// Ids may be JSON strings or integers; they are kept as strings.
+    fn id(&self, field: &str, v: Option<&RawValue>) -> Result<String, Error> {
+        let raw = present(v).ok_or_else(|| self.err(field, "is required"))?;
+        let s = if raw.starts_with('"') {
+            self.string(field, raw, MAX_ID_BYTES)?
+        } else if raw.parse::<i128>().is_ok() {
+            raw.to_owned()
+        } else {
+            return Err(self.err(field, "must be a string or an integer"));
+        };
+        if s.is_empty() {
+            return Err(self.err(field, "must not be empty"));
+        }
+        if s.len() > MAX_ID_BYTES {
+            return Err(self.err(field, format!("is {} bytes long; ids are at most {MAX_ID_BYTES} bytes", s.len())));
+        }
+        Ok(s)
+    }
+
+    fn int(&self, field: &str, v: Option<&RawValue>) -> Result<Option<i64>, Error> {
+        present(v)
+            .map(|raw| {
+                raw.parse::<i64>()
+                    .map_err(|_| self.err(field, format!("must be an integer, got {}", truncate(raw))))
+            })
+            .transpose()
+    }
+
+    fn flag(&self, field: &str, v: Option<&RawValue>, default: i64) -> Result<i64, Error> {
+        match self.int(field, v)?.unwrap_or(default) {
+            x @ (0 | 1) => Ok(x),
+            x => Err(self.err(field, format!("must be 0 or 1, got {x}"))),
+        }
+    }
+
+    fn time(&self, field: &str, v: Option<&RawValue>) -> Result<Millis, Error> {
+        let t = self.int(field, v)?.unwrap_or(self.now);
+        if t < 0 {
+            return Err(self.err(field, "must be milliseconds since the Unix epoch, not negative"));
+        }
+        if t > self.now + MAX_FUTURE_MS {
+            return Err(self.err(
+                field,
+                format!("is {t}, more than 5 minutes in the future (server time {}): check the sender's clock", self.now),
+            ));
+        }
+        Ok(t)
+    }
+
+    fn tag(&self, field: &str, v: Option<&RawValue>, default: Option<&str>) -> Result<String, Error> {
+        match self.opt_string(field, v, MAX_TAG_BYTES)? {
+            Some(s) if s.is_empty() => Err(self.err(field, "must not be empty")),
+            Some(s) => Ok(s),
+            None => default
+                .map(str::to_owned)
+                .ok_or_else(|| self.err(field, "is required")),
+        }
+    }
+
+    fn message(&self, r: &RawEvent<'_>) -> Result<Message, Error> {
+        let msgid = match present(r.msgid) {
+            None => 0,
+            Some(raw) => {
+                let digits = raw.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(raw);
+                match digits.parse::<u64>() {
+                    Ok(n) if (1..=i64::MAX as u64).contains(&n) => n,
+                    _ => {
+                        return Err(self.err(
+                            "msgid",
+                            format!("must be a positive integer below 2^63, got {}", truncate(raw)),
+                        ));
+                    }
+                }
+            }
+        };
+        let target_type_raw = present(r.target_type).ok_or_else(|| self.err("target_type", "is required"))?;
+        let target_type = TargetType::parse(&self.string("target_type", target_type_raw, 16)?)
+            .ok_or_else(|| self.err("target_type", "must be one of \"single\", \"group\", \"chatroom\""))?;
+        let target_id = self.id("target_id", r.target_id)?;
+        let from_id = self.id("from_id", r.from_id)?;
+        let msg_type = self.tag("msg_type", r.msg_type, None)?;
+        let body_raw = present(r.msg_body).ok_or_else(|| self.err("msg_body", "is required"))?;
+        if !body_raw.starts_with('{') {
+            return Err(self.err("msg_body", "must be a JSON object, e.g. {\"text\": \"hi\", \"extras\": {}}"));
+        }
+        if body_raw.len() > self.limits.max_msg_body_bytes {
+            return Err(self.err(
+                "msg_body",
+                format!("is {} bytes; at most {} bytes are accepted", body_raw.len(), self.limits.max_msg_body_bytes),
+            ));
+        }
+        let from_type = match self.opt_string("from_type", r.from_type, 16)? {
+            None => FromType::User,
+            Some(s) => FromType::parse(&s).ok_or_else(|| self.err("from_type", "must be \"user\" or \"admin\""))?,
+        };
+        let msg_ctime = self.time("msg_ctime", r.msg_ctime)?;
+        let create_time = self.int("create_time", r.create_time)?.unwrap_or(msg_ctime.div_euclid(1000));
+        let from_name = self.opt_string("from_name", r.from_name, MAX_NAME_BYTES)?.unwrap_or_else(|| from_id.clone());
+        let appkey = |field, v| -> Result<String, Error> {
+            Ok(self.opt_string(field, v, 64)?.unwrap_or_else(|| self.app_key.to_owned()))
+        };
+        let version = self.int("version", r.version)?.unwrap_or(1);
+        if !(0..=i64::from(i32::MAX)).contains(&version) {
+            return Err(self.err("version", "must be a small non-negative integer (1)"));
+        }
+        Ok(Message {
+            msgid,
+            msg_ctime,
+            create_time,
+            target_type,
+            target_name: self.opt_string("target_name", r.target_name, MAX_NAME_BYTES)?.unwrap_or_default(),
+            target_appkey: appkey("target_appkey", r.target_appkey)?,
+            target_id,
+            from_type,
+            from_name,
+            from_id,
+            from_appkey: appkey("from_appkey", r.from_appkey)?,
+            from_platform: self.tag("from_platform", r.from_platform, Some("api"))?,
+            msg_type,
+            msg_body: minify_json(body_raw),
+            version,
+            msg_level: self.flag("msg_level", r.msg_level, 0)?,
+            set_from_name: self.flag("set_from_name", r.set_from_name, 0)?,
+        })
+    }
+
+    fn event(&self, text: &str) -> Result<Event, Error> {
+        let r: RawEvent<'_> = serde_json::from_str(text).map_err(|e| {
+            Error::invalid(format!(
+                "{}: not a valid JSON event object ({e}); send one JSON object per line, or a JSON array of objects",
+                self.place
+            ))
+        })?;
+        let kind_raw = present(r.event).ok_or_else(|| {
+            self.err("event", "is required: one of message, user_registered, user_deleted, user_login, group_created, group_deleted")
+        })?;
+        let kind = self.string("event", kind_raw, 32)?;
+        Ok(match kind.as_str() {
+            "message" => Event::Message(self.message(&r)?),
+            "user_registered" | "user_deleted" | "user_login" => {
+                let username = self.id("username", r.username)?;
+                let time = self.time("time", r.time)?;
+                match kind.as_str() {
+                    "user_registered" => Event::UserRegistered { username, time },
+                    "user_deleted" => Event::UserDeleted { username, time },
+                    _ => Event::UserLogin { username, time },
+                }
+            }
+            "group_created" | "group_deleted" => {
+                let gid = self.id("gid", r.gid)?;
+                let time = self.time("time", r.time)?;
+                if kind == "group_created" {
+                    Event::GroupCreated { gid, time }
+                } else {
+                    Event::GroupDeleted { gid, time }
+                }
+            }
+            other => {
+                return Err(self.err(
+                    "event",
+                    format!(
+                        "is {:?}; expected one of message, user_registered, user_deleted, user_login, group_created, group_deleted",
+                        truncate(other)
+                    ),
+                ));
+            }
+        })
+    }
+}
+
+fn truncate(s: &str) -> String {
+    if s.len() <= 40 {
+        s.to_owned()
+    } else {
+        let mut end = 40;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &s[..end])
+    }
+}
+
+/// Removes insignificant whitespace from valid JSON text (already checked by the parser).
+pub fn minify_json(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let (mut in_str, mut escaped) = (false, false);
+    for c in s.chars() {
+        if in_str {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_str = false;
+            }
+        } else if !matches!(c, ' ' | '\n' | '\r' | '\t') {
+            if c == '"' {
+                in_str = true;
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Decodes and validates a whole ingest request body. A body whose first non-blank character is
+/// `[` is a JSON array of events; anything else is NDJSON (blank lines are skipped). `now` is the
+/// server's clock, used for defaults and the 5-minute future limit.
+pub fn decode_batch(body: &[u8], app_key: &str, now: Millis, limits: &IngestLimits) -> Result<Vec<Event>, Error> {
+    if body.len() > limits.max_body_bytes {
+        return Err(Error::TooLarge(format!(
+            "request body is {} bytes; at most {} bytes are accepted per request: split the batch",
+            body.len(),
+            limits.max_body_bytes
+        )));
+    }
+    let text = std::str::from_utf8(body).map_err(|e| {
+        Error::invalid(format!("request body is not valid UTF-8 (at byte {}); send UTF-8 JSON", e.valid_up_to()))
+    })?;
+    let too_many = || {
+        Error::TooLarge(format!(
+            "the batch holds more than {} events; split it into requests of at most {} events",
+            limits.max_events, limits.max_events
+        ))
+    };
+    let mut events = Vec::new();
+    let ctx = |place| Ctx { place, app_key, now, limits };
+    if text.trim_start().starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
+            Error::invalid(format!("request body is not a valid JSON array of events: {e}"))
+        })?;
+        if items.len() > limits.max_events {
+            return Err(too_many());
+        }
+        for (i, raw) in items.iter().enumerate() {
+            events.push(ctx(Place::Index(i)).event(raw.get())?);
+        }
+    } else {
+        for (i, line) in text.split('\n').enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            if events.len() == limits.max_events {
+                return Err(too_many());
+            }
+            events.push(ctx(Place::Line(i + 1)).event(line)?);
+        }
+    }
+    Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Millis = 1_700_000_000_000;
+
+    fn decode(body: &str) -> Result<Vec<Event>, Error> {
+        decode_batch(body.as_bytes(), "APPKEY", NOW, &IngestLimits::default())
+    }
+
+    #[test]
+    fn message_defaults_are_applied() {
+        let ev = decode(r#"{"event":"message","target_type":"single","target_id":10010648,"from_id":"u1","msg_type":"text","msg_body":{ "text" : "hi there" , "extras":{}}}"#).unwrap();
+        let Event::Message(m) = &ev[0] else { panic!() };
+        assert_eq!(m.msgid, 0);
+        assert_eq!(m.msg_ctime, NOW);
+        assert_eq!(m.create_time, NOW / 1000);
+        assert_eq!(m.target_id, "10010648");
+        assert_eq!(m.from_type, FromType::User);
+        assert_eq!(m.from_name, "u1");
+        assert_eq!(m.from_platform, "api");
+        assert_eq!(m.target_name, "");
+        assert_eq!(m.from_appkey, "APPKEY");
+        assert_eq!(m.target_appkey, "APPKEY");
+        assert_eq!((m.version, m.msg_level, m.set_from_name), (1, 0, 0));
+        assert_eq!(m.msg_body, r#"{"text":"hi there","extras":{}}"#);
+    }
+
+    #[test]
+    fn array_and_ndjson_and_lifecycle_events() {
+        let ev = decode(r#"[{"event":"user_registered","username":"alice","time":1},{"event":"group_created","gid":5}]"#).unwrap();
+        assert_eq!(ev[0], Event::UserRegistered { username: "alice".into(), time: 1 });
+        assert_eq!(ev[1], Event::GroupCreated { gid: "5".into(), time: NOW });
+        let ev = decode("{\"event\":\"user_login\",\"username\":\"a\"}\n\n{\"event\":\"user_deleted\",\"username\":\"a\",\"time\":5}\n").unwrap();
+        assert_eq!(ev.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_the_place_and_field() {
+        let cases = [
+            ("{\"event\":\"message\"}", "line 1: field \"target_type\""),
+            ("\n{\"event\":\"user_login\"}", "line 2: field \"username\""),
+            ("[{\"event\":\"group_created\",\"gid\":\"g\"},{\"event\":\"bogus\"}]", "index 1: field \"event\""),
+            ("{\"event\":\"message\",\"target_type\":\"single\",\"target_id\":\"a\",\"from_id\":\"b\",\"msg_type\":\"text\",\"msg_body\":\"hi\"}", "field \"msg_body\""),
+            ("{\"event\":\"user_login\",\"username\":\"a\",\"time\":99999999999999}", "future"),
+            ("{\"event\":\"user_login\",\"username\":\"a\",\"time\":1.5}", "field \"time\""),
+            ("{\"event\":\"user_login\",\"username\":{}}", "field \"username\""),
+            ("{not json", "line 1: not a valid JSON"),
+            ("{\"event\":\"message\",\"msgid\":-3}", "field \"msgid\""),
+        ];
+        for (body, want) in cases {
+            let err = decode(body).unwrap_err().to_string();
+            assert!(err.contains(want), "{body}: {err}");
+        }
+        let long = format!("{{\"event\":\"user_login\",\"username\":\"{}\"}}", "x".repeat(129));
+        assert!(decode(&long).unwrap_err().to_string().contains("128"));
+    }
+
+    #[test]
+    fn limits_give_too_large() {
+        let limits = IngestLimits { max_events: 2, ..IngestLimits::default() };
+        let body = "{\"event\":\"user_login\",\"username\":\"a\"}\n".repeat(3);
+        assert!(matches!(decode_batch(body.as_bytes(), "K", NOW, &limits), Err(Error::TooLarge(_))));
+        let limits = IngestLimits { max_body_bytes: 10, ..IngestLimits::default() };
+        assert!(matches!(decode_batch(body.as_bytes(), "K", NOW, &limits), Err(Error::TooLarge(_))));
+    }
+
+    #[test]
+    fn minify_keeps_strings() {
+        assert_eq!(minify_json("{ \"a b\" : [1, 2],\n\"c\":\"x \\\" y\" }"), "{\"a b\":[1,2],\"c\":\"x \\\" y\"}");
+    }
+}

@@ -1,0 +1,19 @@
+//! imreport's domain: the types, validation rules, time handling, cursor codec and message
+//! encoding shared by every store backend and the HTTP server. No I/O lives here.
+
+pub mod app;
+pub mod cursor;
+pub mod error;
+pub mod event;
+pub mod message;
+pub mod query;
+pub mod scope;
+pub mod time;
+
+pub use error::Error;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// Maximum length in bytes of any id (user name, group id, chatroom id, target id).
+pub const MAX_ID_BYTES: usize = 128;
