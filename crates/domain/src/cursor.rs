@@ -31,7 +31,9 @@ impl CursorKey {
     /// Derives the key from operator-supplied text of any length (at least 16 bytes).
     pub fn from_text(text: &str) -> Result<Self, Error> {
         if text.len() < 16 {
-            return Err(Error::invalid("the cursor key must be at least 16 characters long"));
+            return Err(Error::invalid(
+                "the cursor key must be at least 16 characters long",
+            ));
         }
         Ok(CursorKey(Sha256::digest(text.as_bytes()).into()))
     }
@@ -69,7 +71,9 @@ fn fingerprint(parts: &[&[u8]]) -> [u8; 8] {
 fn mac(key: &CursorKey, body: &[u8]) -> [u8; MAC_LEN] {
     let mut m = Hmac::<Sha256>::new_from_slice(&key.0).expect("any key length");
     m.update(body);
-    m.finalize().into_bytes()[..MAC_LEN].try_into().expect("16 bytes")
+    m.finalize().into_bytes()[..MAC_LEN]
+        .try_into()
+        .expect("16 bytes")
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -139,14 +143,22 @@ pub fn open(
         ));
     }
     let tag_byte = r.take::<1>()[0];
-    if tag_byte != scope.tag() || r.take::<8>() != fingerprint(&[&[scope.tag()], scope.id().as_bytes()]) {
+    if tag_byte != scope.tag()
+        || r.take::<8>() != fingerprint(&[&[scope.tag()], scope.id().as_bytes()])
+    {
         return Err(Error::invalid(
             "cursor belongs to another query (a different endpoint, user, group or chatroom); send it to the URL that issued it",
         ));
     }
-    let range = TimeRange { begin: r.i64(), end: r.i64() };
+    let range = TimeRange {
+        begin: r.i64(),
+        end: r.i64(),
+    };
     let count = u16::from_be_bytes(r.take());
-    let after = Position { ctime: r.i64(), msgid: r.u64() };
+    let after = Position {
+        ctime: r.i64(),
+        msgid: r.u64(),
+    };
     let total = r.u64();
     let snapshot = r.u64();
     let issued_ms = r.i64();
@@ -156,7 +168,14 @@ pub fn open(
             ttl_ms / 1000
         )));
     }
-    Ok(CursorState { range, count, after, total, snapshot, issued_ms })
+    Ok(CursorState {
+        range,
+        count,
+        after,
+        total,
+        snapshot,
+        issued_ms,
+    })
 }
 
 #[cfg(test)]
@@ -170,9 +189,15 @@ mod tests {
 
     fn state() -> CursorState {
         CursorState {
-            range: TimeRange { begin: 1_000, end: 2_000_999 },
+            range: TimeRange {
+                begin: 1_000,
+                end: 2_000_999,
+            },
             count: 500,
-            after: Position { ctime: 1_500, msgid: 42 },
+            after: Position {
+                ctime: 1_500,
+                msgid: 42,
+            },
             total: 3000,
             snapshot: 7,
             issued_ms: 10_000,
@@ -184,22 +209,90 @@ mod tests {
         let s = state();
         let c = seal(&key(), "appA", &Scope::App, &s);
         assert!(c.len() <= 256);
-        assert!(c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
-        assert_eq!(open(&key(), "appA", &Scope::App, &c, 10_000, 120_000).unwrap(), s);
+        assert!(
+            c.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert_eq!(
+            open(&key(), "appA", &Scope::App, &c, 10_000, 120_000).unwrap(),
+            s
+        );
     }
 
     #[test]
     fn refusals_say_which() {
         let c = seal(&key(), "appA", &Scope::User("u".into()), &state());
         let err = |r: Result<CursorState, Error>| r.unwrap_err().to_string();
-        assert!(err(open(&key(), "appB", &Scope::User("u".into()), &c, 10_000, 120_000)).contains("another app"));
-        assert!(err(open(&key(), "appA", &Scope::User("v".into()), &c, 10_000, 120_000)).contains("another query"));
-        assert!(err(open(&key(), "appA", &Scope::Group("u".into()), &c, 10_000, 120_000)).contains("another query"));
-        assert!(err(open(&key(), "appA", &Scope::User("u".into()), &c, 130_001, 120_000)).contains("expired"));
-        assert!(err(open(&key(), "appA", &Scope::User("u".into()), &c[..c.len() - 4], 10_000, 120_000)).contains("truncated"));
+        assert!(
+            err(open(
+                &key(),
+                "appB",
+                &Scope::User("u".into()),
+                &c,
+                10_000,
+                120_000
+            ))
+            .contains("another app")
+        );
+        assert!(
+            err(open(
+                &key(),
+                "appA",
+                &Scope::User("v".into()),
+                &c,
+                10_000,
+                120_000
+            ))
+            .contains("another query")
+        );
+        assert!(
+            err(open(
+                &key(),
+                "appA",
+                &Scope::Group("u".into()),
+                &c,
+                10_000,
+                120_000
+            ))
+            .contains("another query")
+        );
+        assert!(
+            err(open(
+                &key(),
+                "appA",
+                &Scope::User("u".into()),
+                &c,
+                130_001,
+                120_000
+            ))
+            .contains("expired")
+        );
+        assert!(
+            err(open(
+                &key(),
+                "appA",
+                &Scope::User("u".into()),
+                &c[..c.len() - 4],
+                10_000,
+                120_000
+            ))
+            .contains("truncated")
+        );
         let other = CursorKey::from_text("another-key-of-16-bytes").unwrap();
-        assert!(err(open(&other, "appA", &Scope::User("u".into()), &c, 10_000, 120_000)).contains("forged"));
-        assert!(err(open(&key(), "appA", &Scope::App, "!!!", 10_000, 120_000)).contains("malformed"));
+        assert!(
+            err(open(
+                &other,
+                "appA",
+                &Scope::User("u".into()),
+                &c,
+                10_000,
+                120_000
+            ))
+            .contains("forged")
+        );
+        assert!(
+            err(open(&key(), "appA", &Scope::App, "!!!", 10_000, 120_000)).contains("malformed")
+        );
     }
 
     proptest! {

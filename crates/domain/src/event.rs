@@ -36,15 +36,32 @@ impl Default for IngestLimits {
 }
 
 /// One validated event, defaults applied.
+// Nearly every event is a message, so boxing the large variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A message; `msgid` is 0 when the server is to assign one.
     Message(Message),
-    UserRegistered { username: String, time: Millis },
-    UserDeleted { username: String, time: Millis },
-    UserLogin { username: String, time: Millis },
-    GroupCreated { gid: String, time: Millis },
-    GroupDeleted { gid: String, time: Millis },
+    UserRegistered {
+        username: String,
+        time: Millis,
+    },
+    UserDeleted {
+        username: String,
+        time: Millis,
+    },
+    UserLogin {
+        username: String,
+        time: Millis,
+    },
+    GroupCreated {
+        gid: String,
+        time: Millis,
+    },
+    GroupDeleted {
+        gid: String,
+        time: Millis,
+    },
 }
 
 impl Event {
@@ -124,7 +141,7 @@ impl std::fmt::Display for Place {
 }
 
 /// Present and not JSON `null`.
-fn present<'a>(v: Option<&'a RawValue>) -> Option<&'a str> {
+fn present(v: Option<&RawValue>) -> Option<&str> {
     v.map(RawValue::get).filter(|s| *s != "null")
 }
 
@@ -144,15 +161,29 @@ impl Ctx<'_> {
         if !raw.starts_with('"') {
             return Err(self.err(field, "must be a string"));
         }
-        let s: String = serde_json::from_str(raw).map_err(|_| self.err(field, "must be a string"))?;
+        let s: String =
+            serde_json::from_str(raw).map_err(|_| self.err(field, "must be a string"))?;
         if s.len() > max {
-            return Err(self.err(field, format!("is {} bytes long; at most {max} bytes are accepted", s.len())));
+            return Err(self.err(
+                field,
+                format!(
+                    "is {} bytes long; at most {max} bytes are accepted",
+                    s.len()
+                ),
+            ));
         }
         Ok(s)
     }
 
-    fn opt_string(&self, field: &str, v: Option<&RawValue>, max: usize) -> Result<Option<String>, Error> {
-        present(v).map(|raw| self.string(field, raw, max)).transpose()
+    fn opt_string(
+        &self,
+        field: &str,
+        v: Option<&RawValue>,
+        max: usize,
+    ) -> Result<Option<String>, Error> {
+        present(v)
+            .map(|raw| self.string(field, raw, max))
+            .transpose()
     }
 
     /// Ids may be JSON strings or integers; they are kept as strings.
@@ -169,7 +200,13 @@ impl Ctx<'_> {
             return Err(self.err(field, "must not be empty"));
         }
         if s.len() > MAX_ID_BYTES {
-            return Err(self.err(field, format!("is {} bytes long; ids are at most {MAX_ID_BYTES} bytes", s.len())));
+            return Err(self.err(
+                field,
+                format!(
+                    "is {} bytes long; ids are at most {MAX_ID_BYTES} bytes",
+                    s.len()
+                ),
+            ));
         }
         Ok(s)
     }
@@ -177,8 +214,9 @@ impl Ctx<'_> {
     fn int(&self, field: &str, v: Option<&RawValue>) -> Result<Option<i64>, Error> {
         present(v)
             .map(|raw| {
-                raw.parse::<i64>()
-                    .map_err(|_| self.err(field, format!("must be an integer, got {}", truncate(raw))))
+                raw.parse::<i64>().map_err(|_| {
+                    self.err(field, format!("must be an integer, got {}", truncate(raw)))
+                })
             })
             .transpose()
     }
@@ -193,7 +231,10 @@ impl Ctx<'_> {
     fn time(&self, field: &str, v: Option<&RawValue>) -> Result<Millis, Error> {
         let t = self.int(field, v)?.unwrap_or(self.now);
         if t < 0 {
-            return Err(self.err(field, "must be milliseconds since the Unix epoch, not negative"));
+            return Err(self.err(
+                field,
+                "must be milliseconds since the Unix epoch, not negative",
+            ));
         }
         if t > self.now + MAX_FUTURE_MS {
             return Err(self.err(
@@ -204,7 +245,12 @@ impl Ctx<'_> {
         Ok(t)
     }
 
-    fn tag(&self, field: &str, v: Option<&RawValue>, default: Option<&str>) -> Result<String, Error> {
+    fn tag(
+        &self,
+        field: &str,
+        v: Option<&RawValue>,
+        default: Option<&str>,
+    ) -> Result<String, Error> {
         match self.opt_string(field, v, MAX_TAG_BYTES)? {
             Some(s) if s.is_empty() => Err(self.err(field, "must not be empty")),
             Some(s) => Ok(s),
@@ -218,43 +264,69 @@ impl Ctx<'_> {
         let msgid = match present(r.msgid) {
             None => 0,
             Some(raw) => {
-                let digits = raw.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(raw);
+                let digits = raw
+                    .strip_prefix('"')
+                    .and_then(|s| s.strip_suffix('"'))
+                    .unwrap_or(raw);
                 match digits.parse::<u64>() {
                     Ok(n) if (1..=i64::MAX as u64).contains(&n) => n,
                     _ => {
                         return Err(self.err(
                             "msgid",
-                            format!("must be a positive integer below 2^63, got {}", truncate(raw)),
+                            format!(
+                                "must be a positive integer below 2^63, got {}",
+                                truncate(raw)
+                            ),
                         ));
                     }
                 }
             }
         };
-        let target_type_raw = present(r.target_type).ok_or_else(|| self.err("target_type", "is required"))?;
+        let target_type_raw =
+            present(r.target_type).ok_or_else(|| self.err("target_type", "is required"))?;
         let target_type = TargetType::parse(&self.string("target_type", target_type_raw, 16)?)
-            .ok_or_else(|| self.err("target_type", "must be one of \"single\", \"group\", \"chatroom\""))?;
+            .ok_or_else(|| {
+                self.err(
+                    "target_type",
+                    "must be one of \"single\", \"group\", \"chatroom\"",
+                )
+            })?;
         let target_id = self.id("target_id", r.target_id)?;
         let from_id = self.id("from_id", r.from_id)?;
         let msg_type = self.tag("msg_type", r.msg_type, None)?;
         let body_raw = present(r.msg_body).ok_or_else(|| self.err("msg_body", "is required"))?;
         if !body_raw.starts_with('{') {
-            return Err(self.err("msg_body", "must be a JSON object, e.g. {\"text\": \"hi\", \"extras\": {}}"));
+            return Err(self.err(
+                "msg_body",
+                "must be a JSON object, e.g. {\"text\": \"hi\", \"extras\": {}}",
+            ));
         }
         if body_raw.len() > self.limits.max_msg_body_bytes {
             return Err(self.err(
                 "msg_body",
-                format!("is {} bytes; at most {} bytes are accepted", body_raw.len(), self.limits.max_msg_body_bytes),
+                format!(
+                    "is {} bytes; at most {} bytes are accepted",
+                    body_raw.len(),
+                    self.limits.max_msg_body_bytes
+                ),
             ));
         }
         let from_type = match self.opt_string("from_type", r.from_type, 16)? {
             None => FromType::User,
-            Some(s) => FromType::parse(&s).ok_or_else(|| self.err("from_type", "must be \"user\" or \"admin\""))?,
+            Some(s) => FromType::parse(&s)
+                .ok_or_else(|| self.err("from_type", "must be \"user\" or \"admin\""))?,
         };
         let msg_ctime = self.time("msg_ctime", r.msg_ctime)?;
-        let create_time = self.int("create_time", r.create_time)?.unwrap_or(msg_ctime.div_euclid(1000));
-        let from_name = self.opt_string("from_name", r.from_name, MAX_NAME_BYTES)?.unwrap_or_else(|| from_id.clone());
+        let create_time = self
+            .int("create_time", r.create_time)?
+            .unwrap_or(msg_ctime.div_euclid(1000));
+        let from_name = self
+            .opt_string("from_name", r.from_name, MAX_NAME_BYTES)?
+            .unwrap_or_else(|| from_id.clone());
         let appkey = |field, v| -> Result<String, Error> {
-            Ok(self.opt_string(field, v, 64)?.unwrap_or_else(|| self.app_key.to_owned()))
+            Ok(self
+                .opt_string(field, v, 64)?
+                .unwrap_or_else(|| self.app_key.to_owned()))
         };
         let version = self.int("version", r.version)?.unwrap_or(1);
         if !(0..=i64::from(i32::MAX)).contains(&version) {
@@ -265,7 +337,9 @@ impl Ctx<'_> {
             msg_ctime,
             create_time,
             target_type,
-            target_name: self.opt_string("target_name", r.target_name, MAX_NAME_BYTES)?.unwrap_or_default(),
+            target_name: self
+                .opt_string("target_name", r.target_name, MAX_NAME_BYTES)?
+                .unwrap_or_default(),
             target_appkey: appkey("target_appkey", r.target_appkey)?,
             target_id,
             from_type,
@@ -364,7 +438,12 @@ pub fn minify_json(s: &str) -> String {
 /// Decodes and validates a whole ingest request body. A body whose first non-blank character is
 /// `[` is a JSON array of events; anything else is NDJSON (blank lines are skipped). `now` is the
 /// server's clock, used for defaults and the 5-minute future limit.
-pub fn decode_batch(body: &[u8], app_key: &str, now: Millis, limits: &IngestLimits) -> Result<Vec<Event>, Error> {
+pub fn decode_batch(
+    body: &[u8],
+    app_key: &str,
+    now: Millis,
+    limits: &IngestLimits,
+) -> Result<Vec<Event>, Error> {
     if body.len() > limits.max_body_bytes {
         return Err(Error::TooLarge(format!(
             "request body is {} bytes; at most {} bytes are accepted per request: split the batch",
@@ -373,7 +452,10 @@ pub fn decode_batch(body: &[u8], app_key: &str, now: Millis, limits: &IngestLimi
         )));
     }
     let text = std::str::from_utf8(body).map_err(|e| {
-        Error::invalid(format!("request body is not valid UTF-8 (at byte {}); send UTF-8 JSON", e.valid_up_to()))
+        Error::invalid(format!(
+            "request body is not valid UTF-8 (at byte {}); send UTF-8 JSON",
+            e.valid_up_to()
+        ))
     })?;
     let too_many = || {
         Error::TooLarge(format!(
@@ -382,10 +464,17 @@ pub fn decode_batch(body: &[u8], app_key: &str, now: Millis, limits: &IngestLimi
         ))
     };
     let mut events = Vec::new();
-    let ctx = |place| Ctx { place, app_key, now, limits };
+    let ctx = |place| Ctx {
+        place,
+        app_key,
+        now,
+        limits,
+    };
     if text.trim_start().starts_with('[') {
         let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
-            Error::invalid(format!("request body is not a valid JSON array of events: {e}"))
+            Error::invalid(format!(
+                "request body is not a valid JSON array of events: {e}"
+            ))
         })?;
         if items.len() > limits.max_events {
             return Err(too_many());
@@ -439,8 +528,20 @@ mod tests {
     #[test]
     fn array_and_ndjson_and_lifecycle_events() {
         let ev = decode(r#"[{"event":"user_registered","username":"alice","time":1},{"event":"group_created","gid":5}]"#).unwrap();
-        assert_eq!(ev[0], Event::UserRegistered { username: "alice".into(), time: 1 });
-        assert_eq!(ev[1], Event::GroupCreated { gid: "5".into(), time: NOW });
+        assert_eq!(
+            ev[0],
+            Event::UserRegistered {
+                username: "alice".into(),
+                time: 1
+            }
+        );
+        assert_eq!(
+            ev[1],
+            Event::GroupCreated {
+                gid: "5".into(),
+                time: NOW
+            }
+        );
         let ev = decode("{\"event\":\"user_login\",\"username\":\"a\"}\n\n{\"event\":\"user_deleted\",\"username\":\"a\",\"time\":5}\n").unwrap();
         assert_eq!(ev.len(), 2);
     }
@@ -450,11 +551,26 @@ mod tests {
         let cases = [
             ("{\"event\":\"message\"}", "line 1: field \"target_type\""),
             ("\n{\"event\":\"user_login\"}", "line 2: field \"username\""),
-            ("[{\"event\":\"group_created\",\"gid\":\"g\"},{\"event\":\"bogus\"}]", "index 1: field \"event\""),
-            ("{\"event\":\"message\",\"target_type\":\"single\",\"target_id\":\"a\",\"from_id\":\"b\",\"msg_type\":\"text\",\"msg_body\":\"hi\"}", "field \"msg_body\""),
-            ("{\"event\":\"user_login\",\"username\":\"a\",\"time\":99999999999999}", "future"),
-            ("{\"event\":\"user_login\",\"username\":\"a\",\"time\":1.5}", "field \"time\""),
-            ("{\"event\":\"user_login\",\"username\":{}}", "field \"username\""),
+            (
+                "[{\"event\":\"group_created\",\"gid\":\"g\"},{\"event\":\"bogus\"}]",
+                "index 1: field \"event\"",
+            ),
+            (
+                "{\"event\":\"message\",\"target_type\":\"single\",\"target_id\":\"a\",\"from_id\":\"b\",\"msg_type\":\"text\",\"msg_body\":\"hi\"}",
+                "field \"msg_body\"",
+            ),
+            (
+                "{\"event\":\"user_login\",\"username\":\"a\",\"time\":99999999999999}",
+                "future",
+            ),
+            (
+                "{\"event\":\"user_login\",\"username\":\"a\",\"time\":1.5}",
+                "field \"time\"",
+            ),
+            (
+                "{\"event\":\"user_login\",\"username\":{}}",
+                "field \"username\"",
+            ),
             ("{not json", "line 1: not a valid JSON"),
             ("{\"event\":\"message\",\"msgid\":-3}", "field \"msgid\""),
         ];
@@ -462,21 +578,39 @@ mod tests {
             let err = decode(body).unwrap_err().to_string();
             assert!(err.contains(want), "{body}: {err}");
         }
-        let long = format!("{{\"event\":\"user_login\",\"username\":\"{}\"}}", "x".repeat(129));
+        let long = format!(
+            "{{\"event\":\"user_login\",\"username\":\"{}\"}}",
+            "x".repeat(129)
+        );
         assert!(decode(&long).unwrap_err().to_string().contains("128"));
     }
 
     #[test]
     fn limits_give_too_large() {
-        let limits = IngestLimits { max_events: 2, ..IngestLimits::default() };
+        let limits = IngestLimits {
+            max_events: 2,
+            ..IngestLimits::default()
+        };
         let body = "{\"event\":\"user_login\",\"username\":\"a\"}\n".repeat(3);
-        assert!(matches!(decode_batch(body.as_bytes(), "K", NOW, &limits), Err(Error::TooLarge(_))));
-        let limits = IngestLimits { max_body_bytes: 10, ..IngestLimits::default() };
-        assert!(matches!(decode_batch(body.as_bytes(), "K", NOW, &limits), Err(Error::TooLarge(_))));
+        assert!(matches!(
+            decode_batch(body.as_bytes(), "K", NOW, &limits),
+            Err(Error::TooLarge(_))
+        ));
+        let limits = IngestLimits {
+            max_body_bytes: 10,
+            ..IngestLimits::default()
+        };
+        assert!(matches!(
+            decode_batch(body.as_bytes(), "K", NOW, &limits),
+            Err(Error::TooLarge(_))
+        ));
     }
 
     #[test]
     fn minify_keeps_strings() {
-        assert_eq!(minify_json("{ \"a b\" : [1, 2],\n\"c\":\"x \\\" y\" }"), "{\"a b\":[1,2],\"c\":\"x \\\" y\"}");
+        assert_eq!(
+            minify_json("{ \"a b\" : [1, 2],\n\"c\":\"x \\\" y\" }"),
+            "{\"a b\":[1,2],\"c\":\"x \\\" y\"}"
+        );
     }
 }

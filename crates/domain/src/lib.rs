@@ -17,3 +17,6 @@ pub type Millis = i64;
 
 /// Maximum length in bytes of any id (user name, group id, chatroom id, target id).
 pub const MAX_ID_BYTES: usize = 128;
+
+pub mod clock;
+pub use clock::Clock;

@@ -232,16 +232,32 @@ pub fn view_record(rec: &[u8]) -> Result<RecordView<'_>, CorruptRecord> {
     let target_name = c.str()?;
     let from_platform = c.str()?;
     let msg_type = c.str()?;
-    let from_name = if flags & F_FROM_NAME_IS_ID == 0 { Some(c.str()?) } else { None };
-    let from_appkey = if flags & F_FROM_APPKEY_IS_APP == 0 { Some(c.str()?) } else { None };
-    let target_appkey = if flags & F_TARGET_APPKEY_IS_APP == 0 { Some(c.str()?) } else { None };
+    let from_name = if flags & F_FROM_NAME_IS_ID == 0 {
+        Some(c.str()?)
+    } else {
+        None
+    };
+    let from_appkey = if flags & F_FROM_APPKEY_IS_APP == 0 {
+        Some(c.str()?)
+    } else {
+        None
+    };
+    let target_appkey = if flags & F_TARGET_APPKEY_IS_APP == 0 {
+        Some(c.str()?)
+    } else {
+        None
+    };
     let create_time = if flags & F_CREATE_TIME_IS_CTIME == 0 {
         Some(unzigzag(c.varint()?))
     } else {
         None
     };
     let (version, msg_level, set_from_name) = if flags & F_DEFAULT_FLAGS == 0 {
-        (unzigzag(c.varint()?), unzigzag(c.varint()?), unzigzag(c.varint()?))
+        (
+            unzigzag(c.varint()?),
+            unzigzag(c.varint()?),
+            unzigzag(c.varint()?),
+        )
     } else {
         (1, 0, 0)
     };
@@ -352,9 +368,20 @@ mod tests {
 
     fn arb_message() -> impl Strategy<Value = Message> {
         (
-            (1u64..u64::MAX / 2, 0i64..4_000_000_000_000, any::<bool>(), -5i64..5_000_000_000),
+            (
+                1u64..u64::MAX / 2,
+                0i64..4_000_000_000_000,
+                any::<bool>(),
+                -5i64..5_000_000_000,
+            ),
             (0u8..3, any::<bool>(), ".{0,12}", ".{0,12}", ".{0,6}"),
-            (any::<bool>(), any::<bool>(), any::<bool>(), "[a-z]{1,6}", "[a-z]{1,8}"),
+            (
+                any::<bool>(),
+                any::<bool>(),
+                any::<bool>(),
+                "[a-z]{1,6}",
+                "[a-z]{1,8}",
+            ),
             (".{0,20}", 0i64..3, 0i64..2, 0i64..2),
         )
             .prop_map(|(a, b, c, d)| {
@@ -369,14 +396,33 @@ mod tests {
                     target_type: TargetType::from_code(tt).unwrap(),
                     target_id,
                     target_name,
-                    target_appkey: if tk_default { "APP".into() } else { "other".into() },
-                    from_type: if admin { FromType::Admin } else { FromType::User },
-                    from_name: if name_is_id { from_id.clone() } else { format!("{from_id}!") },
+                    target_appkey: if tk_default {
+                        "APP".into()
+                    } else {
+                        "other".into()
+                    },
+                    from_type: if admin {
+                        FromType::Admin
+                    } else {
+                        FromType::User
+                    },
+                    from_name: if name_is_id {
+                        from_id.clone()
+                    } else {
+                        format!("{from_id}!")
+                    },
                     from_id,
-                    from_appkey: if fk_default { "APP".into() } else { String::new() },
+                    from_appkey: if fk_default {
+                        "APP".into()
+                    } else {
+                        String::new()
+                    },
                     from_platform: platform,
                     msg_type,
-                    msg_body: serde_json::to_string(&serde_json::json!({"text": text, "extras": {}})).unwrap(),
+                    msg_body: serde_json::to_string(
+                        &serde_json::json!({"text": text, "extras": {}}),
+                    )
+                    .unwrap(),
                     version,
                     msg_level,
                     set_from_name,

@@ -1,8 +1,8 @@
 //! History query parameters: the first page (`count`, `begin_time`, `end_time`) or a next page
 //! (`cursor`, which makes every other parameter ignored).
 
-use crate::time::{ReportTz, TimeRange, history_range};
 use crate::Error;
+use crate::time::{ReportTz, TimeRange, history_range};
 
 pub const MAX_COUNT: u16 = 1000;
 
@@ -14,7 +14,10 @@ pub enum HistoryRequest {
 
 /// The value of a parameter; the first one wins if a client repeats it.
 pub fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 fn required<'a>(params: &'a [(String, String)], name: &str, form: &str) -> Result<&'a str, Error> {
@@ -27,16 +30,22 @@ fn required<'a>(params: &'a [(String, String)], name: &str, form: &str) -> Resul
 /// Parses a history request's form-decoded query parameters.
 pub fn parse_history(params: &[(String, String)], tz: &ReportTz) -> Result<HistoryRequest, Error> {
     if let Some(c) = param(params, "cursor").filter(|c| !c.is_empty()) {
-        return Ok(HistoryRequest::Next { cursor: c.to_owned() });
+        return Ok(HistoryRequest::Next {
+            cursor: c.to_owned(),
+        });
     }
     let raw = required(params, "count", "an integer from 1 to 1000")?;
     let count = match raw.parse::<i64>() {
         Ok(n) if (1..=i64::from(MAX_COUNT)).contains(&n) => n as u16,
         Ok(n) => {
-            return Err(Error::invalid(format!("count={n} is out of range; use an integer from 1 to 1000")));
+            return Err(Error::invalid(format!(
+                "count={n} is out of range; use an integer from 1 to 1000"
+            )));
         }
         Err(_) => {
-            return Err(Error::invalid(format!("count={raw:?} is not an integer; use an integer from 1 to 1000")));
+            return Err(Error::invalid(format!(
+                "count={raw:?} is not an integer; use an integer from 1 to 1000"
+            )));
         }
     };
     let form = "a time in the form yyyy-MM-dd HH:mm:ss";
@@ -51,14 +60,22 @@ mod tests {
     use super::*;
 
     fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
     fn cursor_wins_over_everything() {
         let tz = ReportTz::new("UTC").unwrap();
         let r = parse_history(&p(&[("count", "zzz"), ("cursor", "abc")]), &tz).unwrap();
-        assert_eq!(r, HistoryRequest::Next { cursor: "abc".into() });
+        assert_eq!(
+            r,
+            HistoryRequest::Next {
+                cursor: "abc".into()
+            }
+        );
     }
 
     #[test]
@@ -73,7 +90,10 @@ mod tests {
             (vec![("count", "1.5"), b, e], "count=\"1.5\""),
             (vec![("count", "10"), e], "begin_time is required"),
             (vec![("count", "10"), b], "end_time is required"),
-            (vec![("count", "10"), b, ("end_time", "tomorrow")], "end_time"),
+            (
+                vec![("count", "10"), b, ("end_time", "tomorrow")],
+                "end_time",
+            ),
         ];
         for (pairs, want) in cases {
             let err = parse_history(&p(&pairs), &tz).unwrap_err().to_string();

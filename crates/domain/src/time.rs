@@ -24,7 +24,10 @@ impl ReportTz {
                 "unknown report time zone {name:?}: {e}; use an IANA name such as Asia/Shanghai or UTC"
             ))
         })?;
-        Ok(ReportTz { name: name.to_owned(), tz })
+        Ok(ReportTz {
+            name: name.to_owned(),
+            tz,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -39,7 +42,8 @@ impl ReportTz {
     /// the gap; in a fold, the first pass.
     pub fn start_of(&self, dt: DateTime) -> Result<Millis, Error> {
         let amb = self.tz.to_ambiguous_timestamp(dt);
-        let out_of_range = |e: jiff::Error| Error::invalid(format!("time {dt} is out of range: {e}"));
+        let out_of_range =
+            |e: jiff::Error| Error::invalid(format!("time {dt} is out of range: {e}"));
         let ts = match amb.offset() {
             AmbiguousOffset::Gap { .. } => {
                 let before_gap = amb.earlier().map_err(out_of_range)?;
@@ -157,7 +161,10 @@ pub fn history_range(tz: &ReportTz, begin: &str, end: &str) -> Result<TimeRange,
     }
     let begin_ms = tz.start_of(b)?;
     let end_ms = tz.end_of(e)?;
-    Ok(TimeRange { begin: begin_ms, end: end_ms })
+    Ok(TimeRange {
+        begin: begin_ms,
+        end: end_ms,
+    })
 }
 
 /// Whole days since the Unix epoch (UTC) of an instant; the store's partition number.
@@ -200,7 +207,13 @@ mod tests {
 
     #[test]
     fn malformed_times_name_the_parameter() {
-        for bad in ["2024-3-1 00:00:00", "2024-02-30 00:00:00", "2024-01-01 24:00:00", "", "2024-01-01"] {
+        for bad in [
+            "2024-3-1 00:00:00",
+            "2024-02-30 00:00:00",
+            "2024-01-01 24:00:00",
+            "",
+            "2024-01-01",
+        ] {
             let err = history_range(&sh(), bad, "2024-01-01 00:00:00").unwrap_err();
             assert!(err.to_string().contains("begin_time"), "{bad}: {err}");
         }

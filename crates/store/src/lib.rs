@@ -1,1 +1,99 @@
-pub fn x(){}
+//! imreport's storage layer: the domain-level [`Store`] trait that the server talks to, and its
+//! backends. The embedded backend ([`embedded::EmbeddedStore`], on fjall) is the default.
+
+pub mod embedded;
+
+use async_trait::async_trait;
+use imreport_domain::app::{App, SecretHash};
+use imreport_domain::cursor::Position;
+use imreport_domain::event::Event;
+use imreport_domain::scope::Scope;
+use imreport_domain::time::TimeRange;
+use serde::Serialize;
+
+/// What the store can fail with. Callers match on the first variants; `Storage` is the unexpected.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("an app with key {0:?} already exists")]
+    AppExists(String),
+    #[error("no app has key {0:?}")]
+    AppNotFound(String),
+    #[error("the ingest queue is full; retry shortly")]
+    Overloaded,
+    #[error(
+        "the data directory {0} is in use by another imreport process; stop it first, or use another --data-dir"
+    )]
+    Locked(String),
+    #[error("the store is shutting down")]
+    ShuttingDown,
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl From<fjall::Error> for StoreError {
+    fn from(e: fjall::Error) -> Self {
+        StoreError::Storage(e.to_string())
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The result of one ingest request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct IngestOutcome {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub expired: u64,
+}
+
+/// One page of history, its messages already in wire JSON.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// Messages matching the whole query (as of `snapshot`).
+    pub total: u64,
+    /// Commit sequence the walk reads as of; messages committed later are not part of it.
+    pub snapshot: u64,
+    /// Number of messages in `json`.
+    pub count: usize,
+    /// The page's message objects, comma-separated (the inside of a JSON array).
+    pub json: Vec<u8>,
+    /// Where the next page starts, when more messages remain.
+    pub next: Option<Position>,
+}
+
+/// Where the walk stands when a page is asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest {
+    pub range: TimeRange,
+    pub count: u16,
+    /// `None` for the first page.
+    pub after: Option<Position>,
+    /// For next pages: the walk's snapshot and carried total.
+    pub snapshot: u64,
+    pub total: u64,
+}
+
+/// The domain-level storage interface. Every backend implements it; the server knows nothing else.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Adds an app; `AppExists` if its key is taken.
+    async fn create_app(&self, key: &str, name: &str, secret: SecretHash) -> Result<App>;
+    async fn list_apps(&self) -> Result<Vec<App>>;
+    async fn app(&self, key: &str) -> Result<Option<App>>;
+    async fn set_secret(&self, key: &str, secret: SecretHash) -> Result<App>;
+    /// Removes an app: its credentials stop working at once; its data ages out with retention.
+    async fn delete_app(&self, key: &str) -> Result<()>;
+
+    /// Stores a validated batch atomically and durably: when this returns `Ok`, every event is on
+    /// disk; on `Err`, none is.
+    async fn ingest(&self, app: &App, events: Vec<Event>) -> Result<IngestOutcome>;
+
+    /// One page of a scope's history.
+    async fn page(&self, app: &App, scope: &Scope, req: PageRequest) -> Result<Page>;
+
+    /// Drops data older than the retention window; returns how many day partitions went.
+    async fn enforce_retention(&self) -> Result<usize>;
+
+    /// `Ok` when the store is open and accepts writes.
+    async fn check_ready(&self) -> Result<()>;
+}

@@ -1,0 +1,173 @@
+//! `imreport app …`: offline on the data dir when no server holds it, otherwise through the
+//! running server's admin API (found in DATA_DIR/admin.json), so changes apply without a restart.
+
+use crate::AppAction;
+use crate::serve::{ADMIN_FILE, AdminEndpoint};
+use anyhow::{Context, Result, bail};
+use imreport_domain::app::AppInfo;
+use imreport_server::admin::{self, CreateApp, Credentials, RotateSecret};
+use imreport_store::embedded::{EmbeddedConfig, EmbeddedStore};
+use imreport_store::{Store, StoreError};
+use std::path::Path;
+
+enum Target {
+    Offline(EmbeddedStore),
+    Online(AdminEndpoint),
+}
+
+fn target(data_dir: &Path) -> Result<Target> {
+    match EmbeddedStore::open(
+        data_dir,
+        EmbeddedConfig {
+            queue_depth: 1,
+            ..EmbeddedConfig::default()
+        },
+    ) {
+        Ok(store) => Ok(Target::Offline(store)),
+        Err(StoreError::Locked(_)) => {
+            let path = data_dir.join(ADMIN_FILE);
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "the data dir is in use by a running server, but {} cannot be read",
+                    path.display()
+                )
+            })?;
+            Ok(Target::Online(serde_json::from_str(&text)?))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn call<T: serde::de::DeserializeOwned>(
+    ep: &AdminEndpoint,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<T> {
+    let client = reqwest::Client::new();
+    let mut req = client
+        .request(method, format!("{}{path}", ep.url))
+        .bearer_auth(&ep.token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req
+        .send()
+        .await
+        .context("cannot reach the running server's admin API")?;
+    let status = resp.status();
+    let value: serde_json::Value = resp.json().await.context("unreadable admin API answer")?;
+    if !status.is_success() {
+        let msg = value["error"]["message"]
+            .as_str()
+            .unwrap_or("unknown error")
+            .to_owned();
+        bail!("{msg}");
+    }
+    Ok(serde_json::from_value(value)?)
+}
+
+fn api_err(e: imreport_server::error::ApiError) -> anyhow::Error {
+    anyhow::anyhow!(e.message)
+}
+
+fn print_credentials(c: &Credentials, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(c)?);
+    } else {
+        println!("app_key: {}", c.app_key);
+        println!("master_secret: {}", c.master_secret);
+        println!("name: {}", c.name);
+        eprintln!(
+            "Keep the master secret now: it is stored only as a hash and cannot be shown again."
+        );
+    }
+    Ok(())
+}
+
+pub async fn run(action: AppAction) -> Result<()> {
+    match action {
+        AppAction::Create {
+            data_dir,
+            app_key,
+            master_secret,
+            name,
+            json,
+        } => {
+            let req = CreateApp {
+                app_key,
+                master_secret,
+                name,
+            };
+            let c = match target(&data_dir)? {
+                Target::Offline(store) => admin::create_app(&store, req).await.map_err(api_err)?,
+                Target::Online(ep) => {
+                    call(
+                        &ep,
+                        reqwest::Method::POST,
+                        "/admin/v1/apps",
+                        Some(serde_json::to_value(req)?),
+                    )
+                    .await?
+                }
+            };
+            print_credentials(&c, json)
+        }
+        AppAction::List { data_dir, json } => {
+            let apps: Vec<AppInfo> = match target(&data_dir)? {
+                Target::Offline(store) => admin::list_apps(&store).await.map_err(api_err)?,
+                Target::Online(ep) => {
+                    call(&ep, reqwest::Method::GET, "/admin/v1/apps", None).await?
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string(&apps)?);
+            } else {
+                for a in apps {
+                    println!("{}\t{}", a.app_key, a.name);
+                }
+            }
+            Ok(())
+        }
+        AppAction::RotateSecret {
+            data_dir,
+            app_key,
+            master_secret,
+            json,
+        } => {
+            let req = RotateSecret { master_secret };
+            let c = match target(&data_dir)? {
+                Target::Offline(store) => admin::rotate_secret(&store, &app_key, req)
+                    .await
+                    .map_err(api_err)?,
+                Target::Online(ep) => {
+                    let path = format!("/admin/v1/apps/{app_key}/rotate-secret");
+                    call(
+                        &ep,
+                        reqwest::Method::POST,
+                        &path,
+                        Some(serde_json::to_value(req)?),
+                    )
+                    .await?
+                }
+            };
+            print_credentials(&c, json)
+        }
+        AppAction::Delete { data_dir, app_key } => {
+            match target(&data_dir)? {
+                Target::Offline(store) => store.delete_app(&app_key).await?,
+                Target::Online(ep) => {
+                    let _: serde_json::Value = call(
+                        &ep,
+                        reqwest::Method::DELETE,
+                        &format!("/admin/v1/apps/{app_key}"),
+                        None,
+                    )
+                    .await?;
+                }
+            }
+            println!("deleted {app_key}");
+            Ok(())
+        }
+    }
+}

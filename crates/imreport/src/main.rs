@@ -1,0 +1,107 @@
+//! The `imreport` command: the server and its operator tools.
+
+mod apps;
+mod serve;
+mod settings;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "imreport",
+    version,
+    about = "Message archive and analytics server, wire-compatible with JMessage IM REST Report V2"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server on the embedded store.
+    Serve(settings::ServeArgs),
+    /// Manage apps (works offline on the data dir, or through a running server's admin API).
+    App {
+        #[command(subcommand)]
+        action: AppAction,
+    },
+    /// Settings helpers.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print a commented example settings file.
+    Example,
+}
+
+#[derive(Subcommand)]
+pub enum AppAction {
+    /// Add an app; prints its key and master secret (random 24-character ones when not given).
+    Create {
+        #[arg(long, env = "IMREPORT_DATA_DIR", default_value = settings::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        app_key: Option<String>,
+        #[arg(long)]
+        master_secret: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the credentials as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List apps (keys and names; secrets are never shown again).
+    List {
+        #[arg(long, env = "IMREPORT_DATA_DIR", default_value = settings::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace an app's master secret; the old one stops working at once.
+    RotateSecret {
+        #[arg(long, env = "IMREPORT_DATA_DIR", default_value = settings::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        app_key: String,
+        #[arg(long)]
+        master_secret: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an app: its credentials stop working at once; its data ages out with retention.
+    Delete {
+        #[arg(long, env = "IMREPORT_DATA_DIR", default_value = settings::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        app_key: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config {
+            action: ConfigAction::Example,
+        } => {
+            print!("{}", settings::EXAMPLE);
+            Ok(())
+        }
+        Command::Serve(args) => {
+            let settings = args.resolve()?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve::run(settings))
+        }
+        Command::App { action } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(apps::run(action)),
+    }
+}

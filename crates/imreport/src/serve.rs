@@ -1,0 +1,174 @@
+//! `imreport serve`: opens the store, starts the public and admin listeners, runs retention, and
+//! shuts down gracefully on SIGTERM or Ctrl-C.
+
+use crate::settings::Settings;
+use anyhow::{Context, Result};
+use imreport_domain::Clock;
+use imreport_domain::app::generate_token;
+use imreport_domain::cursor::CursorKey;
+use imreport_domain::event::IngestLimits;
+use imreport_domain::time::ReportTz;
+use imreport_server::{AppState, admin, router, serve_router};
+use imreport_store::Store;
+use imreport_store::embedded::{EmbeddedConfig, EmbeddedStore};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Written to DATA_DIR/admin.json so that `imreport app …` can reach a running server.
+#[derive(Serialize, Deserialize)]
+pub struct AdminEndpoint {
+    pub url: String,
+    pub token: String,
+}
+
+pub const ADMIN_FILE: &str = "admin.json";
+
+fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// The cursor key: the setting, or a random one created once and kept in the data dir.
+fn cursor_key(s: &Settings) -> Result<CursorKey> {
+    if let Some(text) = &s.cursor_key {
+        return Ok(CursorKey::from_text(text)?);
+    }
+    let path = s.data_dir.join("cursor.key");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t.trim().to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let t = format!("{}{}", generate_token(), generate_token());
+            write_private(&path, t.as_bytes())?;
+            t
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    Ok(CursorKey::from_text(&text)?)
+}
+
+async fn shutdown_signal(mut stop: watch::Receiver<bool>) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+        _ = stop.changed() => {},
+    }
+}
+
+pub async fn run(s: Settings) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IMREPORT_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let tz = ReportTz::new(&s.report_tz)?;
+    let config = EmbeddedConfig {
+        retention_days: s.retention_days,
+        queue_depth: s.queue_depth,
+        clock: Clock::System,
+        ..EmbeddedConfig::default()
+    };
+    let embedded = EmbeddedStore::open(&s.data_dir, config)?;
+    let store: Arc<dyn Store> = Arc::new(embedded);
+    let state = AppState {
+        store: store.clone(),
+        tz,
+        cursor_key: cursor_key(&s)?,
+        cursor_ttl_ms: (s.cursor_ttl_secs as i64).saturating_mul(1000),
+        limits: IngestLimits {
+            max_events: s.max_events,
+            max_body_bytes: s.max_body_bytes,
+            max_msg_body_bytes: s.max_msg_body_bytes,
+        },
+        clock: Clock::System,
+    };
+
+    let public = TcpListener::bind(s.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", s.listen))?;
+    let admin_listener = TcpListener::bind(s.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin)", s.admin_listen))?;
+    let token = generate_token() + &generate_token();
+    let admin_addr = admin_listener.local_addr()?;
+    let endpoint = AdminEndpoint {
+        url: format!("http://{admin_addr}"),
+        token: token.clone(),
+    };
+    let admin_file = s.data_dir.join(ADMIN_FILE);
+    write_private(&admin_file, &serde_json::to_vec_pretty(&endpoint)?)?;
+
+    let addr = public.local_addr()?;
+    tracing::info!(%addr, admin = %admin_addr, data_dir = %s.data_dir.display(), report_tz = %s.report_tz, "imreport serving");
+    println!("imreport listening on http://{addr}");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let retention_store = store.clone();
+    let mut retention_stop = stop_rx.clone();
+    let retention = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = retention_store.enforce_retention().await {
+                        tracing::warn!(error = %e, "retention pass failed; will retry");
+                    }
+                }
+                _ = retention_stop.changed() => return,
+            }
+        }
+    });
+    let admin_task = tokio::spawn(serve_router(
+        admin_listener,
+        admin::router(store.clone(), token),
+        {
+            let rx = stop_rx.clone();
+            async move {
+                let mut rx = rx;
+                let _ = rx.changed().await;
+            }
+        },
+    ));
+
+    let signal = shutdown_signal(stop_rx.clone());
+    let public_result = serve_router(public, router(state), async move {
+        signal.await;
+        tracing::info!("shutting down: finishing requests in flight");
+        let _ = stop_tx.send(true);
+    })
+    .await;
+    let _ = admin_task.await;
+    let _ = retention.await;
+    let _ = std::fs::remove_file(&admin_file);
+    public_result?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! Server settings: flags, then `IMREPORT_*` environment variables (clap reads both), then an
+//! optional TOML file, then defaults.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub const DEFAULT_DATA_DIR: &str = "./imreport-data";
+
+#[derive(Debug, Clone, Args, Default)]
+pub struct ServeArgs {
+    /// TOML settings file (see `imreport config example`)
+    #[arg(long, env = "IMREPORT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory of the embedded store [default: ./imreport-data]
+    #[arg(long, env = "IMREPORT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the public API [default: 0.0.0.0:8080]
+    #[arg(long, env = "IMREPORT_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address of the admin API; keep it on loopback [default: 127.0.0.1:0, a free port]
+    #[arg(long, env = "IMREPORT_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// IANA time zone in which clients write times and statistics are bucketed [default: Asia/Shanghai]
+    #[arg(long, env = "IMREPORT_REPORT_TZ")]
+    pub report_tz: Option<String>,
+    /// Seconds a history cursor stays valid [default: 120]
+    #[arg(long, env = "IMREPORT_CURSOR_TTL_SECS")]
+    pub cursor_ttl_secs: Option<u64>,
+    /// Secret that seals cursors (at least 16 characters); servers sharing it continue each
+    /// other's cursors [default: random, kept in DATA_DIR/cursor.key]
+    #[arg(long, env = "IMREPORT_CURSOR_KEY", hide_env_values = true)]
+    pub cursor_key: Option<String>,
+    /// Days of messages and statistics kept [default: 60]
+    #[arg(long, env = "IMREPORT_RETENTION_DAYS")]
+    pub retention_days: Option<u32>,
+    /// Most events in one ingest request [default: 10000]
+    #[arg(long, env = "IMREPORT_MAX_EVENTS")]
+    pub max_events: Option<usize>,
+    /// Largest ingest request body in bytes [default: 16777216]
+    #[arg(long, env = "IMREPORT_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Largest msg_body in bytes [default: 16384]
+    #[arg(long, env = "IMREPORT_MAX_MSG_BODY_BYTES")]
+    pub max_msg_body_bytes: Option<usize>,
+    /// Ingest requests that may wait for the writer before ingest answers 503 [default: 256]
+    #[arg(long, env = "IMREPORT_QUEUE_DEPTH")]
+    pub queue_depth: Option<usize>,
+}
+
+/// The TOML file's form: the same names as the flags, with `_` for `-`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    report_tz: Option<String>,
+    cursor_ttl_secs: Option<u64>,
+    cursor_key: Option<String>,
+    retention_days: Option<u32>,
+    max_events: Option<usize>,
+    max_body_bytes: Option<usize>,
+    max_msg_body_bytes: Option<usize>,
+    queue_depth: Option<usize>,
+}
+
+/// Settings with every default applied.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub report_tz: String,
+    pub cursor_ttl_secs: u64,
+    pub cursor_key: Option<String>,
+    pub retention_days: u32,
+    pub max_events: usize,
+    pub max_body_bytes: usize,
+    pub max_msg_body_bytes: usize,
+    pub queue_depth: usize,
+}
+
+impl ServeArgs {
+    pub fn resolve(self) -> Result<Settings> {
+        let file: FileSettings = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("invalid settings file {}", path.display()))?
+            }
+            None => FileSettings::default(),
+        };
+        let s = Settings {
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            listen: self
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| "0.0.0.0:8080".parse().expect("valid")),
+            admin_listen: self
+                .admin_listen
+                .or(file.admin_listen)
+                .unwrap_or_else(|| "127.0.0.1:0".parse().expect("valid")),
+            report_tz: self
+                .report_tz
+                .or(file.report_tz)
+                .unwrap_or_else(|| "Asia/Shanghai".into()),
+            cursor_ttl_secs: self.cursor_ttl_secs.or(file.cursor_ttl_secs).unwrap_or(120),
+            cursor_key: self.cursor_key.or(file.cursor_key),
+            retention_days: self.retention_days.or(file.retention_days).unwrap_or(60),
+            max_events: self.max_events.or(file.max_events).unwrap_or(10_000),
+            max_body_bytes: self
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(16 * 1024 * 1024),
+            max_msg_body_bytes: self
+                .max_msg_body_bytes
+                .or(file.max_msg_body_bytes)
+                .unwrap_or(16 * 1024),
+            queue_depth: self.queue_depth.or(file.queue_depth).unwrap_or(256),
+        };
+        anyhow::ensure!(s.retention_days >= 1, "retention_days must be at least 1");
+        anyhow::ensure!(s.cursor_ttl_secs >= 1, "cursor_ttl_secs must be at least 1");
+        anyhow::ensure!(
+            s.max_events >= 1 && s.max_body_bytes >= 1024,
+            "ingest limits are too small"
+        );
+        Ok(s)
+    }
+}
+
+pub const EXAMPLE: &str = r#"# imreport settings file: `imreport serve --config imreport.toml`.
+# Every setting is optional. Precedence: command-line flag > IMREPORT_* environment variable
+# (the name in upper case, e.g. IMREPORT_RETENTION_DAYS) > this file > the default shown.
+
+# Data directory of the embedded store.
+data_dir = "./imreport-data"
+
+# Public API (Report V2, ingest, health).
+listen = "0.0.0.0:8080"
+
+# Admin API for app management while the server runs. Keep it on loopback; its address and
+# bearer token are written to DATA_DIR/admin.json (mode 0600) for `imreport app ...`.
+admin_listen = "127.0.0.1:0"
+
+# IANA time zone in which clients write begin_time/end_time and statistics are bucketed.
+report_tz = "Asia/Shanghai"
+
+# Seconds a history cursor stays valid after it is issued.
+cursor_ttl_secs = 120
+
+# Secret sealing cursors (16+ characters). Servers sharing it continue each other's cursors.
+# Unset: a random key is created once and kept in DATA_DIR/cursor.key.
+# cursor_key = "change-me-to-a-long-random-string"
+
+# Days of messages and statistics kept.
+retention_days = 60
+
+# Ingest limits: events per request, bytes per request, bytes per msg_body.
+max_events = 10000
+max_body_bytes = 16777216
+max_msg_body_bytes = 16384
+
+# Ingest requests that may wait for the writer; past this ingest answers 503 with Retry-After.
+queue_depth = 256
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses_and_flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("imreport.toml");
+        std::fs::write(
+            &path,
+            EXAMPLE.replace("retention_days = 60", "retention_days = 30"),
+        )
+        .unwrap();
+        let s = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.retention_days, 30);
+        assert_eq!(s.report_tz, "Asia/Shanghai");
+        let s = ServeArgs {
+            config: Some(path),
+            retention_days: Some(7),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.retention_days, 7);
+    }
+}

@@ -1,0 +1,130 @@
+//! Report V2 message history: `/v2/messages`, `/v2/users/{u}/messages`,
+//! `/v2/groups/{gid}/messages`, `/v2/chatrooms/{id}/messages`.
+
+use crate::error::ApiError;
+use crate::{AppState, auth, json_body};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use imreport_domain::MAX_ID_BYTES;
+use imreport_domain::cursor::{self, CursorState};
+use imreport_domain::query::{HistoryRequest, parse_history};
+use imreport_domain::scope::Scope;
+use imreport_store::PageRequest;
+
+/// Form-decodes a query string (`+` and `%20` are both spaces).
+pub fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn path_id(what: &str, p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(id) = p.map_err(|_| {
+        ApiError::invalid(format!(
+            "the {what} in the path is not valid percent-encoded UTF-8"
+        ))
+    })?;
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(ApiError::invalid(format!(
+            "the {what} in the path must be 1 to {MAX_ID_BYTES} bytes long"
+        )));
+    }
+    Ok(id)
+}
+
+pub async fn app_messages(
+    s: State<AppState>,
+    h: HeaderMap,
+    q: RawQuery,
+) -> Result<Response, ApiError> {
+    serve(s, h, q, Ok(Scope::App)).await
+}
+
+pub async fn user_messages(
+    s: State<AppState>,
+    h: HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+    q: RawQuery,
+) -> Result<Response, ApiError> {
+    serve(s, h, q, path_id("username", p).map(Scope::User)).await
+}
+
+pub async fn group_messages(
+    s: State<AppState>,
+    h: HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+    q: RawQuery,
+) -> Result<Response, ApiError> {
+    serve(s, h, q, path_id("group id", p).map(Scope::Group)).await
+}
+
+pub async fn chatroom_messages(
+    s: State<AppState>,
+    h: HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+    q: RawQuery,
+) -> Result<Response, ApiError> {
+    serve(s, h, q, path_id("chatroom id", p).map(Scope::Chatroom)).await
+}
+
+async fn serve(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    scope: Result<Scope, ApiError>,
+) -> Result<Response, ApiError> {
+    let app = auth::authenticate(st.store.as_ref(), &headers).await?;
+    let scope = scope?;
+    let now = st.clock.now_ms();
+    let req = match parse_history(&query_pairs(raw.as_deref()), &st.tz)? {
+        HistoryRequest::First { count, range } => PageRequest {
+            range,
+            count,
+            after: None,
+            snapshot: 0,
+            total: 0,
+        },
+        HistoryRequest::Next { cursor } => {
+            let c = cursor::open(
+                &st.cursor_key,
+                &app.key,
+                &scope,
+                &cursor,
+                now,
+                st.cursor_ttl_ms,
+            )?;
+            PageRequest {
+                range: c.range,
+                count: c.count,
+                after: Some(c.after),
+                snapshot: c.snapshot,
+                total: c.total,
+            }
+        }
+    };
+    let page = st.store.page(&app, &scope, req).await?;
+    let mut body = Vec::with_capacity(page.json.len() + 256);
+    body.extend_from_slice(b"{\"total\":");
+    body.extend_from_slice(page.total.to_string().as_bytes());
+    if let Some(after) = page.next {
+        let state = CursorState {
+            range: req.range,
+            count: req.count,
+            after,
+            total: page.total,
+            snapshot: page.snapshot,
+            issued_ms: now,
+        };
+        body.extend_from_slice(b",\"cursor\":\"");
+        body.extend_from_slice(cursor::seal(&st.cursor_key, &app.key, &scope, &state).as_bytes());
+        body.push(b'"');
+    }
+    body.extend_from_slice(b",\"count\":");
+    body.extend_from_slice(page.count.to_string().as_bytes());
+    body.extend_from_slice(b",\"messages\":[");
+    body.extend_from_slice(&page.json);
+    body.extend_from_slice(b"]}");
+    Ok(json_body(body))
+}

@@ -1,0 +1,103 @@
+//! Key layout of the embedded store. All integers are big-endian so that byte order is numeric
+//! order and one page is one range scan.
+//!
+//! Day partitions (one fjall keyspace per UTC day of `msg_ctime`, so retention drops whole days):
+//! - `m | app u32 | ctime u64 | msgid u64` → message record (the app scope reads these directly)
+//! - `x | app u32 | scope u8 | len u8 | id | ctime u64 | msgid u64` → empty (user, group, chatroom)
+//! - `c | app u32 | scope u8 | len u8 | id | hour u32` → u64 count of the scope's messages that hour
+//!
+//! Global keyspaces:
+//! - `ids`: `app u32 | msgid u64` → UTC day (i64) of the stored message, for idempotency
+//! - `entities`: `app u32 | kind u8 | id` → state byte and time, for user and group lifecycle
+//! - `meta`: apps, sequences
+
+use imreport_domain::Millis;
+use imreport_domain::scope::Scope;
+
+pub const MSG: u8 = b'm';
+pub const IDX: u8 = b'x';
+pub const CNT: u8 = b'c';
+
+pub fn msg_key(app: u32, ctime: Millis, msgid: u64) -> [u8; 21] {
+    let mut k = [0u8; 21];
+    k[0] = MSG;
+    k[1..5].copy_from_slice(&app.to_be_bytes());
+    k[5..13].copy_from_slice(&(ctime as u64).to_be_bytes());
+    k[13..21].copy_from_slice(&msgid.to_be_bytes());
+    k
+}
+
+/// `tag | app | scope | len | id`: the common prefix of a scope's index or counter keys.
+pub fn scope_prefix(tag: u8, app: u32, scope: &Scope) -> Vec<u8> {
+    let id = scope.id().as_bytes();
+    let mut k = Vec::with_capacity(7 + id.len() + 16);
+    k.push(tag);
+    k.extend_from_slice(&app.to_be_bytes());
+    k.push(scope.tag());
+    k.push(id.len() as u8);
+    k.extend_from_slice(id);
+    k
+}
+
+/// Prefix of the keys that order a scope's messages: the primary keys for the whole app, the
+/// index keys for any other scope. Followed by `ctime | msgid`.
+pub fn order_prefix(app: u32, scope: &Scope) -> Vec<u8> {
+    match scope {
+        Scope::App => {
+            let mut k = vec![MSG];
+            k.extend_from_slice(&app.to_be_bytes());
+            k
+        }
+        _ => scope_prefix(IDX, app, scope),
+    }
+}
+
+pub fn with_position(prefix: &[u8], ctime: Millis, msgid: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 16);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&(ctime as u64).to_be_bytes());
+    k.extend_from_slice(&msgid.to_be_bytes());
+    k
+}
+
+/// The `(ctime, msgid)` at the end of an ordering key.
+pub fn position_of(key: &[u8]) -> (Millis, u64) {
+    let n = key.len();
+    let ctime = u64::from_be_bytes(key[n - 16..n - 8].try_into().expect("8 bytes")) as Millis;
+    let msgid = u64::from_be_bytes(key[n - 8..].try_into().expect("8 bytes"));
+    (ctime, msgid)
+}
+
+pub fn counter_key(prefix: &[u8], hour: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 4);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&hour.to_be_bytes());
+    k
+}
+
+pub fn id_key(app: u32, msgid: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&app.to_be_bytes());
+    k[4..].copy_from_slice(&msgid.to_be_bytes());
+    k
+}
+
+pub fn entity_key(app: u32, kind: u8, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + id.len());
+    k.extend_from_slice(&app.to_be_bytes());
+    k.push(kind);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+pub fn u64_value(v: &[u8]) -> u64 {
+    v.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+pub fn day_name(day: i64) -> String {
+    format!("day-{day}")
+}
+
+pub fn parse_day_name(name: &str) -> Option<i64> {
+    name.strip_prefix("day-")?.parse().ok()
+}

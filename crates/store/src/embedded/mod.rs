@@ -1,0 +1,272 @@
+//! The embedded backend: one fjall database in the data directory, one writer thread that
+//! group-commits ingest batches (one fsync for every request waiting), and reads on tokio's
+//! blocking pool so that storage work never stalls the async workers.
+
+mod keys;
+mod read;
+mod writer;
+
+use crate::{IngestOutcome, Page, PageRequest, Result, Store, StoreError};
+use async_trait::async_trait;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use imreport_domain::app::{App, SecretHash};
+use imreport_domain::event::Event;
+use imreport_domain::scope::Scope;
+use imreport_domain::time::{MILLIS_PER_DAY, utc_day};
+use imreport_domain::{Clock, Millis};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Settings of the embedded store.
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    /// Days of messages kept.
+    pub retention_days: u32,
+    /// Ingest requests that may wait for the writer; beyond this, ingest answers "overloaded".
+    pub queue_depth: usize,
+    /// Block cache size in bytes.
+    pub cache_bytes: u64,
+    pub clock: Clock,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            retention_days: 60,
+            queue_depth: 256,
+            cache_bytes: 64 * 1024 * 1024,
+            clock: Clock::System,
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    db: Database,
+    meta: Keyspace,
+    ids: Keyspace,
+    entities: Keyspace,
+    days: RwLock<BTreeMap<i64, Keyspace>>,
+    /// Serializes app administration (rare) so that id allocation is race-free.
+    admin: Mutex<()>,
+    /// Every app, by key. This process is the data dir's only writer, so the cache is always
+    /// current, and authenticating a request costs no I/O.
+    apps: RwLock<HashMap<String, App>>,
+    config: EmbeddedConfig,
+    path: PathBuf,
+}
+
+impl Inner {
+    /// First UTC day still retained at `now`.
+    fn horizon_day(&self, now: Millis) -> i64 {
+        utc_day(now - i64::from(self.config.retention_days) * MILLIS_PER_DAY)
+    }
+
+    fn day(&self, day: i64) -> Option<Keyspace> {
+        self.days.read().expect("lock").get(&day).cloned()
+    }
+
+    fn day_or_create(&self, day: i64) -> Result<Keyspace> {
+        if let Some(ks) = self.day(day) {
+            return Ok(ks);
+        }
+        let ks = self
+            .db
+            .keyspace(&keys::day_name(day), KeyspaceCreateOptions::default)?;
+        self.days.write().expect("lock").insert(day, ks.clone());
+        Ok(ks)
+    }
+}
+
+/// The embedded store. Cheap to clone; all clones share one database and writer.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+    writer: writer::Handle,
+}
+
+const APP_PREFIX: &str = "app/";
+const APP_SEQ: &str = "app_seq";
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir`. Fails with `Locked` if another process has it open.
+    pub fn open(dir: &Path, config: EmbeddedConfig) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("db");
+        let db = match Database::builder(&path)
+            .cache_size(config.cache_bytes)
+            .open()
+        {
+            Err(fjall::Error::Locked) => return Err(StoreError::Locked(dir.display().to_string())),
+            other => other?,
+        };
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+        let ids = db.keyspace("ids", KeyspaceCreateOptions::default)?;
+        let entities = db.keyspace("entities", KeyspaceCreateOptions::default)?;
+        let mut days = BTreeMap::new();
+        for name in db.list_keyspace_names() {
+            if let Some(day) = keys::parse_day_name(&name) {
+                days.insert(day, db.keyspace(&name, KeyspaceCreateOptions::default)?);
+            }
+        }
+        let mut apps = HashMap::new();
+        for kv in meta.prefix(APP_PREFIX) {
+            let (_, v) = kv.into_inner()?;
+            let app: App = serde_json::from_slice(&v)
+                .map_err(|e| StoreError::Storage(format!("corrupt app record: {e}")))?;
+            apps.insert(app.key.clone(), app);
+        }
+        let inner = Arc::new(Inner {
+            db,
+            meta,
+            ids,
+            entities,
+            days: RwLock::new(days),
+            admin: Mutex::new(()),
+            apps: RwLock::new(apps),
+            config,
+            path: dir.to_owned(),
+        });
+        let writer = writer::Handle::spawn(inner.clone())?;
+        Ok(EmbeddedStore { inner, writer })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Bytes on disk of the whole database.
+    pub fn disk_space(&self) -> u64 {
+        self.inner.db.disk_space().unwrap_or(0)
+    }
+
+    fn app_blocking(&self, key: &str) -> Result<Option<App>> {
+        Ok(self.inner.apps.read().expect("lock").get(key).cloned())
+    }
+
+    fn put_app(&self, app: &App, extra: Option<(&str, Vec<u8>)>) -> Result<()> {
+        let mut b = self.inner.db.batch();
+        b.insert(
+            &self.inner.meta,
+            format!("{APP_PREFIX}{}", app.key),
+            serde_json::to_vec(app).expect("serializable"),
+        );
+        if let Some((k, v)) = extra {
+            b.insert(&self.inner.meta, k, v);
+        }
+        b.commit()?;
+        self.inner.db.persist(PersistMode::SyncAll)?;
+        self.inner
+            .apps
+            .write()
+            .expect("lock")
+            .insert(app.key.clone(), app.clone());
+        Ok(())
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&EmbeddedStore) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|e| StoreError::Storage(format!("store task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn create_app(&self, key: &str, name: &str, secret: SecretHash) -> Result<App> {
+        let (key, name) = (key.to_owned(), name.to_owned());
+        self.blocking(move |s| {
+            let _guard = s.inner.admin.lock().expect("lock");
+            if s.app_blocking(&key)?.is_some() {
+                return Err(StoreError::AppExists(key));
+            }
+            let id = s
+                .inner
+                .meta
+                .get(APP_SEQ)?
+                .map(|v| keys::u64_value(&v))
+                .unwrap_or(0)
+                + 1;
+            let app = App {
+                id: u32::try_from(id)
+                    .map_err(|_| StoreError::Storage("app ids exhausted".into()))?,
+                key,
+                name,
+                secret,
+                created_ms: s.inner.config.clock.now_ms(),
+            };
+            s.put_app(&app, Some((APP_SEQ, id.to_be_bytes().to_vec())))?;
+            Ok(app)
+        })
+        .await
+    }
+
+    async fn list_apps(&self) -> Result<Vec<App>> {
+        let mut apps: Vec<App> = self
+            .inner
+            .apps
+            .read()
+            .expect("lock")
+            .values()
+            .cloned()
+            .collect();
+        apps.sort_by_key(|a| a.id);
+        Ok(apps)
+    }
+
+    async fn app(&self, key: &str) -> Result<Option<App>> {
+        self.app_blocking(key)
+    }
+
+    async fn set_secret(&self, key: &str, secret: SecretHash) -> Result<App> {
+        let key = key.to_owned();
+        self.blocking(move |s| {
+            let _guard = s.inner.admin.lock().expect("lock");
+            let mut app = s
+                .app_blocking(&key)?
+                .ok_or_else(|| StoreError::AppNotFound(key.clone()))?;
+            app.secret = secret;
+            s.put_app(&app, None)?;
+            Ok(app)
+        })
+        .await
+    }
+
+    async fn delete_app(&self, key: &str) -> Result<()> {
+        let key = key.to_owned();
+        self.blocking(move |s| {
+            let _guard = s.inner.admin.lock().expect("lock");
+            if s.app_blocking(&key)?.is_none() {
+                return Err(StoreError::AppNotFound(key));
+            }
+            s.inner.meta.remove(format!("{APP_PREFIX}{key}"))?;
+            s.inner.db.persist(PersistMode::SyncAll)?;
+            s.inner.apps.write().expect("lock").remove(&key);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn ingest(&self, app: &App, events: Vec<Event>) -> Result<IngestOutcome> {
+        self.writer.ingest(app.clone(), events).await
+    }
+
+    async fn page(&self, app: &App, scope: &Scope, req: PageRequest) -> Result<Page> {
+        let (app, scope) = (app.clone(), scope.clone());
+        self.blocking(move |s| read::page(&s.inner, &app, &scope, req))
+            .await
+    }
+
+    async fn enforce_retention(&self) -> Result<usize> {
+        self.writer.retention().await
+    }
+
+    async fn check_ready(&self) -> Result<()> {
+        self.writer.ping().await
+    }
+}

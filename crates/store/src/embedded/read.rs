@@ -1,0 +1,131 @@
+//! Reads: one page of a scope, and `total` from per-hour counters plus at most two partial hours.
+
+use super::{Inner, keys};
+use crate::{Page, PageRequest, Result, StoreError};
+use fjall::{Keyspace, Readable, Snapshot};
+use imreport_domain::Millis;
+use imreport_domain::app::App;
+use imreport_domain::cursor::Position;
+use imreport_domain::message::view_record;
+use imreport_domain::scope::Scope;
+use imreport_domain::time::{MILLIS_PER_HOUR, TimeRange, utc_day};
+
+impl Inner {
+    /// The day partitions that exist between two instants, oldest first.
+    fn partitions(&self, from: Millis, to: Millis) -> Vec<(i64, Keyspace)> {
+        let days = self.days.read().expect("lock");
+        days.range(utc_day(from)..=utc_day(to))
+            .map(|(d, ks)| (*d, ks.clone()))
+            .collect()
+    }
+}
+
+fn corrupt(_: imreport_domain::message::CorruptRecord) -> StoreError {
+    StoreError::Storage("corrupt message record".into())
+}
+
+pub(crate) fn page(inner: &Inner, app: &App, scope: &Scope, req: PageRequest) -> Result<Page> {
+    let snap = inner.db.snapshot();
+    let (snapshot, total) = match req.after {
+        // The first page fixes the walk: the commit sequence and the total, read from one snapshot.
+        None => {
+            let seq = snap
+                .get(&inner.meta, "seq")?
+                .map(|v| keys::u64_value(&v))
+                .unwrap_or(0);
+            (seq, count(inner, &snap, app.id, scope, req.range)?)
+        }
+        Some(_) => (req.snapshot, req.total),
+    };
+    let (start_ctime, start_msgid) = match req.after {
+        Some(p) => (p.ctime, p.msgid.saturating_add(1)),
+        None => (req.range.begin, 0),
+    };
+    let want = usize::from(req.count);
+    let prefix = keys::order_prefix(app.id, scope);
+    let lo = keys::with_position(&prefix, start_ctime, start_msgid);
+    let hi = keys::with_position(&prefix, req.range.end, u64::MAX);
+    let mut json = Vec::with_capacity(want * 384);
+    let (mut n, mut last, mut more) = (0usize, None, false);
+    'walk: for (_, ks) in inner.partitions(start_ctime, req.range.end) {
+        for kv in snap.range(&ks, lo.as_slice()..=hi.as_slice()) {
+            let (k, v) = kv.into_inner()?;
+            let (ctime, msgid) = keys::position_of(&k);
+            let rec = match scope {
+                Scope::App => v,
+                _ => match snap.get(&ks, keys::msg_key(app.id, ctime, msgid))? {
+                    Some(rec) => rec,
+                    None => continue,
+                },
+            };
+            let view = view_record(&rec).map_err(corrupt)?;
+            if view.seq > snapshot {
+                continue; // committed after the walk began
+            }
+            if n == want {
+                more = true;
+                break 'walk;
+            }
+            if n > 0 {
+                json.push(b',');
+            }
+            view.write_json(msgid, ctime, &app.key, &mut json);
+            n += 1;
+            last = Some(Position { ctime, msgid });
+        }
+    }
+    Ok(Page {
+        total,
+        snapshot,
+        count: n,
+        json,
+        next: if more { last } else { None },
+    })
+}
+
+/// Messages of a scope in a range: whole hours from the counters, the partial hours at either
+/// edge by counting keys. Costs O(hours + messages in two partial hours), never O(range).
+fn count(inner: &Inner, snap: &Snapshot, app: u32, scope: &Scope, range: TimeRange) -> Result<u64> {
+    let h = MILLIS_PER_HOUR;
+    let first_full = (range.begin + h - 1).div_euclid(h);
+    let end_full = (range.end + 1).div_euclid(h);
+    if first_full >= end_full {
+        return scan_count(inner, snap, app, scope, range.begin, range.end);
+    }
+    let mut total = scan_count(inner, snap, app, scope, range.begin, first_full * h - 1)?
+        + scan_count(inner, snap, app, scope, end_full * h, range.end)?;
+    let prefix = keys::scope_prefix(keys::CNT, app, scope);
+    let lo = keys::counter_key(&prefix, first_full as u32);
+    let hi = keys::counter_key(&prefix, end_full as u32);
+    for (_, ks) in inner.partitions(first_full * h, end_full * h - 1) {
+        for kv in snap.range(&ks, lo.as_slice()..hi.as_slice()) {
+            let (_, v) = kv.into_inner()?;
+            total += keys::u64_value(&v);
+        }
+    }
+    Ok(total)
+}
+
+fn scan_count(
+    inner: &Inner,
+    snap: &Snapshot,
+    app: u32,
+    scope: &Scope,
+    from: Millis,
+    to: Millis,
+) -> Result<u64> {
+    if from > to {
+        return Ok(0);
+    }
+    let prefix = keys::order_prefix(app, scope);
+    let lo = keys::with_position(&prefix, from, 0);
+    let hi = keys::with_position(&prefix, to, u64::MAX);
+    let mut n = 0;
+    for (_, ks) in inner.partitions(from, to) {
+        for kv in snap.range(&ks, lo.as_slice()..=hi.as_slice()) {
+            kv.key()?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
