@@ -1,0 +1,199 @@
+//! The real `imreport` binary, run as a user would: create an app offline, serve, ingest, page,
+//! manage apps while it runs, and stop it with SIGTERM.
+
+use crate::support::*;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_imreport");
+
+fn imreport(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn field(out: &str, name: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn the_binary_serves_what_a_user_expects() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (ok, out, err) = imreport(&[
+        "app",
+        "create",
+        "--data-dir",
+        data,
+        "--app-key",
+        "4f7aef34fb361292c566a1cd",
+        "--master-secret",
+        "0123456789abcdefABCDEF01",
+        "--name",
+        "demo",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(field(&out, "app_key"), "4f7aef34fb361292c566a1cd");
+    let (ok, out, _) = imreport(&["app", "list", "--data-dir", data]);
+    assert!(
+        ok && out.contains("4f7aef34fb361292c566a1cd\tdemo"),
+        "{out}"
+    );
+
+    let mut child = Command::new(BIN)
+        .args(["serve", "--data-dir", data, "--listen", "127.0.0.1:0"])
+        .env("IMREPORT_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("imreport listening on ")
+        .unwrap()
+        .to_owned();
+
+    // A second server on the same data dir refuses to start.
+    let (ok, _, err) = imreport(&["serve", "--data-dir", data, "--listen", "127.0.0.1:0"]);
+    assert!(!ok && err.contains("in use"), "{err}");
+
+    let http = reqwest::Client::new();
+    let creds = Creds {
+        key: "4f7aef34fb361292c566a1cd".into(),
+        secret: "0123456789abcdefABCDEF01".into(),
+    };
+    let now = jiff::Timestamp::now().as_millisecond();
+    let evs: Vec<Value> = (1..=5u64)
+        .map(|i| text_message(i, now - 60_000 + i as i64, "single", "bob", "alice"))
+        .collect();
+    let r = http
+        .post(format!("{url}/ingest/v1/events"))
+        .header("authorization", creds.header())
+        .body(ndjson(&evs))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"accepted": 5, "duplicates": 0, "expired": 0})
+    );
+
+    let q = format!(
+        "{url}/v2/users/bob/messages?count=2&begin_time={}&end_time={}",
+        enc(&sh(now - 120_000)),
+        enc(&sh(now))
+    );
+    let mut page: Value = http
+        .get(&q)
+        .header("authorization", creds.header())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    loop {
+        assert_eq!(page["total"], 5);
+        got.extend(
+            page["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["msgid"].as_u64().unwrap()),
+        );
+        let Some(c) = page.get("cursor").and_then(Value::as_str) else {
+            break;
+        };
+        page = http
+            .get(format!("{url}/v2/users/bob/messages?cursor={c}"))
+            .header("authorization", creds.header())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    }
+    assert_eq!(got, vec![1, 2, 3, 4, 5]);
+
+    // Apps managed while the server runs take effect at once.
+    let (ok, out, err) = imreport(&["app", "create", "--data-dir", data, "--name", "live"]);
+    assert!(ok, "{err}");
+    let live = Creds {
+        key: field(&out, "app_key"),
+        secret: field(&out, "master_secret"),
+    };
+    assert_eq!(live.key.len(), 24);
+    let r = http
+        .get(format!(
+            "{url}/v2/messages?count=1&begin_time=2026-01-01+00:00:00&end_time=2026-01-01+00:00:01"
+        ))
+        .header("authorization", live.header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (ok, out, _) = imreport(&[
+        "app",
+        "rotate-secret",
+        "--data-dir",
+        data,
+        "--app-key",
+        &live.key,
+    ]);
+    assert!(ok);
+    let rotated = Creds {
+        key: live.key.clone(),
+        secret: field(&out, "master_secret"),
+    };
+    let probe = |c: &Creds| {
+        http.get(format!(
+            "{url}/v2/messages?count=1&begin_time=2026-01-01+00:00:00&end_time=2026-01-01+00:00:01"
+        ))
+        .header("authorization", c.header())
+        .send()
+    };
+    assert_eq!(probe(&live).await.unwrap().status(), 401);
+    assert_eq!(probe(&rotated).await.unwrap().status(), 200);
+    let (ok, _, _) = imreport(&["app", "delete", "--data-dir", data, "--app-key", &live.key]);
+    assert!(ok);
+    assert_eq!(probe(&rotated).await.unwrap().status(), 401);
+
+    // SIGTERM: graceful stop, exit 0.
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+
+    // The data is durable across the restart (offline app list still works too).
+    let (ok, out, _) = imreport(&["app", "list", "--data-dir", data]);
+    assert!(ok && out.contains("demo") && !out.contains("live"), "{out}");
+}
+
+#[test]
+fn config_example_is_printed() {
+    let (ok, out, _) = imreport(&["config", "example"]);
+    assert!(ok && out.contains("retention_days = 60") && out.contains("report_tz"));
+}

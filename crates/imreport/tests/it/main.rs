@@ -1,0 +1,9 @@
+//! imreport's integration tests: one binary, real HTTP against servers started on port 0, and
+//! the real `imreport` binary. Run with `cargo nextest run --workspace` (or `cargo test`).
+
+mod bad_inputs;
+mod binary;
+mod history;
+mod ingest;
+mod model;
+mod support;

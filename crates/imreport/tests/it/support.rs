@@ -1,0 +1,228 @@
+//! A server on port 0 over a fresh embedded store, with a settable clock, and a client for it.
+
+use base64::Engine;
+use imreport_domain::Clock;
+use imreport_domain::cursor::CursorKey;
+use imreport_domain::event::IngestLimits;
+use imreport_domain::time::ReportTz;
+use imreport_server::{AppState, admin};
+use imreport_store::Store;
+use imreport_store::embedded::{EmbeddedConfig, EmbeddedStore};
+use serde_json::Value;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// 2026-11-20 12:00:00 UTC: the clock's start in tests.
+pub const T0: i64 = 1_795_176_000_000;
+pub const HOUR: i64 = 3_600_000;
+pub const DAY: i64 = 24 * HOUR;
+
+pub struct Creds {
+    pub key: String,
+    pub secret: String,
+}
+
+impl Creds {
+    pub fn header(&self) -> String {
+        let raw = format!("{}:{}", self.key, self.secret);
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
+    }
+}
+
+pub struct TestServer {
+    pub url: String,
+    pub http: reqwest::Client,
+    pub clock: Clock,
+    pub store: Arc<dyn Store>,
+    pub app: Creds,
+    _stop: oneshot::Sender<()>,
+    _dir: tempfile::TempDir,
+}
+
+pub struct Options {
+    pub limits: IngestLimits,
+    pub queue_depth: usize,
+    pub retention_days: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            limits: IngestLimits::default(),
+            queue_depth: 256,
+            retention_days: 60,
+        }
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(opts: Options) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::manual(T0);
+        let config = EmbeddedConfig {
+            retention_days: opts.retention_days,
+            queue_depth: opts.queue_depth,
+            clock: clock.clone(),
+            ..EmbeddedConfig::default()
+        };
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path(), config).unwrap());
+        let state = AppState {
+            store: store.clone(),
+            tz: ReportTz::new("Asia/Shanghai").unwrap(),
+            cursor_key: CursorKey::from_text("integration-test-cursor-key").unwrap(),
+            cursor_ttl_ms: 120_000,
+            limits: opts.limits,
+            clock: clock.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        imreport_server::launch_with_tcp_listener(listener, state, async move {
+            let _ = rx.await;
+        });
+        let mut server = TestServer {
+            url,
+            http: reqwest::Client::new(),
+            clock,
+            store,
+            app: Creds {
+                key: String::new(),
+                secret: String::new(),
+            },
+            _stop: tx,
+            _dir: dir,
+        };
+        server.app = server.create_app().await;
+        server
+    }
+
+    pub async fn create_app(&self) -> Creds {
+        let c = admin::create_app(self.store.as_ref(), admin::CreateApp::default())
+            .await
+            .unwrap();
+        Creds {
+            key: c.app_key,
+            secret: c.master_secret,
+        }
+    }
+
+    pub async fn get_as(&self, creds: &Creds, path_and_query: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path_and_query}", self.url))
+            .header("authorization", creds.header())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap())
+    }
+
+    pub async fn get(&self, path_and_query: &str) -> (u16, Value) {
+        self.get_as(&self.app, path_and_query).await
+    }
+
+    pub async fn ingest_as(&self, creds: &Creds, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/ingest/v1/events", self.url))
+            .header("authorization", creds.header())
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap())
+    }
+
+    pub async fn ingest(&self, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        self.ingest_as(&self.app, body).await
+    }
+
+    /// Ingests events given as JSON values, as NDJSON; panics unless 200.
+    pub async fn ingest_ok(&self, events: &[Value]) -> Value {
+        let (status, body) = self.ingest(ndjson(events)).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Walks every page of a history query; returns (total of the first page, every message).
+    pub async fn walk(
+        &self,
+        creds: &Creds,
+        path: &str,
+        count: u16,
+        begin: &str,
+        end: &str,
+    ) -> (u64, Vec<Value>) {
+        let first = format!(
+            "{path}?count={count}&begin_time={}&end_time={}",
+            enc(begin),
+            enc(end)
+        );
+        let (status, mut page) = self.get_as(creds, &first).await;
+        assert_eq!(status, 200, "{first}: {page}");
+        let total = page["total"].as_u64().unwrap();
+        let mut all = Vec::new();
+        loop {
+            assert_eq!(page["total"].as_u64().unwrap(), total, "total is carried");
+            let msgs = page["messages"].as_array().unwrap().clone();
+            assert_eq!(page["count"].as_u64().unwrap() as usize, msgs.len());
+            all.extend(msgs);
+            match page.get("cursor").and_then(Value::as_str) {
+                None => break,
+                Some(c) => {
+                    assert!(
+                        page["count"].as_u64().unwrap() == u64::from(count),
+                        "only full pages carry a cursor"
+                    );
+                    let (status, next) = self.get_as(creds, &format!("{path}?cursor={c}")).await;
+                    assert_eq!(status, 200, "{next}");
+                    page = next;
+                }
+            }
+        }
+        (total, all)
+    }
+}
+
+/// Query-string encoding as the official SDKs send it (space as `+`).
+pub fn enc(s: &str) -> String {
+    form_encode(s)
+}
+
+fn form_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b' ' => "+".to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub fn ndjson(events: &[Value]) -> String {
+    events.iter().map(|e| e.to_string() + "\n").collect()
+}
+
+/// A civil time string in Asia/Shanghai (UTC+8, no DST) for an instant.
+pub fn sh(ms: i64) -> String {
+    let ts = jiff::Timestamp::from_millisecond(ms + 8 * HOUR).unwrap();
+    ts.strftime("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+pub fn text_message(msgid: u64, ctime: i64, target_type: &str, target: &str, from: &str) -> Value {
+    serde_json::json!({
+        "event": "message", "msgid": msgid, "msg_ctime": ctime, "target_type": target_type,
+        "target_id": target, "from_id": from, "msg_type": "text",
+        "msg_body": {"text": format!("hello {msgid}"), "extras": {}}
+    })
+}
