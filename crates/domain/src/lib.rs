@@ -8,6 +8,7 @@ pub mod event;
 pub mod message;
 pub mod query;
 pub mod scope;
+pub mod stats;
 pub mod time;
 
 pub use error::Error;

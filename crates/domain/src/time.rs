@@ -71,6 +71,29 @@ impl ReportTz {
         Ok(ts.as_millisecond() + 999)
     }
 
+    /// The instant shifted by the zone's offset at that instant: civil time as if it were UTC.
+    /// `local_ms(t).div_euclid(MILLIS_PER_DAY)` is the civil day number of `t`.
+    pub fn local_ms(&self, ms: Millis) -> Millis {
+        let ts = Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH);
+        ms + i64::from(self.tz.to_offset(ts).seconds()) * 1000
+    }
+
+    /// Civil day number (days since 1970-01-01) of an instant in this zone.
+    pub fn civil_day(&self, ms: Millis) -> i64 {
+        self.local_ms(ms).div_euclid(MILLIS_PER_DAY)
+    }
+
+    /// Civil hour number (hours since 1970-01-01 00:00) of an instant in this zone.
+    pub fn civil_hour(&self, ms: Millis) -> i64 {
+        self.local_ms(ms).div_euclid(MILLIS_PER_HOUR)
+    }
+
+    /// The zone's offset at an instant, in seconds east of UTC.
+    pub fn offset_secs(&self, ms: Millis) -> i32 {
+        let ts = Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH);
+        self.tz.to_offset(ts).seconds()
+    }
+
     /// The civil time of an instant in this zone.
     pub fn civil(&self, ms: Millis) -> DateTime {
         let ts = Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH);
@@ -135,6 +158,22 @@ pub fn parse_day(param: &str, value: &str) -> Result<jiff::civil::Date, Error> {
     }
     let f = |r: std::ops::Range<usize>| digits(&b[r]).ok_or_else(bad);
     jiff::civil::Date::new(f(0..4)? as i16, f(5..7)? as i8, f(8..10)? as i8).map_err(|_| bad())
+}
+
+/// Civil day number (days since 1970-01-01) of a date.
+pub fn day_number(date: jiff::civil::Date) -> i64 {
+    let dt = date.at(0, 0, 0, 0);
+    let ts = TimeZone::UTC
+        .to_ambiguous_timestamp(dt)
+        .compatible()
+        .expect("UTC is unambiguous");
+    ts.as_second().div_euclid(86_400)
+}
+
+/// The date of a civil day number.
+pub fn date_of_day(day: i64) -> jiff::civil::Date {
+    let ts = Timestamp::from_second(day * 86_400).unwrap_or(Timestamp::UNIX_EPOCH);
+    TimeZone::UTC.to_datetime(ts).date()
 }
 
 /// The longest window a history query may span.

@@ -94,6 +94,7 @@ pub async fn run(s: Settings) -> Result<()> {
         retention_days: s.retention_days,
         queue_depth: s.queue_depth,
         clock: Clock::System,
+        tz: tz.clone(),
         ..EmbeddedConfig::default()
     };
     let embedded = EmbeddedStore::open(&s.data_dir, config)?;

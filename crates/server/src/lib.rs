@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod history;
 pub mod ingest;
+pub mod stats;
 
 use axum::Router;
 use axum::body::Body;
@@ -73,6 +74,9 @@ pub fn router(state: AppState) -> Router {
             "/v2/chatrooms/{chatroomid}/messages",
             get(history::chatroom_messages),
         )
+        .route("/v2/statistic/users", get(stats::users))
+        .route("/v2/statistic/groups", get(stats::groups))
+        .route("/v2/statistic/messages", get(stats::messages))
         .route("/ingest/v1/events", post(ingest::ingest))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })

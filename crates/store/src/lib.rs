@@ -8,6 +8,7 @@ use imreport_domain::app::{App, SecretHash};
 use imreport_domain::cursor::Position;
 use imreport_domain::event::Event;
 use imreport_domain::scope::Scope;
+use imreport_domain::stats::{DayStats, MsgCounts};
 use imreport_domain::time::TimeRange;
 use serde::Serialize;
 
@@ -61,6 +62,14 @@ pub struct Page {
     pub next: Option<Position>,
 }
 
+/// Day rollups and the totals they continue from.
+#[derive(Debug, Clone, Default)]
+pub struct DaysReport {
+    pub days: Vec<DayStats>,
+    pub users_before: i64,
+    pub groups_before: i64,
+}
+
 /// Where the walk stands when a page is asked for.
 #[derive(Debug, Clone, Copy)]
 pub struct PageRequest {
@@ -90,6 +99,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// One page of a scope's history.
     async fn page(&self, app: &App, scope: &Scope, req: PageRequest) -> Result<Page>;
+
+    /// Rollups of civil days `from..=to` of the report zone, one per day (zeros where nothing
+    /// happened), with the users and groups that existed at the end of the day before `from`.
+    async fn stats_days(&self, app: &App, from: i64, to: i64) -> Result<DaysReport>;
+
+    /// Message counts of civil hours `from..=to`, one per hour.
+    async fn stats_hours(&self, app: &App, from: i64, to: i64) -> Result<Vec<MsgCounts>>;
+
+    /// The first civil day whose statistics are still retained.
+    fn stats_retained_from(&self) -> i64;
 
     /// Drops data older than the retention window; returns how many day partitions went.
     async fn enforce_retention(&self) -> Result<usize>;

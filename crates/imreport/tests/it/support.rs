@@ -46,6 +46,7 @@ pub struct Options {
     pub limits: IngestLimits,
     pub queue_depth: usize,
     pub retention_days: u32,
+    pub tz: &'static str,
 }
 
 impl Default for Options {
@@ -54,6 +55,7 @@ impl Default for Options {
             limits: IngestLimits::default(),
             queue_depth: 256,
             retention_days: 60,
+            tz: "Asia/Shanghai",
         }
     }
 }
@@ -70,12 +72,13 @@ impl TestServer {
             retention_days: opts.retention_days,
             queue_depth: opts.queue_depth,
             clock: clock.clone(),
+            tz: ReportTz::new(opts.tz).unwrap(),
             ..EmbeddedConfig::default()
         };
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path(), config).unwrap());
         let state = AppState {
             store: store.clone(),
-            tz: ReportTz::new("Asia/Shanghai").unwrap(),
+            tz: ReportTz::new(opts.tz).unwrap(),
             cursor_key: CursorKey::from_text("integration-test-cursor-key").unwrap(),
             cursor_ttl_ms: 120_000,
             limits: opts.limits,

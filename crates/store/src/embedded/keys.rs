@@ -101,3 +101,42 @@ pub fn day_name(day: i64) -> String {
 pub fn parse_day_name(name: &str) -> Option<i64> {
     name.strip_prefix("day-")?.parse().ok()
 }
+
+/// Signed numbers as order-preserving big-endian bytes.
+pub fn ordered_i64(v: i64) -> [u8; 8] {
+    ((v as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub const STAT_DAY: u8 = b'D';
+pub const STAT_HOUR: u8 = b'H';
+pub const STAT_TOTAL: u8 = b'T';
+
+/// `stats` keyspace: `app | D | day` → day row, `app | H | hour` → message counts,
+/// `app | T` → all-time registered users and groups.
+pub fn stat_key(app: u32, kind: u8, n: i64) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[..4].copy_from_slice(&app.to_be_bytes());
+    k[4] = kind;
+    k[5..].copy_from_slice(&ordered_i64(n));
+    k
+}
+
+pub fn stat_total_key(app: u32) -> [u8; 5] {
+    let mut k = [0u8; 5];
+    k[..4].copy_from_slice(&app.to_be_bytes());
+    k[4] = STAT_TOTAL;
+    k
+}
+
+/// Presence sets in `act-{civil day}` keyspaces: `app | kind | id`.
+pub const ACTIVE_USER: u8 = b'a';
+pub const SENDER: u8 = b's';
+pub const ACTIVE_GROUP: u8 = b'g';
+
+pub fn act_name(day: i64) -> String {
+    format!("act-{day}")
+}
+
+pub fn parse_act_name(name: &str) -> Option<i64> {
+    name.strip_prefix("act-")?.parse().ok()
+}

@@ -6,13 +6,14 @@ mod keys;
 mod read;
 mod writer;
 
-use crate::{IngestOutcome, Page, PageRequest, Result, Store, StoreError};
+use crate::{DaysReport, IngestOutcome, Page, PageRequest, Result, Store, StoreError};
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use imreport_domain::app::{App, SecretHash};
 use imreport_domain::event::Event;
 use imreport_domain::scope::Scope;
-use imreport_domain::time::{MILLIS_PER_DAY, utc_day};
+use imreport_domain::stats::MsgCounts;
+use imreport_domain::time::{MILLIS_PER_DAY, ReportTz};
 use imreport_domain::{Clock, Millis};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ pub struct EmbeddedConfig {
     /// Block cache size in bytes.
     pub cache_bytes: u64,
     pub clock: Clock,
+    /// The report time zone: statistics are bucketed in its civil hours and days.
+    pub tz: ReportTz,
 }
 
 impl Default for EmbeddedConfig {
@@ -37,6 +40,7 @@ impl Default for EmbeddedConfig {
             queue_depth: 256,
             cache_bytes: 64 * 1024 * 1024,
             clock: Clock::System,
+            tz: ReportTz::new("Asia/Shanghai").expect("bundled zone"),
         }
     }
 }
@@ -46,7 +50,15 @@ pub(crate) struct Inner {
     meta: Keyspace,
     ids: Keyspace,
     entities: Keyspace,
+    stats: Keyspace,
+    /// Message partitions by partition day (see [`Inner::pday`]).
     days: RwLock<BTreeMap<i64, Keyspace>>,
+    /// Presence sets (active users, senders, active groups) by civil day.
+    acts: RwLock<BTreeMap<i64, Keyspace>>,
+    /// Offset that turns an instant into its partition day: the report zone's offset when the
+    /// data dir was created, fixed forever so that partition days are monotonic in time (a
+    /// DST-shifting offset would make a day's partition hold instants after the next day's).
+    partition_offset_ms: i64,
     /// Serializes app administration (rare) so that id allocation is race-free.
     admin: Mutex<()>,
     /// Every app, by key. This process is the data dir's only writer, so the cache is always
@@ -57,9 +69,34 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    /// First UTC day still retained at `now`.
+    /// The partition day of an instant.
+    pub(crate) fn pday(&self, ms: Millis) -> i64 {
+        (ms + self.partition_offset_ms).div_euclid(MILLIS_PER_DAY)
+    }
+
+    fn retention_start(&self, now: Millis) -> Millis {
+        now - i64::from(self.config.retention_days) * MILLIS_PER_DAY
+    }
+
+    /// First partition day still retained at `now`.
     fn horizon_day(&self, now: Millis) -> i64 {
-        utc_day(now - i64::from(self.config.retention_days) * MILLIS_PER_DAY)
+        self.pday(self.retention_start(now))
+    }
+
+    /// First civil day whose statistics are still retained at `now`.
+    fn stats_horizon_day(&self, now: Millis) -> i64 {
+        self.config.tz.civil_day(self.retention_start(now))
+    }
+
+    fn act(&self, day: i64) -> Result<Keyspace> {
+        if let Some(ks) = self.acts.read().expect("lock").get(&day) {
+            return Ok(ks.clone());
+        }
+        let ks = self
+            .db
+            .keyspace(&keys::act_name(day), KeyspaceCreateOptions::default)?;
+        self.acts.write().expect("lock").insert(day, ks.clone());
+        Ok(ks)
     }
 
     fn day(&self, day: i64) -> Option<Keyspace> {
@@ -87,6 +124,7 @@ pub struct EmbeddedStore {
 
 const APP_PREFIX: &str = "app/";
 const APP_SEQ: &str = "app_seq";
+const PARTITION_OFFSET: &str = "partition_offset_ms";
 
 impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`. Fails with `Locked` if another process has it open.
@@ -104,12 +142,23 @@ impl EmbeddedStore {
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
         let ids = db.keyspace("ids", KeyspaceCreateOptions::default)?;
         let entities = db.keyspace("entities", KeyspaceCreateOptions::default)?;
-        let mut days = BTreeMap::new();
+        let stats = db.keyspace("stats", KeyspaceCreateOptions::default)?;
+        let (mut days, mut acts) = (BTreeMap::new(), BTreeMap::new());
         for name in db.list_keyspace_names() {
             if let Some(day) = keys::parse_day_name(&name) {
                 days.insert(day, db.keyspace(&name, KeyspaceCreateOptions::default)?);
+            } else if let Some(day) = keys::parse_act_name(&name) {
+                acts.insert(day, db.keyspace(&name, KeyspaceCreateOptions::default)?);
             }
         }
+        let partition_offset_ms = match meta.get(PARTITION_OFFSET)? {
+            Some(v) => keys::u64_value(&v) as i64,
+            None => {
+                let off = i64::from(config.tz.offset_secs(config.clock.now_ms())) * 1000;
+                meta.insert(PARTITION_OFFSET, (off as u64).to_be_bytes())?;
+                off
+            }
+        };
         let mut apps = HashMap::new();
         for kv in meta.prefix(APP_PREFIX) {
             let (_, v) = kv.into_inner()?;
@@ -122,7 +171,10 @@ impl EmbeddedStore {
             meta,
             ids,
             entities,
+            stats,
             days: RwLock::new(days),
+            acts: RwLock::new(acts),
+            partition_offset_ms,
             admin: Mutex::new(()),
             apps: RwLock::new(apps),
             config,
@@ -260,6 +312,23 @@ impl Store for EmbeddedStore {
         let (app, scope) = (app.clone(), scope.clone());
         self.blocking(move |s| read::page(&s.inner, &app, &scope, req))
             .await
+    }
+
+    async fn stats_days(&self, app: &App, from: i64, to: i64) -> Result<DaysReport> {
+        let app = app.id;
+        self.blocking(move |s| read::stats_days(&s.inner, app, from, to))
+            .await
+    }
+
+    async fn stats_hours(&self, app: &App, from: i64, to: i64) -> Result<Vec<MsgCounts>> {
+        let app = app.id;
+        self.blocking(move |s| read::stats_hours(&s.inner, app, from, to))
+            .await
+    }
+
+    fn stats_retained_from(&self) -> i64 {
+        self.inner
+            .stats_horizon_day(self.inner.config.clock.now_ms())
     }
 
     async fn enforce_retention(&self) -> Result<usize> {

@@ -1,20 +1,21 @@
 //! Reads: one page of a scope, and `total` from per-hour counters plus at most two partial hours.
 
 use super::{Inner, keys};
-use crate::{Page, PageRequest, Result, StoreError};
+use crate::{DaysReport, Page, PageRequest, Result, StoreError};
 use fjall::{Keyspace, Readable, Snapshot};
 use imreport_domain::Millis;
 use imreport_domain::app::App;
 use imreport_domain::cursor::Position;
 use imreport_domain::message::view_record;
 use imreport_domain::scope::Scope;
-use imreport_domain::time::{MILLIS_PER_HOUR, TimeRange, utc_day};
+use imreport_domain::stats::{DayStats, MsgCounts, decode_counts};
+use imreport_domain::time::{MILLIS_PER_HOUR, TimeRange};
 
 impl Inner {
     /// The day partitions that exist between two instants, oldest first.
     fn partitions(&self, from: Millis, to: Millis) -> Vec<(i64, Keyspace)> {
         let days = self.days.read().expect("lock");
-        days.range(utc_day(from)..=utc_day(to))
+        days.range(self.pday(from)..=self.pday(to))
             .map(|(d, ks)| (*d, ks.clone()))
             .collect()
     }
@@ -128,4 +129,48 @@ fn scan_count(
         }
     }
     Ok(n)
+}
+
+/// Day rows `from..=to`, and the totals at the end of `from - 1`: the all-time totals minus the
+/// net changes of every day from `from` on (one range scan over at most the retained days).
+pub(crate) fn stats_days(inner: &Inner, app: u32, from: i64, to: i64) -> Result<DaysReport> {
+    let snap = inner.db.snapshot();
+    let n = usize::try_from(to - from + 1).unwrap_or(0);
+    let mut days = vec![DayStats::default(); n];
+    let (mut net_users, mut net_groups) = (0i64, 0i64);
+    let lo = keys::stat_key(app, keys::STAT_DAY, from);
+    let hi = keys::stat_key(app, keys::STAT_DAY, i64::MAX);
+    for kv in snap.range(&inner.stats, lo..=hi) {
+        let (k, v) = kv.into_inner()?;
+        let day = i64::from_be_bytes(k[5..13].try_into().expect("8 bytes")) ^ i64::MIN;
+        let row = DayStats::decode(&v);
+        net_users += row.net_users;
+        net_groups += row.net_groups;
+        if day <= to {
+            days[(day - from) as usize] = row;
+        }
+    }
+    let (users, groups) = snap
+        .get(&inner.stats, keys::stat_total_key(app))?
+        .map(|v| super::writer::decode_totals(&v))
+        .unwrap_or_default();
+    Ok(DaysReport {
+        days,
+        users_before: users - net_users,
+        groups_before: groups - net_groups,
+    })
+}
+
+/// Message counts of civil hours `from..=to`.
+pub(crate) fn stats_hours(inner: &Inner, app: u32, from: i64, to: i64) -> Result<Vec<MsgCounts>> {
+    let n = usize::try_from(to - from + 1).unwrap_or(0);
+    let mut out = vec![MsgCounts::default(); n];
+    let lo = keys::stat_key(app, keys::STAT_HOUR, from);
+    let hi = keys::stat_key(app, keys::STAT_HOUR, to);
+    for kv in inner.stats.range(lo..=hi) {
+        let (k, v) = kv.into_inner()?;
+        let hour = i64::from_be_bytes(k[5..13].try_into().expect("8 bytes")) ^ i64::MIN;
+        out[(hour - from) as usize] = decode_counts(&v);
+    }
+    Ok(out)
 }

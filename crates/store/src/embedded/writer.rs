@@ -1,16 +1,22 @@
 //! The single writer. Ingest requests queue on a bounded channel; the writer takes every request
-//! waiting (up to a cap), validates idempotency against the store, writes messages, indexes,
-//! counters and sequences in one atomic fjall batch, fsyncs once, and answers them all. One
-//! thread owning every write also makes read-modify-write of counters race-free.
+//! waiting (up to a cap), checks idempotency against the store, and writes messages, indexes,
+//! counters, statistics rollups and sequences in one atomic fjall batch, fsyncs once, and
+//! answers them all. One thread owning every write also makes read-modify-write of counters and
+//! rollups race-free, so history and statistics can never disagree.
 
 use super::{Inner, keys};
 use crate::{IngestOutcome, Result, StoreError};
-use fjall::{Keyspace, PersistMode};
+use fjall::{Keyspace, OwnedWriteBatch, PersistMode};
+use imreport_domain::Millis;
 use imreport_domain::app::App;
 use imreport_domain::event::Event;
-use imreport_domain::message::{Message, TargetType, encode_record};
+use imreport_domain::message::{FromType, Message, TargetType, encode_record};
 use imreport_domain::scope::Scope;
-use imreport_domain::time::{MILLIS_PER_HOUR, utc_day};
+use imreport_domain::stats::{
+    CREATED, DayStats, MsgCounts, REMOVED, decode_counts, encode_counts, lifecycle_contribution,
+    msg_class, target_index,
+};
+use imreport_domain::time::MILLIS_PER_HOUR;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
@@ -21,8 +27,6 @@ const MAX_GROUP_EVENTS: usize = 100_000;
 const SEQ_KEY: &str = "seq";
 const USER: u8 = b'u';
 const GROUP: u8 = b'g';
-const REGISTERED: u8 = 1;
-const REMOVED: u8 = 0;
 
 pub(crate) enum Job {
     Ingest {
@@ -105,6 +109,25 @@ struct Writer {
 
 type IngestJob = (App, Vec<Event>, oneshot::Sender<Result<IngestOutcome>>);
 
+/// Everything one commit group changes, gathered before it is written.
+struct Group {
+    now: Millis,
+    horizon: i64,
+    stats_horizon: i64,
+    seq: u64,
+    batch: OwnedWriteBatch,
+    seen: HashSet<(u32, u64)>,
+    counters: HashMap<(i64, Vec<u8>), u64>,
+    partitions: HashMap<i64, Keyspace>,
+    entities: HashMap<Vec<u8>, Vec<(Millis, u8)>>,
+    next_ids: HashMap<u32, u64>,
+    days: HashMap<(u32, i64), DayStats>,
+    hours: HashMap<(u32, i64), MsgCounts>,
+    totals: HashMap<u32, (i64, i64)>,
+    presence: HashSet<(i64, Vec<u8>)>,
+    rec: Vec<u8>,
+}
+
 impl Writer {
     fn run(&mut self, rx: Receiver<Job>) {
         let mut carry: Option<Job> = None;
@@ -153,25 +176,57 @@ impl Writer {
         Ok(())
     }
 
+    /// Drops whole partitions (messages, indexes, counters; presence sets) before the window,
+    /// and the few rollup rows of the days before it. The all-time totals stay.
     fn retention(&self) -> Result<usize> {
-        let horizon = self.inner.horizon_day(self.inner.config.clock.now_ms());
-        let old: Vec<Keyspace> = {
-            let mut days = self.inner.days.write().expect("lock");
-            let keep = days.split_off(&horizon);
-            std::mem::replace(&mut *days, keep).into_values().collect()
+        let inner = &self.inner;
+        let now = inner.config.clock.now_ms();
+        let (horizon, stats_horizon) = (inner.horizon_day(now), inner.stats_horizon_day(now));
+        let split = |map: &std::sync::RwLock<std::collections::BTreeMap<i64, Keyspace>>,
+                     at: i64|
+         -> Vec<Keyspace> {
+            let mut m = map.write().expect("lock");
+            let keep = m.split_off(&at);
+            std::mem::replace(&mut *m, keep).into_values().collect()
         };
-        let n = old.len();
-        for ks in old {
-            self.inner.db.delete_keyspace(ks)?;
+        let old_days = split(&inner.days, horizon);
+        let old_acts = split(&inner.acts, stats_horizon);
+        let dropped = old_days.len();
+        for ks in old_days.into_iter().chain(old_acts) {
+            inner.db.delete_keyspace(ks)?;
         }
-        if n > 0 {
+        let apps: Vec<u32> = inner
+            .apps
+            .read()
+            .expect("lock")
+            .values()
+            .map(|a| a.id)
+            .collect();
+        let mut batch = inner.db.batch();
+        for app in apps {
+            for (kind, upto) in [
+                (keys::STAT_DAY, stats_horizon),
+                (keys::STAT_HOUR, stats_horizon * 24),
+            ] {
+                let lo = keys::stat_key(app, kind, i64::MIN);
+                let hi = keys::stat_key(app, kind, upto);
+                for kv in inner.stats.range(lo..hi) {
+                    batch.remove(&inner.stats, kv.key()?);
+                }
+            }
+        }
+        if !batch.is_empty() {
+            batch.commit()?;
+            inner.db.persist(PersistMode::SyncAll)?;
+        }
+        if dropped > 0 {
             tracing::info!(
-                dropped_days = n,
+                dropped_days = dropped,
                 horizon_day = horizon,
                 "retention dropped old day partitions"
             );
         }
-        Ok(n)
+        Ok(dropped)
     }
 
     fn commit_group(&mut self, group: Vec<IngestJob>) {
@@ -194,8 +249,8 @@ impl Writer {
         }
     }
 
-    fn next_id(&mut self, app: u32) -> Result<u64> {
-        if let Some(n) = self.next_ids.get(&app) {
+    fn next_id(&mut self, g: &Group, app: u32) -> Result<u64> {
+        if let Some(n) = g.next_ids.get(&app).or_else(|| self.next_ids.get(&app)) {
             return Ok(*n);
         }
         let n = self
@@ -211,147 +266,154 @@ impl Writer {
     fn write(&mut self, jobs: Vec<(App, Vec<Event>)>) -> Result<Vec<IngestOutcome>> {
         let inner = self.inner.clone();
         let now = inner.config.clock.now_ms();
-        let horizon = inner.horizon_day(now);
-        let seq = self.seq + 1;
-        let mut batch = inner.db.batch();
-        let mut seen: HashSet<(u32, u64)> = HashSet::new();
-        let mut counters: HashMap<(i64, Vec<u8>), u64> = HashMap::new();
-        let mut partitions: HashMap<i64, Keyspace> = HashMap::new();
-        let mut entities: HashMap<Vec<u8>, u8> = HashMap::new();
-        let mut next_ids: HashMap<u32, u64> = HashMap::new();
+        let mut g = Group {
+            now,
+            horizon: inner.horizon_day(now),
+            stats_horizon: inner.stats_horizon_day(now),
+            seq: self.seq + 1,
+            batch: inner.db.batch(),
+            seen: HashSet::new(),
+            counters: HashMap::new(),
+            partitions: HashMap::new(),
+            entities: HashMap::new(),
+            next_ids: HashMap::new(),
+            days: HashMap::new(),
+            hours: HashMap::new(),
+            totals: HashMap::new(),
+            presence: HashSet::new(),
+            rec: Vec::with_capacity(512),
+        };
         let mut outcomes = Vec::with_capacity(jobs.len());
-        let mut rec = Vec::with_capacity(512);
-
         for (app, events) in jobs {
             let mut out = IngestOutcome::default();
             for ev in events {
-                match ev {
-                    Event::Message(mut m) => {
-                        let day = utc_day(m.msg_ctime);
-                        if day < horizon {
-                            out.expired += 1;
-                            continue;
-                        }
-                        let next = match next_ids.get(&app.id) {
-                            Some(n) => *n,
-                            None => self.next_id(app.id)?,
-                        };
-                        if m.msgid == 0 {
-                            m.msgid = next;
-                        } else if seen.contains(&(app.id, m.msgid))
-                            || self.stored(&app, m.msgid, horizon)?
-                        {
-                            out.duplicates += 1;
-                            continue;
-                        }
-                        seen.insert((app.id, m.msgid));
-                        next_ids.insert(app.id, next.max(m.msgid + 1));
-                        let ks = match partitions.get(&day) {
-                            Some(ks) => ks.clone(),
-                            None => {
-                                let ks = inner.day_or_create(day)?;
-                                partitions.insert(day, ks.clone());
-                                ks
-                            }
-                        };
-                        rec.clear();
-                        encode_record(&m, &app.key, seq, &mut rec);
-                        batch.insert(
-                            &ks,
-                            keys::msg_key(app.id, m.msg_ctime, m.msgid),
-                            rec.as_slice(),
-                        );
-                        batch.insert(&inner.ids, keys::id_key(app.id, m.msgid), day.to_be_bytes());
-                        let hour = (m.msg_ctime / MILLIS_PER_HOUR) as u32;
-                        *counters
-                            .entry((
-                                day,
-                                keys::counter_key(
-                                    &keys::scope_prefix(keys::CNT, app.id, &Scope::App),
-                                    hour,
-                                ),
-                            ))
-                            .or_default() += 1;
-                        for scope in scopes_of(&m) {
-                            let idx = keys::scope_prefix(keys::IDX, app.id, &scope);
-                            batch.insert(
-                                &ks,
-                                keys::with_position(&idx, m.msg_ctime, m.msgid),
-                                b"".as_slice(),
-                            );
-                            let cnt = keys::scope_prefix(keys::CNT, app.id, &scope);
-                            *counters
-                                .entry((day, keys::counter_key(&cnt, hour)))
-                                .or_default() += 1;
-                        }
-                        out.accepted += 1;
+                let changed = match ev {
+                    Event::Message(m) => self.message(&mut g, &app, m)?,
+                    Event::UserRegistered { username, time } => {
+                        self.lifecycle(&mut g, app.id, USER, &username, CREATED, time)?
                     }
-                    Event::UserRegistered { username, time } => self.lifecycle(
-                        &mut batch,
-                        &mut entities,
-                        &mut out,
-                        app.id,
-                        USER,
-                        &username,
-                        REGISTERED,
-                        time,
-                    )?,
-                    Event::UserDeleted { username, time } => self.lifecycle(
-                        &mut batch,
-                        &mut entities,
-                        &mut out,
-                        app.id,
-                        USER,
-                        &username,
-                        REMOVED,
-                        time,
-                    )?,
-                    Event::GroupCreated { gid, time } => self.lifecycle(
-                        &mut batch,
-                        &mut entities,
-                        &mut out,
-                        app.id,
-                        GROUP,
-                        &gid,
-                        REGISTERED,
-                        time,
-                    )?,
-                    Event::GroupDeleted { gid, time } => self.lifecycle(
-                        &mut batch,
-                        &mut entities,
-                        &mut out,
-                        app.id,
-                        GROUP,
-                        &gid,
-                        REMOVED,
-                        time,
-                    )?,
-                    Event::UserLogin { time, .. } => {
-                        if utc_day(time) < horizon {
-                            out.expired += 1;
+                    Event::UserDeleted { username, time } => {
+                        self.lifecycle(&mut g, app.id, USER, &username, REMOVED, time)?
+                    }
+                    Event::GroupCreated { gid, time } => {
+                        self.lifecycle(&mut g, app.id, GROUP, &gid, CREATED, time)?
+                    }
+                    Event::GroupDeleted { gid, time } => {
+                        self.lifecycle(&mut g, app.id, GROUP, &gid, REMOVED, time)?
+                    }
+                    Event::UserLogin { username, time } => {
+                        if inner.pday(time) < g.horizon {
+                            None
                         } else {
-                            out.accepted += 1;
+                            let day = inner.config.tz.civil_day(time);
+                            let fresh =
+                                self.mark(&mut g, day, app.id, keys::ACTIVE_USER, &username)?;
+                            if fresh {
+                                g.days.entry((app.id, day)).or_default().active_users += 1;
+                            }
+                            Some(fresh)
                         }
                     }
+                };
+                match changed {
+                    None => out.expired += 1,
+                    Some(true) => out.accepted += 1,
+                    Some(false) => out.duplicates += 1,
                 }
             }
             outcomes.push(out);
         }
-
-        for ((day, key), delta) in counters {
-            let ks = &partitions[&day];
-            let current = ks.get(&key)?.map(|v| keys::u64_value(&v)).unwrap_or(0);
-            batch.insert(ks, key, (current + delta).to_be_bytes());
-        }
-        for (app, next) in &next_ids {
-            batch.insert(&inner.meta, next_id_key(*app), next.to_be_bytes());
-        }
-        batch.insert(&inner.meta, SEQ_KEY, seq.to_be_bytes());
-        batch.commit()?;
-        inner.db.persist(PersistMode::SyncAll)?;
-        self.seq = seq;
-        self.next_ids.extend(next_ids);
+        self.flush(g)?;
         Ok(outcomes)
+    }
+
+    /// Stores one message; `None` when expired, `Some(false)` when a duplicate.
+    fn message(&mut self, g: &mut Group, app: &App, mut m: Message) -> Result<Option<bool>> {
+        let inner = self.inner.clone();
+        let day = inner.pday(m.msg_ctime);
+        if day < g.horizon {
+            return Ok(None);
+        }
+        let next = self.next_id(g, app.id)?;
+        if m.msgid == 0 {
+            m.msgid = next;
+        } else if g.seen.contains(&(app.id, m.msgid)) || self.stored(app, m.msgid, g.horizon)? {
+            return Ok(Some(false));
+        }
+        g.seen.insert((app.id, m.msgid));
+        g.next_ids.insert(app.id, next.max(m.msgid + 1));
+        let ks = match g.partitions.get(&day) {
+            Some(ks) => ks.clone(),
+            None => {
+                let ks = inner.day_or_create(day)?;
+                g.partitions.insert(day, ks.clone());
+                ks
+            }
+        };
+        g.rec.clear();
+        encode_record(&m, &app.key, g.seq, &mut g.rec);
+        g.batch.insert(
+            &ks,
+            keys::msg_key(app.id, m.msg_ctime, m.msgid),
+            g.rec.as_slice(),
+        );
+        g.batch
+            .insert(&inner.ids, keys::id_key(app.id, m.msgid), day.to_be_bytes());
+        let hour = (m.msg_ctime / MILLIS_PER_HOUR) as u32;
+        *g.counters
+            .entry((
+                day,
+                keys::counter_key(&keys::scope_prefix(keys::CNT, app.id, &Scope::App), hour),
+            ))
+            .or_default() += 1;
+        for scope in scopes_of(&m) {
+            let idx = keys::scope_prefix(keys::IDX, app.id, &scope);
+            g.batch.insert(
+                &ks,
+                keys::with_position(&idx, m.msg_ctime, m.msgid),
+                b"".as_slice(),
+            );
+            let cnt = keys::scope_prefix(keys::CNT, app.id, &scope);
+            *g.counters
+                .entry((day, keys::counter_key(&cnt, hour)))
+                .or_default() += 1;
+        }
+
+        // Statistics rollups, in the same batch.
+        let tz = &inner.config.tz;
+        let (cday, chour) = (tz.civil_day(m.msg_ctime), tz.civil_hour(m.msg_ctime));
+        let (t, c) = (target_index(m.target_type), msg_class(&m.msg_type));
+        g.hours.entry((app.id, chour)).or_default()[t][c] += 1;
+        g.days.entry((app.id, cday)).or_default().msgs[t][c] += 1;
+        if m.from_type == FromType::User {
+            if self.mark(g, cday, app.id, keys::SENDER, &m.from_id)? {
+                g.days.entry((app.id, cday)).or_default().send_msg_users += 1;
+            }
+            if self.mark(g, cday, app.id, keys::ACTIVE_USER, &m.from_id)? {
+                g.days.entry((app.id, cday)).or_default().active_users += 1;
+            }
+        }
+        if m.target_type == TargetType::Group
+            && self.mark(g, cday, app.id, keys::ACTIVE_GROUP, &m.target_id)?
+        {
+            g.days.entry((app.id, cday)).or_default().active_groups += 1;
+        }
+        Ok(Some(true))
+    }
+
+    /// Adds `id` to a day's presence set; `true` if it was not there yet.
+    fn mark(&self, g: &mut Group, day: i64, app: u32, kind: u8, id: &str) -> Result<bool> {
+        let key = keys::entity_key(app, kind, id);
+        if g.presence.contains(&(day, key.clone())) {
+            return Ok(false);
+        }
+        let ks = self.inner.act(day)?;
+        if ks.contains_key(&key)? {
+            return Ok(false);
+        }
+        g.batch.insert(&ks, key.clone(), b"".as_slice());
+        g.presence.insert((day, key));
+        Ok(true)
     }
 
     /// Whether the app already holds a message with this id (in a day still retained).
@@ -368,42 +430,154 @@ impl Writer {
         Ok(day >= horizon && self.inner.day(day).is_some())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Records a user or group lifecycle event in the entity's history and applies the change
+    /// it makes to the day rows and all-time totals. `Some(false)` when it changes nothing.
     fn lifecycle(
         &self,
-        batch: &mut fjall::OwnedWriteBatch,
-        overlay: &mut HashMap<Vec<u8>, u8>,
-        out: &mut IngestOutcome,
+        g: &mut Group,
         app: u32,
         kind: u8,
         id: &str,
-        state: u8,
-        time: i64,
-    ) -> Result<()> {
+        what: u8,
+        time: Millis,
+    ) -> Result<Option<bool>> {
         let key = keys::entity_key(app, kind, id);
-        let current = match overlay.get(&key) {
-            Some(s) => Some(*s),
+        let history = match g.entities.get(&key) {
+            Some(h) => h.clone(),
             None => self
                 .inner
                 .entities
                 .get(&key)?
-                .and_then(|v| v.first().copied()),
+                .map(|v| decode_history(&v))
+                .unwrap_or_default(),
         };
-        let changes = match state {
-            REGISTERED => current != Some(REGISTERED),
-            _ => current == Some(REGISTERED),
-        };
-        if !changes {
-            out.duplicates += 1;
-            return Ok(());
+        if history.contains(&(time, what)) {
+            return Ok(Some(false));
         }
-        let mut v = vec![state];
-        v.extend_from_slice(&time.to_be_bytes());
-        batch.insert(&self.inner.entities, key.clone(), v);
-        overlay.insert(key, state);
-        out.accepted += 1;
+        let tz = &self.inner.config.tz;
+        let before = lifecycle_contribution(&history, |t| tz.civil_day(t));
+        let mut updated = history;
+        updated.push((time, what));
+        let after = lifecycle_contribution(&updated, |t| tz.civil_day(t));
+        g.batch
+            .insert(&self.inner.entities, key.clone(), encode_history(&updated));
+        g.entities.insert(key, updated);
+        if before == after {
+            return Ok(Some(false));
+        }
+        let mut net_total = 0;
+        for day in before
+            .keys()
+            .chain(after.keys())
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            let (b, a) = (
+                before.get(&day).copied().unwrap_or_default(),
+                after.get(&day).copied().unwrap_or_default(),
+            );
+            let (d_new, d_net) = (a.0 - b.0, a.1 - b.1);
+            net_total += d_net;
+            if day >= g.stats_horizon && (d_new, d_net) != (0, 0) {
+                let row = g.days.entry((app, day)).or_default();
+                if kind == USER {
+                    row.new_users = row.new_users.wrapping_add_signed(d_new);
+                    row.net_users += d_net;
+                } else {
+                    row.new_groups = row.new_groups.wrapping_add_signed(d_new);
+                    row.net_groups += d_net;
+                }
+            }
+        }
+        let total = g.totals.entry(app).or_default();
+        if kind == USER {
+            total.0 += net_total;
+        } else {
+            total.1 += net_total;
+        }
+        Ok(Some(true))
+    }
+
+    /// Adds the gathered deltas to what is stored and commits everything at once.
+    fn flush(&mut self, mut g: Group) -> Result<()> {
+        let inner = self.inner.clone();
+        for ((day, key), delta) in g.counters.drain() {
+            let ks = &g.partitions[&day];
+            let current = ks.get(&key)?.map(|v| keys::u64_value(&v)).unwrap_or(0);
+            g.batch.insert(ks, key, (current + delta).to_be_bytes());
+        }
+        for ((app, day), delta) in g.days.drain() {
+            let key = keys::stat_key(app, keys::STAT_DAY, day);
+            let mut row = inner
+                .stats
+                .get(key)?
+                .map(|v| DayStats::decode(&v))
+                .unwrap_or_default();
+            row.add(&delta);
+            g.batch.insert(&inner.stats, key, row.encode());
+        }
+        for ((app, hour), delta) in g.hours.drain() {
+            let key = keys::stat_key(app, keys::STAT_HOUR, hour);
+            let mut row = inner
+                .stats
+                .get(key)?
+                .map(|v| decode_counts(&v))
+                .unwrap_or_default();
+            for (r, d) in row.iter_mut().flatten().zip(delta.iter().flatten()) {
+                *r += d;
+            }
+            g.batch.insert(&inner.stats, key, encode_counts(&row));
+        }
+        for (app, (users, groups)) in g.totals.drain() {
+            let key = keys::stat_total_key(app);
+            let (u, gr) = inner
+                .stats
+                .get(key)?
+                .map(|v| decode_totals(&v))
+                .unwrap_or_default();
+            let mut v = (u + users).to_be_bytes().to_vec();
+            v.extend_from_slice(&(gr + groups).to_be_bytes());
+            g.batch.insert(&inner.stats, key, v);
+        }
+        for (app, next) in &g.next_ids {
+            g.batch
+                .insert(&inner.meta, next_id_key(*app), next.to_be_bytes());
+        }
+        g.batch.insert(&inner.meta, SEQ_KEY, g.seq.to_be_bytes());
+        let _ = g.now;
+        g.batch.commit()?;
+        inner.db.persist(PersistMode::SyncAll)?;
+        self.seq = g.seq;
+        self.next_ids.extend(g.next_ids);
         Ok(())
     }
+}
+
+pub(crate) fn decode_totals(v: &[u8]) -> (i64, i64) {
+    let get = |r: std::ops::Range<usize>| {
+        v.get(r)
+            .and_then(|b| b.try_into().ok())
+            .map(i64::from_be_bytes)
+            .unwrap_or(0)
+    };
+    (get(0..8), get(8..16))
+}
+
+fn encode_history(h: &[(Millis, u8)]) -> Vec<u8> {
+    h.iter()
+        .flat_map(|(t, k)| std::iter::once(*k).chain(t.to_be_bytes()))
+        .collect()
+}
+
+fn decode_history(v: &[u8]) -> Vec<(Millis, u8)> {
+    v.chunks_exact(9)
+        .map(|c| {
+            (
+                i64::from_be_bytes(c[1..].try_into().expect("8 bytes")),
+                c[0],
+            )
+        })
+        .collect()
 }
 
 fn next_id_key(app: u32) -> String {

@@ -1,0 +1,676 @@
+//! Statistics (Report V2 `/v2/statistic/*`): request parsing, the rollup rows the store keeps,
+//! and the JSON the API answers with. Buckets are civil hours, days and months of the report zone.
+
+use crate::Error;
+use crate::message::TargetType;
+use crate::query::param;
+use crate::time::{date_of_day, day_number, parse_day};
+use serde::Serialize;
+
+/// Message counts by target type (single, group, chatroom) and class (text, image, voice, other).
+pub type MsgCounts = [[u64; 4]; 3];
+
+/// The class a `msg_type` counts under.
+pub fn msg_class(msg_type: &str) -> usize {
+    match msg_type {
+        "text" => 0,
+        "image" => 1,
+        "voice" => 2,
+        _ => 3,
+    }
+}
+
+pub fn target_index(t: TargetType) -> usize {
+    match t {
+        TargetType::Single => 0,
+        TargetType::Group => 1,
+        TargetType::Chatroom => 2,
+    }
+}
+
+/// One civil day of an app's rollups.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DayStats {
+    pub msgs: MsgCounts,
+    pub new_users: u64,
+    /// Registrations minus deletions that day (for `total_users`).
+    pub net_users: i64,
+    pub active_users: u64,
+    pub send_msg_users: u64,
+    pub new_groups: u64,
+    pub net_groups: i64,
+    pub active_groups: u64,
+}
+
+const DAY_FIELDS: usize = 12 + 7;
+
+impl DayStats {
+    fn fields(&self) -> [i64; DAY_FIELDS] {
+        let mut f = [0i64; DAY_FIELDS];
+        for (i, v) in self.msgs.iter().flatten().enumerate() {
+            f[i] = *v as i64;
+        }
+        f[12..].copy_from_slice(&[
+            self.new_users as i64,
+            self.net_users,
+            self.active_users as i64,
+            self.send_msg_users as i64,
+            self.new_groups as i64,
+            self.net_groups,
+            self.active_groups as i64,
+        ]);
+        f
+    }
+
+    fn from_fields(f: &[i64; DAY_FIELDS]) -> Self {
+        let mut msgs = MsgCounts::default();
+        for (i, v) in f[..12].iter().enumerate() {
+            msgs[i / 4][i % 4] = *v as u64;
+        }
+        DayStats {
+            msgs,
+            new_users: f[12] as u64,
+            net_users: f[13],
+            active_users: f[14] as u64,
+            send_msg_users: f[15] as u64,
+            new_groups: f[16] as u64,
+            net_groups: f[17],
+            active_groups: f[18] as u64,
+        }
+    }
+
+    /// Adds `d` field by field (deltas may be negative in the net fields).
+    pub fn add(&mut self, d: &DayStats) {
+        let (mut a, b) = (self.fields(), d.fields());
+        for (x, y) in a.iter_mut().zip(b) {
+            *x += y;
+        }
+        *self = Self::from_fields(&a);
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        self.fields().iter().flat_map(|v| v.to_be_bytes()).collect()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Self {
+        let mut f = [0i64; DAY_FIELDS];
+        for (i, chunk) in bytes.chunks_exact(8).take(DAY_FIELDS).enumerate() {
+            f[i] = i64::from_be_bytes(chunk.try_into().expect("8 bytes"));
+        }
+        Self::from_fields(&f)
+    }
+}
+
+pub fn encode_counts(c: &MsgCounts) -> Vec<u8> {
+    c.iter().flatten().flat_map(|v| v.to_be_bytes()).collect()
+}
+
+pub fn decode_counts(bytes: &[u8]) -> MsgCounts {
+    let mut c = MsgCounts::default();
+    for (i, chunk) in bytes.chunks_exact(8).take(12).enumerate() {
+        c[i / 4][i % 4] = u64::from_be_bytes(chunk.try_into().expect("8 bytes"));
+    }
+    c
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeUnit {
+    Hour,
+    Day,
+    Month,
+}
+
+/// Which statistics endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsKind {
+    Users,
+    Groups,
+    Messages,
+}
+
+/// A validated statistics request: `n` buckets of `unit` from `first`, where `first` is a civil
+/// hour number (HOUR), a civil day number (DAY) or a month number `year * 12 + month - 1` (MONTH).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatsRequest {
+    pub unit: TimeUnit,
+    pub first: i64,
+    pub n: i64,
+}
+
+impl StatsRequest {
+    /// The civil days the request covers, first and last.
+    pub fn day_span(&self) -> (i64, i64) {
+        match self.unit {
+            TimeUnit::Hour => {
+                let d = self.first.div_euclid(24);
+                (d, d)
+            }
+            TimeUnit::Day => (self.first, self.first + self.n - 1),
+            TimeUnit::Month => (
+                month_first_day(self.first),
+                month_first_day(self.first + self.n) - 1,
+            ),
+        }
+    }
+
+    /// The label of bucket `i`, in the unit's format.
+    pub fn label(&self, i: i64) -> String {
+        let b = self.first + i;
+        match self.unit {
+            TimeUnit::Hour => {
+                let d = date_of_day(b.div_euclid(24));
+                format!("{d} {:02}", b.rem_euclid(24))
+            }
+            TimeUnit::Day => date_of_day(b).to_string(),
+            TimeUnit::Month => format!("{:04}-{:02}", b.div_euclid(12), b.rem_euclid(12) + 1),
+        }
+    }
+}
+
+/// Civil day number of the first day of month number `m` (`year * 12 + month - 1`).
+pub fn month_first_day(m: i64) -> i64 {
+    let date = jiff::civil::Date::new(m.div_euclid(12) as i16, (m.rem_euclid(12) + 1) as i8, 1)
+        .expect("valid month");
+    day_number(date)
+}
+
+fn int_param(params: &[(String, String)], name: &str, max: i64) -> Result<i64, Error> {
+    let raw = param(params, name)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Error::invalid(format!("{name} is required: an integer from 1 to {max}")))?;
+    match raw.parse::<i64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(Error::invalid(format!(
+            "{name}={raw:?} is not allowed here; use an integer from 1 to {max}"
+        ))),
+    }
+}
+
+/// Parses `time_unit`, `start` and `duration` for one of the statistics endpoints.
+pub fn parse_stats(kind: StatsKind, params: &[(String, String)]) -> Result<StatsRequest, Error> {
+    let unit_raw = param(params, "time_unit")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            Error::invalid(match kind {
+                StatsKind::Messages => "time_unit is required: HOUR, DAY or MONTH",
+                _ => "time_unit is required: DAY",
+            })
+        })?;
+    let unit = match unit_raw.to_ascii_uppercase().as_str() {
+        "HOUR" => TimeUnit::Hour,
+        "DAY" => TimeUnit::Day,
+        "MONTH" => TimeUnit::Month,
+        _ => {
+            return Err(Error::invalid(format!(
+                "time_unit={unit_raw:?} is not a unit; use {}",
+                if kind == StatsKind::Messages {
+                    "HOUR, DAY or MONTH"
+                } else {
+                    "DAY"
+                }
+            )));
+        }
+    };
+    if kind != StatsKind::Messages && unit != TimeUnit::Day {
+        return Err(Error::invalid(format!(
+            "time_unit={unit_raw:?} is not available for user and group statistics; use DAY"
+        )));
+    }
+    let start = param(params, "start").filter(|v| !v.is_empty());
+    match unit {
+        TimeUnit::Hour => {
+            let form = "use yyyy-MM-dd HH, e.g. 2017-03-01 08";
+            let raw = start.ok_or_else(|| Error::invalid(format!("start is required: {form}")))?;
+            let bad = || Error::invalid(format!("start={raw:?} is not a valid hour; {form}"));
+            let (date, hour) = raw.split_at_checked(10).ok_or_else(bad)?;
+            let date = parse_day("start", date).map_err(|_| bad())?;
+            let hour = hour
+                .strip_prefix(' ')
+                .or_else(|| hour.strip_prefix('T'))
+                .ok_or_else(bad)?;
+            if hour.len() != 2 || !hour.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            let h: i64 = hour.parse().map_err(|_| bad())?;
+            if h > 23 {
+                return Err(bad());
+            }
+            let n = int_param(params, "duration", 24)?;
+            if h + n > 24 {
+                return Err(Error::invalid(format!(
+                    "start={raw:?} with duration={n} runs past the end of that day; HOUR statistics cover one day: at most {} hours from hour {h:02}",
+                    24 - h
+                )));
+            }
+            Ok(StatsRequest {
+                unit,
+                first: day_number(date) * 24 + h,
+                n,
+            })
+        }
+        TimeUnit::Day => {
+            let raw = start.ok_or_else(|| {
+                Error::invalid("start is required: use yyyy-MM-dd, e.g. 2017-03-01")
+            })?;
+            let date = parse_day("start", raw)?;
+            let n = int_param(params, "duration", 60)?;
+            Ok(StatsRequest {
+                unit,
+                first: day_number(date),
+                n,
+            })
+        }
+        TimeUnit::Month => {
+            let form = "use yyyy-MM, e.g. 2017-03";
+            let raw = start.ok_or_else(|| Error::invalid(format!("start is required: {form}")))?;
+            let bad = || Error::invalid(format!("start={raw:?} is not a valid month; {form}"));
+            let b = raw.as_bytes();
+            if b.len() != 7
+                || b[4] != b'-'
+                || !b
+                    .iter()
+                    .enumerate()
+                    .all(|(i, c)| i == 4 || c.is_ascii_digit())
+            {
+                return Err(bad());
+            }
+            let (y, m): (i64, i64) = (
+                raw[..4].parse().map_err(|_| bad())?,
+                raw[5..].parse().map_err(|_| bad())?,
+            );
+            if !(1..=12).contains(&m) {
+                return Err(bad());
+            }
+            let n = int_param(params, "duration", 2)?;
+            Ok(StatsRequest {
+                unit,
+                first: y * 12 + m - 1,
+                n,
+            })
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct UsersBucket {
+    pub date: String,
+    pub new_users: u64,
+    pub total_users: i64,
+    pub active_users: u64,
+    pub send_msg_users: u64,
+}
+
+#[derive(Serialize)]
+pub struct GroupsBucket {
+    pub date: String,
+    pub new_group: u64,
+    pub total_group: i64,
+    pub active_group: u64,
+}
+
+#[derive(Serialize)]
+pub struct SendBucket {
+    pub time: String,
+    pub group_send_msg: u64,
+    pub single_send_msg: u64,
+    pub chatroom_send_msg: u64,
+}
+
+#[derive(Serialize, Default, PartialEq, Eq, Debug)]
+pub struct ClassStat {
+    pub txt_msg: u64,
+    pub image_msg: u64,
+    pub voice_msg: u64,
+    pub other_msg: u64,
+}
+
+#[derive(Serialize)]
+pub struct MessagesReport {
+    pub send_msg_stat: Vec<SendBucket>,
+    pub group_msg_stat: ClassStat,
+    pub single_msg_stat: ClassStat,
+    pub chatroom_msg_stat: ClassStat,
+}
+
+impl From<[u64; 4]> for ClassStat {
+    fn from(c: [u64; 4]) -> Self {
+        ClassStat {
+            txt_msg: c[0],
+            image_msg: c[1],
+            voice_msg: c[2],
+            other_msg: c[3],
+        }
+    }
+}
+
+/// Builds the messages answer from one `MsgCounts` per bucket.
+pub fn messages_report(req: &StatsRequest, buckets: &[MsgCounts]) -> MessagesReport {
+    let mut totals = MsgCounts::default();
+    let mut send = Vec::with_capacity(buckets.len());
+    for (i, b) in buckets.iter().enumerate() {
+        for (t, row) in b.iter().enumerate() {
+            for (c, v) in row.iter().enumerate() {
+                totals[t][c] += v;
+            }
+        }
+        send.push(SendBucket {
+            time: req.label(i as i64),
+            group_send_msg: b[1].iter().sum(),
+            single_send_msg: b[0].iter().sum(),
+            chatroom_send_msg: b[2].iter().sum(),
+        });
+    }
+    MessagesReport {
+        send_msg_stat: send,
+        single_msg_stat: totals[0].into(),
+        group_msg_stat: totals[1].into(),
+        chatroom_msg_stat: totals[2].into(),
+    }
+}
+
+/// Builds the users answer: `days[i]` is day `first + i`; `total_before` the registered users at
+/// the end of the day before `first`.
+pub fn users_report(req: &StatsRequest, days: &[DayStats], total_before: i64) -> Vec<UsersBucket> {
+    let mut total = total_before;
+    days.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            total += d.net_users;
+            UsersBucket {
+                date: req.label(i as i64),
+                new_users: d.new_users,
+                total_users: total,
+                active_users: d.active_users,
+                send_msg_users: d.send_msg_users,
+            }
+        })
+        .collect()
+}
+
+pub fn groups_report(
+    req: &StatsRequest,
+    days: &[DayStats],
+    total_before: i64,
+) -> Vec<GroupsBucket> {
+    let mut total = total_before;
+    days.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            total += d.net_groups;
+            GroupsBucket {
+                date: req.label(i as i64),
+                new_group: d.new_groups,
+                total_group: total,
+                active_group: d.active_groups,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn units_and_labels() {
+        let r = parse_stats(
+            StatsKind::Messages,
+            &p(&[
+                ("time_unit", "hour"),
+                ("start", "2017-03-01 08"),
+                ("duration", "16"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((r.unit, r.n), (TimeUnit::Hour, 16));
+        assert_eq!(r.label(0), "2017-03-01 08");
+        assert_eq!(r.label(15), "2017-03-01 23");
+        assert_eq!(r.day_span().0, r.day_span().1);
+        let r = parse_stats(
+            StatsKind::Users,
+            &p(&[
+                ("time_unit", "Day"),
+                ("start", "2017-02-27"),
+                ("duration", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(r.label(2), "2017-03-01");
+        let r = parse_stats(
+            StatsKind::Messages,
+            &p(&[
+                ("time_unit", "MONTH"),
+                ("start", "2016-12"),
+                ("duration", "2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.label(0), r.label(1)),
+            ("2016-12".to_string(), "2017-01".to_string())
+        );
+        let (a, b) = r.day_span();
+        assert_eq!(date_of_day(a).to_string(), "2016-12-01");
+        assert_eq!(date_of_day(b).to_string(), "2017-01-31");
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_accepted() {
+        type Case<'a> = (StatsKind, Vec<(&'a str, &'a str)>, &'a str);
+        let cases: Vec<Case> = vec![
+            (
+                StatsKind::Users,
+                vec![("start", "2017-03-01"), ("duration", "3")],
+                "time_unit is required",
+            ),
+            (
+                StatsKind::Users,
+                vec![
+                    ("time_unit", "HOUR"),
+                    ("start", "2017-03-01 00"),
+                    ("duration", "3"),
+                ],
+                "use DAY",
+            ),
+            (
+                StatsKind::Groups,
+                vec![
+                    ("time_unit", "MONTH"),
+                    ("start", "2017-03"),
+                    ("duration", "1"),
+                ],
+                "use DAY",
+            ),
+            (
+                StatsKind::Messages,
+                vec![
+                    ("time_unit", "WEEK"),
+                    ("start", "2017-03-01"),
+                    ("duration", "1"),
+                ],
+                "HOUR, DAY or MONTH",
+            ),
+            (
+                StatsKind::Messages,
+                vec![
+                    ("time_unit", "DAY"),
+                    ("start", "2017-03-01"),
+                    ("duration", "61"),
+                ],
+                "1 to 60",
+            ),
+            (
+                StatsKind::Messages,
+                vec![
+                    ("time_unit", "DAY"),
+                    ("start", "2017-03-01"),
+                    ("duration", "0"),
+                ],
+                "1 to 60",
+            ),
+            (
+                StatsKind::Messages,
+                vec![
+                    ("time_unit", "MONTH"),
+                    ("start", "2017-03"),
+                    ("duration", "3"),
+                ],
+                "1 to 2",
+            ),
+            (
+                StatsKind::Messages,
+                vec![
+                    ("time_unit", "MONTH"),
+                    ("start", "2017-13"),
+                    ("duration", "1"),
+                ],
+                "yyyy-MM",
+            ),
+            (
+                StatsKind::Messages,
+                vec![
+                    ("time_unit", "HOUR"),
+                    ("start", "2017-03-01 20"),
+                    ("duration", "5"),
+                ],
+                "past the end",
+            ),
+            (
+                StatsKind::Messages,
+                vec![
+                    ("time_unit", "HOUR"),
+                    ("start", "2017-03-01"),
+                    ("duration", "5"),
+                ],
+                "yyyy-MM-dd HH",
+            ),
+            (
+                StatsKind::Messages,
+                vec![
+                    ("time_unit", "HOUR"),
+                    ("start", "2017-03-01 24"),
+                    ("duration", "1"),
+                ],
+                "yyyy-MM-dd HH",
+            ),
+            (
+                StatsKind::Messages,
+                vec![
+                    ("time_unit", "DAY"),
+                    ("start", "2017-03-01 00"),
+                    ("duration", "1"),
+                ],
+                "yyyy-MM-dd",
+            ),
+            (
+                StatsKind::Messages,
+                vec![("time_unit", "DAY"), ("duration", "1")],
+                "start is required",
+            ),
+            (
+                StatsKind::Messages,
+                vec![("time_unit", "DAY"), ("start", "2017-03-01")],
+                "duration is required",
+            ),
+            (
+                StatsKind::Messages,
+                vec![
+                    ("time_unit", "DAY"),
+                    ("start", "2017-03-01"),
+                    ("duration", "x"),
+                ],
+                "duration",
+            ),
+        ];
+        for (kind, pairs, want) in cases {
+            let err = parse_stats(kind, &p(&pairs)).unwrap_err().to_string();
+            assert!(err.contains(want), "{pairs:?}: {err}");
+        }
+        // The whole of the start day is allowed.
+        assert!(
+            parse_stats(
+                StatsKind::Messages,
+                &p(&[
+                    ("time_unit", "HOUR"),
+                    ("start", "2017-03-01 00"),
+                    ("duration", "24")
+                ])
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn day_rows_round_trip_with_negative_nets() {
+        let mut d = DayStats {
+            net_users: -3,
+            new_groups: 2,
+            ..DayStats::default()
+        };
+        d.msgs[2][3] = 9;
+        assert_eq!(DayStats::decode(&d.encode()), d);
+        let mut e = d;
+        e.add(&d);
+        assert_eq!((e.net_users, e.msgs[2][3]), (-6, 18));
+    }
+}
+
+/// Lifecycle event kinds as stored in an entity's history.
+pub const CREATED: u8 = 1;
+pub const REMOVED: u8 = 0;
+
+/// What one user's or group's lifecycle history contributes to the day rows: per civil day,
+/// `(new, net)`. The history is read in time order (a creation before a removal at the same
+/// instant): a creation counts when the entity does not exist, a removal when it does; other
+/// events change nothing. So late-arriving events land where they belong in time.
+pub fn lifecycle_contribution(
+    history: &[(crate::Millis, u8)],
+    day_of: impl Fn(crate::Millis) -> i64,
+) -> std::collections::BTreeMap<i64, (i64, i64)> {
+    let mut sorted = history.to_vec();
+    sorted.sort_by_key(|(t, k)| (*t, std::cmp::Reverse(*k)));
+    let mut out = std::collections::BTreeMap::new();
+    let mut exists = false;
+    for (t, kind) in sorted {
+        let e: &mut (i64, i64) = out.entry(day_of(t)).or_default();
+        match (kind, exists) {
+            (CREATED, false) => {
+                exists = true;
+                e.0 += 1;
+                e.1 += 1;
+            }
+            (REMOVED, true) => {
+                exists = false;
+                e.1 -= 1;
+            }
+            _ => {}
+        }
+    }
+    out.retain(|_, v| *v != (0, 0));
+    out
+}
+
+#[cfg(test)]
+mod lifecycle_tests {
+    use super::*;
+
+    #[test]
+    fn history_is_read_in_time_order() {
+        let day = |t: i64| t / 10;
+        // Deleted at 35 but the deletion arrived first: still counts on day 3.
+        let h = [(35, REMOVED), (12, CREATED), (40, CREATED), (41, CREATED)];
+        let c = lifecycle_contribution(&h, day);
+        assert_eq!(c.get(&1), Some(&(1, 1)));
+        assert_eq!(c.get(&3), Some(&(0, -1)));
+        assert_eq!(c.get(&4), Some(&(1, 1)));
+        // A removal of something that never existed counts nothing.
+        assert!(lifecycle_contribution(&[(5, REMOVED)], day).is_empty());
+    }
+}

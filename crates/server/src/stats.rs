@@ -1,0 +1,105 @@
+//! Report V2 statistics: `/v2/statistic/users`, `/v2/statistic/groups`, `/v2/statistic/messages`.
+
+use crate::error::ApiError;
+use crate::history::query_pairs;
+use crate::{AppState, auth, json_body};
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use imreport_domain::stats::{
+    StatsKind, StatsRequest, TimeUnit, groups_report, messages_report, parse_stats, users_report,
+};
+use imreport_domain::time::date_of_day;
+
+async fn request(
+    st: &AppState,
+    headers: &HeaderMap,
+    raw: Option<&str>,
+    kind: StatsKind,
+) -> Result<(imreport_domain::app::App, StatsRequest), ApiError> {
+    let app = auth::authenticate(st.store.as_ref(), headers).await?;
+    let req = parse_stats(kind, &query_pairs(raw))?;
+    let retained = st.store.stats_retained_from();
+    if req.day_span().1 < retained {
+        return Err(ApiError::invalid(format!(
+            "every bucket asked for lies before the retained window: statistics are kept from {} on; ask for a later start",
+            date_of_day(retained)
+        )));
+    }
+    Ok((app, req))
+}
+
+pub async fn users(
+    State(st): State<AppState>,
+    h: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let (app, req) = request(&st, &h, q.as_deref(), StatsKind::Users).await?;
+    let r = st
+        .store
+        .stats_days(&app, req.first, req.first + req.n - 1)
+        .await?;
+    Ok(json_body(
+        serde_json::to_vec(&users_report(&req, &r.days, r.users_before)).expect("serializable"),
+    ))
+}
+
+pub async fn groups(
+    State(st): State<AppState>,
+    h: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let (app, req) = request(&st, &h, q.as_deref(), StatsKind::Groups).await?;
+    let r = st
+        .store
+        .stats_days(&app, req.first, req.first + req.n - 1)
+        .await?;
+    Ok(json_body(
+        serde_json::to_vec(&groups_report(&req, &r.days, r.groups_before)).expect("serializable"),
+    ))
+}
+
+pub async fn messages(
+    State(st): State<AppState>,
+    h: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let (app, req) = request(&st, &h, q.as_deref(), StatsKind::Messages).await?;
+    let buckets = match req.unit {
+        TimeUnit::Hour => {
+            st.store
+                .stats_hours(&app, req.first, req.first + req.n - 1)
+                .await?
+        }
+        TimeUnit::Day => st
+            .store
+            .stats_days(&app, req.first, req.first + req.n - 1)
+            .await?
+            .days
+            .iter()
+            .map(|d| d.msgs)
+            .collect(),
+        TimeUnit::Month => {
+            let (from, to) = req.day_span();
+            let days = st.store.stats_days(&app, from, to).await?.days;
+            (0..req.n)
+                .map(|i| {
+                    let (a, b) = (
+                        imreport_domain::stats::month_first_day(req.first + i) - from,
+                        imreport_domain::stats::month_first_day(req.first + i + 1) - from,
+                    );
+                    let mut sum = imreport_domain::stats::MsgCounts::default();
+                    for d in &days[a as usize..b as usize] {
+                        for (s, v) in sum.iter_mut().flatten().zip(d.msgs.iter().flatten()) {
+                            *s += v;
+                        }
+                    }
+                    sum
+                })
+                .collect()
+        }
+    };
+    Ok(json_body(
+        serde_json::to_vec(&messages_report(&req, &buckets)).expect("serializable"),
+    ))
+}
