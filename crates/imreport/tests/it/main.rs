@@ -6,4 +6,5 @@ mod binary;
 mod history;
 mod ingest;
 mod model;
+mod stats;
 mod support;
