@@ -4,7 +4,7 @@
 use crate::support::*;
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 const SH: i64 = 8 * HOUR; // Asia/Shanghai: UTC+8, no DST
 fn cday(ms: i64) -> i64 {
@@ -110,11 +110,14 @@ fn to_json(e: &Ev) -> Value {
     }
 }
 
+/// A user's or group's lifecycle events: (time, creation first at equal times).
+type History = BTreeSet<(i64, std::cmp::Reverse<bool>)>;
+
 /// The brute-force recomputation: straight from the definitions, over every event.
 #[derive(Default)]
 struct Model {
     msgs: Vec<(i64, usize, usize, String, bool, String)>, // ctime, tt, class, from, from user?, target
-    life: HashMap<(bool, usize), BTreeSet<(i64, std::cmp::Reverse<bool>)>>,
+    life: HashMap<(bool, usize), History>,
     logins: Vec<(i64, String)>,
 }
 
