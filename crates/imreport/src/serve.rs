@@ -8,7 +8,8 @@ use imreport_domain::app::generate_token;
 use imreport_domain::cursor::CursorKey;
 use imreport_domain::event::IngestLimits;
 use imreport_domain::time::ReportTz;
-use imreport_server::{AppState, admin, router, serve_router};
+use imreport_server::rate::RateLimiter;
+use imreport_server::{AppState, ConnLimits, admin, router, serve_router, serve_router_with};
 use imreport_store::Store;
 use imreport_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use serde::{Deserialize, Serialize};
@@ -95,21 +96,35 @@ pub async fn run(s: Settings) -> Result<()> {
         queue_depth: s.queue_depth,
         clock: Clock::System,
         tz: tz.clone(),
+        min_free_disk_bytes: s.min_free_disk_mb * 1024 * 1024,
         ..EmbeddedConfig::default()
     };
     let embedded = EmbeddedStore::open(&s.data_dir, config)?;
     let store: Arc<dyn Store> = Arc::new(embedded);
-    let state = AppState {
-        store: store.clone(),
+    let mut state = AppState::new(
+        store.clone(),
         tz,
-        cursor_key: cursor_key(&s)?,
-        cursor_ttl_ms: (s.cursor_ttl_secs as i64).saturating_mul(1000),
-        limits: IngestLimits {
+        cursor_key(&s)?,
+        (s.cursor_ttl_secs as i64).saturating_mul(1000),
+        IngestLimits {
             max_events: s.max_events,
             max_body_bytes: s.max_body_bytes,
             max_msg_body_bytes: s.max_msg_body_bytes,
         },
-        clock: Clock::System,
+        Clock::System,
+    );
+    state.ingest_slots = Arc::new(tokio::sync::Semaphore::new(s.ingest_concurrency));
+    state.body_read_timeout = Duration::from_secs(s.body_read_timeout_secs);
+    if s.rate_limit > 0 {
+        state.rate_limit = Some(Arc::new(RateLimiter::new(
+            s.rate_limit,
+            s.rate_limit_window_secs,
+            Clock::System,
+        )));
+    }
+    let conn_limits = ConnLimits {
+        header_read_timeout: Duration::from_secs(s.header_read_timeout_secs),
+        ..ConnLimits::default()
     };
 
     let public = TcpListener::bind(s.listen)
@@ -160,11 +175,16 @@ pub async fn run(s: Settings) -> Result<()> {
     ));
 
     let signal = shutdown_signal(stop_rx.clone());
-    let public_result = serve_router(public, router(state), async move {
-        signal.await;
-        tracing::info!("shutting down: finishing requests in flight");
-        let _ = stop_tx.send(true);
-    })
+    let public_result = serve_router_with(
+        public,
+        router(state),
+        async move {
+            signal.await;
+            tracing::info!("shutting down: finishing requests in flight");
+            let _ = stop_tx.send(true);
+        },
+        conn_limits,
+    )
     .await;
     let _ = admin_task.await;
     let _ = retention.await;

@@ -48,6 +48,24 @@ pub struct ServeArgs {
     /// Ingest requests that may wait for the writer before ingest answers 503 [default: 256]
     #[arg(long, env = "IMREPORT_QUEUE_DEPTH")]
     pub queue_depth: Option<usize>,
+    /// Ingest requests read and decoded at once; more answer 503 [default: 8]
+    #[arg(long, env = "IMREPORT_INGEST_CONCURRENCY")]
+    pub ingest_concurrency: Option<usize>,
+    /// Requests per app per rate window; 0 turns rate limiting off [default: 0]
+    #[arg(long, env = "IMREPORT_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// Length of the rate window in seconds [default: 60]
+    #[arg(long, env = "IMREPORT_RATE_LIMIT_WINDOW_SECS")]
+    pub rate_limit_window_secs: Option<u32>,
+    /// Seconds a client has to send its request headers [default: 10]
+    #[arg(long, env = "IMREPORT_HEADER_READ_TIMEOUT_SECS")]
+    pub header_read_timeout_secs: Option<u64>,
+    /// Seconds a client has to send an ingest body [default: 30]
+    #[arg(long, env = "IMREPORT_BODY_READ_TIMEOUT_SECS")]
+    pub body_read_timeout_secs: Option<u64>,
+    /// Free disk space (MiB) below which ingest answers 503 instead of writing [default: 256]
+    #[arg(long, env = "IMREPORT_MIN_FREE_DISK_MB")]
+    pub min_free_disk_mb: Option<u64>,
 }
 
 /// The TOML file's form: the same names as the flags, with `_` for `-`.
@@ -65,6 +83,12 @@ struct FileSettings {
     max_body_bytes: Option<usize>,
     max_msg_body_bytes: Option<usize>,
     queue_depth: Option<usize>,
+    ingest_concurrency: Option<usize>,
+    rate_limit: Option<u32>,
+    rate_limit_window_secs: Option<u32>,
+    header_read_timeout_secs: Option<u64>,
+    body_read_timeout_secs: Option<u64>,
+    min_free_disk_mb: Option<u64>,
 }
 
 /// Settings with every default applied.
@@ -81,6 +105,12 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub max_msg_body_bytes: usize,
     pub queue_depth: usize,
+    pub ingest_concurrency: usize,
+    pub rate_limit: u32,
+    pub rate_limit_window_secs: u32,
+    pub header_read_timeout_secs: u64,
+    pub body_read_timeout_secs: u64,
+    pub min_free_disk_mb: u64,
 }
 
 impl ServeArgs {
@@ -124,7 +154,32 @@ impl ServeArgs {
                 .or(file.max_msg_body_bytes)
                 .unwrap_or(16 * 1024),
             queue_depth: self.queue_depth.or(file.queue_depth).unwrap_or(256),
+            ingest_concurrency: self
+                .ingest_concurrency
+                .or(file.ingest_concurrency)
+                .unwrap_or(8),
+            rate_limit: self.rate_limit.or(file.rate_limit).unwrap_or(0),
+            rate_limit_window_secs: self
+                .rate_limit_window_secs
+                .or(file.rate_limit_window_secs)
+                .unwrap_or(60),
+            header_read_timeout_secs: self
+                .header_read_timeout_secs
+                .or(file.header_read_timeout_secs)
+                .unwrap_or(10),
+            body_read_timeout_secs: self
+                .body_read_timeout_secs
+                .or(file.body_read_timeout_secs)
+                .unwrap_or(30),
+            min_free_disk_mb: self
+                .min_free_disk_mb
+                .or(file.min_free_disk_mb)
+                .unwrap_or(256),
         };
+        anyhow::ensure!(
+            s.ingest_concurrency >= 1,
+            "ingest_concurrency must be at least 1"
+        );
         anyhow::ensure!(s.retention_days >= 1, "retention_days must be at least 1");
         anyhow::ensure!(s.cursor_ttl_secs >= 1, "cursor_ttl_secs must be at least 1");
         anyhow::ensure!(
@@ -169,6 +224,20 @@ max_msg_body_bytes = 16384
 
 # Ingest requests that may wait for the writer; past this ingest answers 503 with Retry-After.
 queue_depth = 256
+
+# Ingest requests read and decoded at once (bounds memory: each may hold max_body_bytes).
+ingest_concurrency = 8
+
+# Per-app rate limit: requests per window (0 = off), as JMessage's X-Rate-Limit-* headers report.
+rate_limit = 0
+rate_limit_window_secs = 60
+
+# Slow clients: seconds to send request headers, and an ingest body.
+header_read_timeout_secs = 10
+body_read_timeout_secs = 30
+
+# Ingest answers 503 instead of writing when the data dir's disk has less free space than this.
+min_free_disk_mb = 256
 "#;
 
 #[cfg(test)]

@@ -78,6 +78,13 @@ impl From<StoreError> for ApiError {
                 CODE_BUSY,
                 "the server is shutting down; retry on another server or shortly",
             ),
+            StoreError::DiskFull(why) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                CODE_BUSY,
+                format!(
+                    "the server cannot store more data right now ({why}); retry later: nothing of this request was stored"
+                ),
+            ),
             StoreError::AppExists(_) | StoreError::AppNotFound(_) => {
                 ApiError::invalid(e.to_string())
             }

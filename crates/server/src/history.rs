@@ -2,12 +2,13 @@
 //! `/v2/groups/{gid}/messages`, `/v2/chatrooms/{id}/messages`.
 
 use crate::error::ApiError;
-use crate::{AppState, auth, json_body};
+use crate::{AppState, json_body};
+use axum::Extension;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use imreport_domain::MAX_ID_BYTES;
+use imreport_domain::app::App;
 use imreport_domain::cursor::{self, CursorState};
 use imreport_domain::query::{HistoryRequest, parse_history};
 use imreport_domain::scope::Scope;
@@ -36,46 +37,45 @@ fn path_id(what: &str, p: Result<Path<String>, PathRejection>) -> Result<String,
 
 pub async fn app_messages(
     s: State<AppState>,
-    h: HeaderMap,
+    app: Extension<App>,
     q: RawQuery,
 ) -> Result<Response, ApiError> {
-    serve(s, h, q, Ok(Scope::App)).await
+    serve(s, app, q, Ok(Scope::App)).await
 }
 
 pub async fn user_messages(
     s: State<AppState>,
-    h: HeaderMap,
+    app: Extension<App>,
     p: Result<Path<String>, PathRejection>,
     q: RawQuery,
 ) -> Result<Response, ApiError> {
-    serve(s, h, q, path_id("username", p).map(Scope::User)).await
+    serve(s, app, q, path_id("username", p).map(Scope::User)).await
 }
 
 pub async fn group_messages(
     s: State<AppState>,
-    h: HeaderMap,
+    app: Extension<App>,
     p: Result<Path<String>, PathRejection>,
     q: RawQuery,
 ) -> Result<Response, ApiError> {
-    serve(s, h, q, path_id("group id", p).map(Scope::Group)).await
+    serve(s, app, q, path_id("group id", p).map(Scope::Group)).await
 }
 
 pub async fn chatroom_messages(
     s: State<AppState>,
-    h: HeaderMap,
+    app: Extension<App>,
     p: Result<Path<String>, PathRejection>,
     q: RawQuery,
 ) -> Result<Response, ApiError> {
-    serve(s, h, q, path_id("chatroom id", p).map(Scope::Chatroom)).await
+    serve(s, app, q, path_id("chatroom id", p).map(Scope::Chatroom)).await
 }
 
 async fn serve(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    Extension(app): Extension<App>,
     RawQuery(raw): RawQuery,
     scope: Result<Scope, ApiError>,
 ) -> Result<Response, ApiError> {
-    let app = auth::authenticate(st.store.as_ref(), &headers).await?;
     let scope = scope?;
     let now = st.clock.now_ms();
     let req = match parse_history(&query_pairs(raw.as_deref()), &st.tz)? {

@@ -6,12 +6,13 @@ pub mod auth;
 pub mod error;
 pub mod history;
 pub mod ingest;
+pub mod rate;
 pub mod stats;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderValue, Request as HttpRequest, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use error::ApiError;
@@ -22,6 +23,7 @@ use imreport_domain::time::ReportTz;
 use imreport_store::Store;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
@@ -34,6 +36,36 @@ pub struct AppState {
     pub cursor_ttl_ms: i64,
     pub limits: IngestLimits,
     pub clock: Clock,
+    /// Per-app request quota, when configured.
+    pub rate_limit: Option<Arc<rate::RateLimiter>>,
+    /// Ingest requests being read and decoded at once; more get 503.
+    pub ingest_slots: Arc<tokio::sync::Semaphore>,
+    /// A client must send an ingest body within this time.
+    pub body_read_timeout: Duration,
+}
+
+impl AppState {
+    /// State with the default protections (no rate limit, 8 ingest slots, 30 s body timeout).
+    pub fn new(
+        store: Arc<dyn Store>,
+        tz: ReportTz,
+        cursor_key: CursorKey,
+        cursor_ttl_ms: i64,
+        limits: IngestLimits,
+        clock: Clock,
+    ) -> Self {
+        AppState {
+            store,
+            tz,
+            cursor_key,
+            cursor_ttl_ms,
+            limits,
+            clock,
+            rate_limit: None,
+            ingest_slots: Arc::new(tokio::sync::Semaphore::new(8)),
+            body_read_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// A `200` JSON response with the contract's content type.
@@ -64,9 +96,7 @@ async fn readyz(State(st): State<AppState>) -> Response {
 
 /// The public API's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let apps = Router::new()
         .route("/v2/messages", get(history::app_messages))
         .route("/v2/users/{username}/messages", get(history::user_messages))
         .route("/v2/groups/{gid}/messages", get(history::group_messages))
@@ -78,6 +108,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/statistic/groups", get(stats::groups))
         .route("/v2/statistic/messages", get(stats::messages))
         .route("/ingest/v1/events", post(ingest::ingest))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_app,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(apps)
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -113,19 +151,90 @@ fn normalize_path(mut req: Request) -> Request {
     req
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then finishes requests in flight.
+/// Connection-level protection against slow and oversized requests.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// A client must send its request headers within this time, or the connection is closed.
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers); larger gets 431 and a closed connection.
+    pub max_header_bytes: usize,
+    /// How long shutdown waits for requests in flight.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and waits (up
+/// to the grace period) for requests in flight. Built on hyper directly rather than
+/// `axum::serve` for the header timeout and size limits.
 pub async fn serve_router(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let svc = router.map_request(normalize_path);
-    axum::serve(
-        listener,
-        axum::ServiceExt::<Request>::into_make_service(svc),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    serve_router_with(listener, router, shutdown, ConnLimits::default()).await
+}
+
+pub async fn serve_router_with(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ConnLimits,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let svc = router
+        .map_request(|req: HttpRequest<hyper::body::Incoming>| normalize_path(req.map(Body::new)));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = hyper_util::service::TowerToHyperService::new(svc.clone());
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after the shutdown grace period; closing them");
+    }
+    Ok(())
 }
 
 /// Starts the public API on an already-bound listener (port 0 in tests) and returns its task.

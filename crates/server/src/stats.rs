@@ -2,22 +2,17 @@
 
 use crate::error::ApiError;
 use crate::history::query_pairs;
-use crate::{AppState, auth, json_body};
+use crate::{AppState, json_body};
+use axum::Extension;
 use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
+use imreport_domain::app::App;
 use imreport_domain::stats::{
     StatsKind, StatsRequest, TimeUnit, groups_report, messages_report, parse_stats, users_report,
 };
 use imreport_domain::time::date_of_day;
 
-async fn request(
-    st: &AppState,
-    headers: &HeaderMap,
-    raw: Option<&str>,
-    kind: StatsKind,
-) -> Result<(imreport_domain::app::App, StatsRequest), ApiError> {
-    let app = auth::authenticate(st.store.as_ref(), headers).await?;
+fn request(st: &AppState, raw: Option<&str>, kind: StatsKind) -> Result<StatsRequest, ApiError> {
     let req = parse_stats(kind, &query_pairs(raw))?;
     let retained = st.store.stats_retained_from();
     if req.day_span().1 < retained {
@@ -26,15 +21,15 @@ async fn request(
             date_of_day(retained)
         )));
     }
-    Ok((app, req))
+    Ok(req)
 }
 
 pub async fn users(
     State(st): State<AppState>,
-    h: HeaderMap,
+    Extension(app): Extension<App>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (app, req) = request(&st, &h, q.as_deref(), StatsKind::Users).await?;
+    let req = request(&st, q.as_deref(), StatsKind::Users)?;
     let r = st
         .store
         .stats_days(&app, req.first, req.first + req.n - 1)
@@ -46,10 +41,10 @@ pub async fn users(
 
 pub async fn groups(
     State(st): State<AppState>,
-    h: HeaderMap,
+    Extension(app): Extension<App>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (app, req) = request(&st, &h, q.as_deref(), StatsKind::Groups).await?;
+    let req = request(&st, q.as_deref(), StatsKind::Groups)?;
     let r = st
         .store
         .stats_days(&app, req.first, req.first + req.n - 1)
@@ -61,10 +56,10 @@ pub async fn groups(
 
 pub async fn messages(
     State(st): State<AppState>,
-    h: HeaderMap,
+    Extension(app): Extension<App>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (app, req) = request(&st, &h, q.as_deref(), StatsKind::Messages).await?;
+    let req = request(&st, q.as_deref(), StatsKind::Messages)?;
     let buckets = match req.unit {
         TimeUnit::Hour => {
             st.store

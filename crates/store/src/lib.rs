@@ -27,6 +27,8 @@ pub enum StoreError {
     Locked(String),
     #[error("the store is shutting down")]
     ShuttingDown,
+    #[error("the data directory's disk is (nearly) full: {0}")]
+    DiskFull(String),
     #[error("storage error: {0}")]
     Storage(String),
 }

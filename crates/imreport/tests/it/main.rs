@@ -4,6 +4,7 @@
 mod bad_inputs;
 mod binary;
 mod history;
+mod hostile;
 mod ingest;
 mod model;
 mod stats;

@@ -5,7 +5,8 @@ use imreport_domain::Clock;
 use imreport_domain::cursor::CursorKey;
 use imreport_domain::event::IngestLimits;
 use imreport_domain::time::ReportTz;
-use imreport_server::{AppState, admin};
+use imreport_server::rate::RateLimiter;
+use imreport_server::{AppState, ConnLimits, admin};
 use imreport_store::Store;
 use imreport_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use serde_json::Value;
@@ -37,6 +38,7 @@ pub struct TestServer {
     pub http: reqwest::Client,
     pub clock: Clock,
     pub store: Arc<dyn Store>,
+    pub embedded: EmbeddedStore,
     pub app: Creds,
     _stop: oneshot::Sender<()>,
     _dir: tempfile::TempDir,
@@ -47,6 +49,9 @@ pub struct Options {
     pub queue_depth: usize,
     pub retention_days: u32,
     pub tz: &'static str,
+    pub rate_limit: Option<(u32, u32)>,
+    pub body_read_timeout: std::time::Duration,
+    pub conn: ConnLimits,
 }
 
 impl Default for Options {
@@ -56,6 +61,9 @@ impl Default for Options {
             queue_depth: 256,
             retention_days: 60,
             tz: "Asia/Shanghai",
+            rate_limit: None,
+            body_read_timeout: std::time::Duration::from_secs(30),
+            conn: ConnLimits::default(),
         }
     }
 }
@@ -73,28 +81,40 @@ impl TestServer {
             queue_depth: opts.queue_depth,
             clock: clock.clone(),
             tz: ReportTz::new(opts.tz).unwrap(),
+            min_free_disk_bytes: 0,
             ..EmbeddedConfig::default()
         };
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path(), config).unwrap());
-        let state = AppState {
-            store: store.clone(),
-            tz: ReportTz::new(opts.tz).unwrap(),
-            cursor_key: CursorKey::from_text("integration-test-cursor-key").unwrap(),
-            cursor_ttl_ms: 120_000,
-            limits: opts.limits,
-            clock: clock.clone(),
-        };
+        let embedded = EmbeddedStore::open(dir.path(), config).unwrap();
+        let store: Arc<dyn Store> = Arc::new(embedded.clone());
+        let mut state = AppState::new(
+            store.clone(),
+            ReportTz::new(opts.tz).unwrap(),
+            CursorKey::from_text("integration-test-cursor-key").unwrap(),
+            120_000,
+            opts.limits,
+            clock.clone(),
+        );
+        if let Some((limit, window)) = opts.rate_limit {
+            state.rate_limit = Some(Arc::new(RateLimiter::new(limit, window, clock.clone())));
+        }
+        state.body_read_timeout = opts.body_read_timeout;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
-        imreport_server::launch_with_tcp_listener(listener, state, async move {
-            let _ = rx.await;
-        });
+        tokio::spawn(imreport_server::serve_router_with(
+            listener,
+            imreport_server::router(state),
+            async move {
+                let _ = rx.await;
+            },
+            opts.conn,
+        ));
         let mut server = TestServer {
             url,
             http: reqwest::Client::new(),
             clock,
             store,
+            embedded,
             app: Creds {
                 key: String::new(),
                 secret: String::new(),

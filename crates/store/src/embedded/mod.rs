@@ -31,6 +31,9 @@ pub struct EmbeddedConfig {
     pub clock: Clock,
     /// The report time zone: statistics are bucketed in its civil hours and days.
     pub tz: ReportTz,
+    /// Ingest is refused (`DiskFull`) rather than written when the disk has less free space:
+    /// a write that fails for lack of space would leave the database unusable until restart.
+    pub min_free_disk_bytes: u64,
 }
 
 impl Default for EmbeddedConfig {
@@ -41,6 +44,7 @@ impl Default for EmbeddedConfig {
             cache_bytes: 64 * 1024 * 1024,
             clock: Clock::System,
             tz: ReportTz::new("Asia/Shanghai").expect("bundled zone"),
+            min_free_disk_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -66,6 +70,7 @@ pub(crate) struct Inner {
     apps: RwLock<HashMap<String, App>>,
     config: EmbeddedConfig,
     path: PathBuf,
+    min_free: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
@@ -86,6 +91,25 @@ impl Inner {
     /// First civil day whose statistics are still retained at `now`.
     fn stats_horizon_day(&self, now: Millis) -> i64 {
         self.config.tz.civil_day(self.retention_start(now))
+    }
+
+    /// Refuses a write when the disk has less free space than the reserve.
+    fn check_free_space(&self) -> Result<()> {
+        let min = self.min_free.load(std::sync::atomic::Ordering::Relaxed);
+        if min == 0 {
+            return Ok(());
+        }
+        let st = rustix::fs::statvfs(&self.path)
+            .map_err(|e| StoreError::Storage(format!("statvfs: {e}")))?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if free < min {
+            return Err(StoreError::DiskFull(format!(
+                "{} MiB free, below the {} MiB reserve; free space or raise min_free_disk_mb",
+                free / (1024 * 1024),
+                min / (1024 * 1024)
+            )));
+        }
+        Ok(())
     }
 
     fn act(&self, day: i64) -> Result<Keyspace> {
@@ -177,6 +201,7 @@ impl EmbeddedStore {
             partition_offset_ms,
             admin: Mutex::new(()),
             apps: RwLock::new(apps),
+            min_free: std::sync::atomic::AtomicU64::new(config.min_free_disk_bytes),
             config,
             path: dir.to_owned(),
         });
@@ -186,6 +211,21 @@ impl EmbeddedStore {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Blocks the writer until the returned sender is dropped or sent to: for tests of a full
+    /// ingest queue.
+    #[doc(hidden)]
+    pub fn stall_writer(&self) -> std::sync::mpsc::Sender<()> {
+        self.writer.stall()
+    }
+
+    /// Changes the free-space reserve at run time (tests simulate a full disk with it).
+    #[doc(hidden)]
+    pub fn set_min_free_disk_bytes(&self, bytes: u64) {
+        self.inner
+            .min_free
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Bytes on disk of the whole database.

@@ -40,6 +40,7 @@ pub(crate) enum Job {
     Ping {
         reply: oneshot::Sender<Result<()>>,
     },
+    Stall(std::sync::mpsc::Receiver<()>),
 }
 
 #[derive(Clone)]
@@ -91,6 +92,12 @@ impl Handle {
     pub(crate) async fn retention(&self) -> Result<usize> {
         let (reply, rx) = oneshot::channel();
         self.send(Job::Retention { reply }, rx).await
+    }
+
+    pub(crate) fn stall(&self) -> std::sync::mpsc::Sender<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let _ = self.tx.send(Job::Stall(rx));
+        tx
     }
 
     pub(crate) async fn ping(&self) -> Result<()> {
@@ -146,6 +153,9 @@ impl Writer {
                 Job::Ping { reply } => {
                     let _ = reply.send(self.ping());
                 }
+                Job::Stall(until) => {
+                    let _ = until.recv();
+                }
                 Job::Ingest { app, events, reply } => {
                     let mut size = events.len();
                     let mut group: Vec<IngestJob> = vec![(app, events, reply)];
@@ -169,6 +179,7 @@ impl Writer {
     }
 
     fn ping(&self) -> Result<()> {
+        self.inner.check_free_space()?;
         self.inner
             .meta
             .insert("probe", self.inner.config.clock.now_ms().to_be_bytes())?;
@@ -238,6 +249,12 @@ impl Writer {
                     let _ = reply.send(Ok(outcome));
                 }
             }
+            Err(StoreError::DiskFull(why)) => {
+                tracing::warn!(%why, "ingest refused: disk full");
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::DiskFull(why.clone())));
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, "ingest commit failed; nothing of the group was stored");
                 // What is cached may be ahead of what is on disk: forget it.
@@ -265,6 +282,7 @@ impl Writer {
 
     fn write(&mut self, jobs: Vec<(App, Vec<Event>)>) -> Result<Vec<IngestOutcome>> {
         let inner = self.inner.clone();
+        inner.check_free_space()?;
         let now = inner.config.clock.now_ms();
         let mut g = Group {
             now,

@@ -1,0 +1,285 @@
+//! Overload, rate limits, a full disk, slow and oversized requests, and tenant isolation.
+
+use crate::support::*;
+use imreport_server::ConnLimits;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn a_full_ingest_queue_answers_503_with_retry_after() {
+    let s = std::sync::Arc::new(
+        TestServer::start_with(Options {
+            queue_depth: 1,
+            ..Options::default()
+        })
+        .await,
+    );
+    let release = s.embedded.stall_writer();
+    let mut pending = Vec::new();
+    let mut refused = None;
+    for i in 0..6u64 {
+        let s2 = s.clone();
+        let body = ndjson(&[text_message(i + 1, T0 - 10, "single", "a", "b")]);
+        let task = tokio::spawn(async move {
+            let r = s2
+                .http
+                .post(format!("{}/ingest/v1/events", s2.url))
+                .header("authorization", s2.app.header())
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (r.status().as_u16(), retry, r.json::<Value>().await.unwrap())
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if task.is_finished() {
+            refused = Some(task.await.unwrap());
+            break;
+        }
+        pending.push(task);
+    }
+    let (status, retry, body) = refused.expect("a request is refused while the queue is full");
+    assert_eq!(
+        (status, body["error"]["code"].as_u64()),
+        (503, Some(899030)),
+        "{body}"
+    );
+    assert_eq!(retry.as_deref(), Some("1"));
+    drop(release);
+    for t in pending {
+        let (status, _, body) = t.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_jmessage_headers() {
+    let s = TestServer::start_with(Options {
+        rate_limit: Some((3, 60)),
+        ..Options::default()
+    })
+    .await;
+    let other = s.create_app().await;
+    let q = format!(
+        "/v2/messages?count=1&begin_time={}&end_time={}",
+        enc(&sh(T0 - 1000)),
+        enc(&sh(T0))
+    );
+    let get = |creds: &Creds| {
+        s.http
+            .get(format!("{}{q}", s.url))
+            .header("authorization", creds.header())
+            .send()
+    };
+    for remaining in [2, 1, 0] {
+        let r = get(&s.app).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-rate-limit-limit"], "3");
+        assert_eq!(
+            r.headers()["x-rate-limit-remaining"],
+            remaining.to_string().as_str()
+        );
+    }
+    let r = get(&s.app).await.unwrap();
+    assert_eq!(r.status(), 429);
+    let reset: u64 = r.headers()["x-rate-limit-reset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(reset >= 1 && reset <= 60);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(r.headers()["x-rate-limit-remaining"], "0");
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], 899030);
+    // Another app has its own quota; a new window restores this one.
+    assert_eq!(get(&other).await.unwrap().status(), 200);
+    s.clock.set(T0 + 60_000);
+    assert_eq!(get(&s.app).await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_ingest_and_resumes_by_itself() {
+    let s = TestServer::start().await;
+    s.ingest_ok(&[text_message(1, T0 - 10, "single", "a", "b")])
+        .await;
+    s.embedded.set_min_free_disk_bytes(u64::MAX);
+    let (status, body) = s
+        .ingest(ndjson(&[text_message(2, T0 - 10, "single", "a", "b")]))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_u64()),
+        (503, Some(899030)),
+        "{body}"
+    );
+    let ready = s
+        .http
+        .get(format!("{}/readyz", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    // Reads go on.
+    let (total, _) = s
+        .walk(&s.app, "/v2/messages", 10, &sh(T0 - 1000), &sh(T0))
+        .await;
+    assert_eq!(total, 1);
+    s.embedded.set_min_free_disk_bytes(0);
+    let body = s
+        .ingest_ok(&[text_message(2, T0 - 10, "single", "a", "b")])
+        .await;
+    assert_eq!(body["accepted"], 1);
+    assert_eq!(
+        s.walk(&s.app, "/v2/messages", 10, &sh(T0 - 1000), &sh(T0))
+            .await
+            .0,
+        2
+    );
+}
+
+#[tokio::test]
+async fn slow_and_oversized_requests_are_cut_off() {
+    let conn = ConnLimits {
+        header_read_timeout: Duration::from_millis(300),
+        ..ConnLimits::default()
+    };
+    let s = TestServer::start_with(Options {
+        conn,
+        body_read_timeout: Duration::from_millis(300),
+        ..Options::default()
+    })
+    .await;
+    let addr = s.url.strip_prefix("http://").unwrap().to_owned();
+
+    // Headers that never finish: the connection is closed.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the server must close a connection whose headers never finish"
+    );
+
+    // A body that never finishes: 408 with the JSON error.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /ingest/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: 1000\r\n\r\n{{\"event\"",
+        s.app.header()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("899003"), "{text}");
+
+    // Oversized headers: 431 (or a closed connection), never a 500.
+    let r = s
+        .http
+        .get(format!("{}/healthz", s.url))
+        .header("x-big", "a".repeat(200_000))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), 431);
+    }
+    // The server is fine afterwards.
+    assert_eq!(
+        s.http
+            .get(format!("{}/healthz", s.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn no_app_reads_or_counts_another_apps_data() {
+    let s = TestServer::start().await;
+    let b = s.create_app().await;
+    let t = T0 - HOUR;
+    let evs: Vec<Value> = vec![
+        json!({"event": "user_registered", "username": "alice", "time": t}),
+        json!({"event": "group_created", "gid": "g1", "time": t}),
+        json!({"event": "user_login", "username": "alice", "time": t}),
+        text_message(1, t, "single", "bob", "alice"),
+        text_message(2, t, "group", "g1", "alice"),
+        text_message(3, t, "chatroom", "r1", "alice"),
+        text_message(4, t, "single", "alice", "bob"),
+    ];
+    s.ingest_ok(&evs).await;
+    let (bt, et) = (enc(&sh(t - 1000)), enc(&sh(t + 1000)));
+    let day = &sh(t)[..10];
+    let hour = &sh(t)[..13];
+    let paths = [
+        "/v2/messages".to_owned(),
+        "/v2/users/alice/messages".into(),
+        "/v2/users/bob/messages".into(),
+        "/v2/groups/g1/messages".into(),
+        "/v2/chatrooms/r1/messages".into(),
+    ];
+    for p in &paths {
+        let q = format!("{p}?count=1&begin_time={bt}&end_time={et}");
+        let (_, mine) = s.get(&q).await;
+        assert!(mine["total"].as_u64().unwrap() >= 1, "{p}: {mine}");
+        let (status, theirs) = s.get_as(&b, &q).await;
+        assert_eq!(status, 200);
+        assert_eq!(theirs["total"], 0, "{p}: app B sees app A's messages");
+        // A's cursor, presented by B, is refused.
+        if let Some(c) = mine.get("cursor").and_then(Value::as_str) {
+            let (status, err) = s.get_as(&b, &format!("{p}?cursor={c}")).await;
+            assert_eq!(status, 400);
+            assert!(
+                err["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("another app")
+            );
+        }
+    }
+    for q in [
+        format!("/v2/statistic/users?time_unit=DAY&start={day}&duration=1"),
+        format!("/v2/statistic/groups?time_unit=DAY&start={day}&duration=1"),
+        format!("/v2/statistic/messages?time_unit=DAY&start={day}&duration=1"),
+        format!(
+            "/v2/statistic/messages?time_unit=HOUR&start={}&duration=1",
+            enc(hour)
+        ),
+        format!(
+            "/v2/statistic/messages?time_unit=MONTH&start={}&duration=1",
+            &day[..7]
+        ),
+    ] {
+        let (_, mine) = s.get(&q).await;
+        let (status, theirs) = s.get_as(&b, &q).await;
+        assert_eq!(status, 200);
+        assert_ne!(mine, theirs, "{q}");
+        let numbers: Vec<i64> = numbers(&theirs);
+        assert!(
+            numbers.iter().all(|n| *n == 0),
+            "{q}: app B counts app A's data: {theirs}"
+        );
+    }
+    // The same msgids are new to app B, and lifecycle state is per app.
+    let (status, body) = s.ingest_as(&b, ndjson(&evs)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"accepted": 7, "duplicates": 0, "expired": 0}));
+}
+
+fn numbers(v: &Value) -> Vec<i64> {
+    match v {
+        Value::Number(n) => vec![n.as_i64().unwrap()],
+        Value::Array(a) => a.iter().flat_map(numbers).collect(),
+        Value::Object(o) => o.values().flat_map(numbers).collect(),
+        _ => vec![],
+    }
+}
