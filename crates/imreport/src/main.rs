@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server on the embedded store.
-    Serve(settings::ServeArgs),
+    Serve(Box<settings::ServeArgs>),
     /// Manage apps (works offline on the data dir, or through a running server's admin API).
     App {
         #[command(subcommand)]

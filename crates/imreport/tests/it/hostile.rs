@@ -92,7 +92,7 @@ async fn rate_limits_answer_429_with_jmessage_headers() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(reset >= 1 && reset <= 60);
+    assert!((1..=60).contains(&reset));
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(r.headers()["x-rate-limit-remaining"], "0");
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], 899030);
