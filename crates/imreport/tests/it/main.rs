@@ -3,9 +3,11 @@
 
 mod bad_inputs;
 mod binary;
+mod crash;
 mod history;
 mod hostile;
 mod ingest;
 mod model;
+mod retention;
 mod stats;
 mod support;
