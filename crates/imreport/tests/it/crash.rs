@@ -223,18 +223,19 @@ async fn acknowledged_batches_survive_sigkill_whole() {
     let (mut child, url) = start(&data);
     let now = jiff::Timestamp::now().as_millisecond();
     let present = all_msgids(&http, &url, &creds, start_ms - 60_000, now + 1000).await;
-    let l = ledger.lock().unwrap();
-    check_whole(&present, &l);
-    assert!(
-        l.acked.len() >= 20,
-        "the test should have acknowledged batches: {}",
-        l.acked.len()
-    );
-    let stored_batches = l
-        .sent_at
-        .keys()
-        .filter(|b| present.contains(&(*b * 1000 + 1)))
-        .count() as u64;
+    let stored_batches = {
+        let l = ledger.lock().unwrap();
+        check_whole(&present, &l);
+        assert!(
+            l.acked.len() >= 20,
+            "too few acknowledged batches: {}",
+            l.acked.len()
+        );
+        l.sent_at
+            .keys()
+            .filter(|b| present.contains(&(*b * 1000 + 1)))
+            .count() as u64
+    };
     let day = sh(now)[..10].to_owned();
     let stats: Value = http
         .get(format!(
