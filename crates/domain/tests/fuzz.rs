@@ -11,7 +11,10 @@ use imreport_domain::time::{ReportTz, history_range, parse_day, parse_second};
 use proptest::prelude::*;
 
 fn config() -> ProptestConfig {
-    ProptestConfig { cases: 20_000, ..ProptestConfig::default() }
+    ProptestConfig {
+        cases: 20_000,
+        ..ProptestConfig::default()
+    }
 }
 
 /// Strings near the accepted forms: digits, separators and a few odd characters.
@@ -35,22 +38,48 @@ fn params() -> impl Strategy<Value = Vec<(String, String)>> {
         Just("duration".to_owned()),
         "[a-z_]{0,8}",
     ];
-    let value = prop_oneof![near_time(), "-?[0-9]{0,22}", "(?i)(hour|day|month|week)", ".{0,40}"];
+    let value = prop_oneof![
+        near_time(),
+        "-?[0-9]{0,22}",
+        "(?i)(hour|day|month|week)",
+        ".{0,40}"
+    ];
     proptest::collection::vec((key, value), 0..8)
 }
 
 fn event_line() -> impl Strategy<Value = String> {
     let field = prop_oneof![
-        Just("event"), Just("msgid"), Just("msg_ctime"), Just("create_time"), Just("target_type"),
-        Just("target_id"), Just("from_id"), Just("from_type"), Just("msg_type"), Just("msg_body"),
-        Just("username"), Just("gid"), Just("time"), Just("msg_level"), Just("version"), Just("x"),
+        Just("event"),
+        Just("msgid"),
+        Just("msg_ctime"),
+        Just("create_time"),
+        Just("target_type"),
+        Just("target_id"),
+        Just("from_id"),
+        Just("from_type"),
+        Just("msg_type"),
+        Just("msg_body"),
+        Just("username"),
+        Just("gid"),
+        Just("time"),
+        Just("msg_level"),
+        Just("version"),
+        Just("x"),
     ];
     let value = prop_oneof![
-        Just("\"message\"".to_owned()), Just("\"user_login\"".to_owned()), Just("\"group_created\"".to_owned()),
-        Just("\"single\"".to_owned()), Just("\"group\"".to_owned()), Just("{}".to_owned()),
-        Just("{\"text\":\"hi\"}".to_owned()), Just("null".to_owned()), Just("[]".to_owned()),
-        "-?[0-9]{1,25}(\\.[0-9])?".prop_map(|s| s), "\"[^\"\\\\]{0,12}\"".prop_map(|s| s),
-        Just("1e400".to_owned()), Just("\"\\ud800\"".to_owned()),
+        Just("\"message\"".to_owned()),
+        Just("\"user_login\"".to_owned()),
+        Just("\"group_created\"".to_owned()),
+        Just("\"single\"".to_owned()),
+        Just("\"group\"".to_owned()),
+        Just("{}".to_owned()),
+        Just("{\"text\":\"hi\"}".to_owned()),
+        Just("null".to_owned()),
+        Just("[]".to_owned()),
+        "-?[0-9]{1,25}(\\.[0-9])?".prop_map(|s| s),
+        "\"[^\"\\\\]{0,12}\"".prop_map(|s| s),
+        Just("1e400".to_owned()),
+        Just("\"\\ud800\"".to_owned()),
     ];
     proptest::collection::vec((field, value), 0..10).prop_map(|fields| {
         let inner: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
