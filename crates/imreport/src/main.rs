@@ -1,10 +1,16 @@
 //! The `imreport` command: the server and its operator tools.
 
 mod apps;
+mod loadgen;
 mod serve;
 mod settings;
 
 use clap::{Parser, Subcommand};
+
+// The writer and the decoders allocate many small strings; mimalloc is markedly faster at that
+// than glibc's allocator (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -27,6 +33,8 @@ enum Command {
         #[command(subcommand)]
         action: AppAction,
     },
+    /// Generate synthetic IM traffic: to NDJSON/CSV, or posted to a server.
+    Loadgen(Box<loadgen::LoadgenArgs>),
     /// Settings helpers.
     Config {
         #[command(subcommand)]
@@ -99,6 +107,10 @@ fn main() -> anyhow::Result<()> {
                 .build()?
                 .block_on(serve::run(settings))
         }
+        Command::Loadgen(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(loadgen::run(*args)),
         Command::App { action } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?

@@ -116,9 +116,7 @@ impl Inner {
         if let Some(ks) = self.acts.read().expect("lock").get(&day) {
             return Ok(ks.clone());
         }
-        let ks = self
-            .db
-            .keyspace(&keys::act_name(day), KeyspaceCreateOptions::default)?;
+        let ks = self.db.keyspace(&keys::act_name(day), ks_options)?;
         self.acts.write().expect("lock").insert(day, ks.clone());
         Ok(ks)
     }
@@ -131,9 +129,7 @@ impl Inner {
         if let Some(ks) = self.day(day) {
             return Ok(ks);
         }
-        let ks = self
-            .db
-            .keyspace(&keys::day_name(day), KeyspaceCreateOptions::default)?;
+        let ks = self.db.keyspace(&keys::day_name(day), ks_options)?;
         self.days.write().expect("lock").insert(day, ks.clone());
         Ok(ks)
     }
@@ -148,6 +144,14 @@ pub struct EmbeddedStore {
 
 const APP_PREFIX: &str = "app/";
 const APP_SEQ: &str = "app_seq";
+const WRITE_BUFFER_BYTES: u64 = 96 * 1024 * 1024;
+const JOURNAL_BYTES: u64 = 256 * 1024 * 1024;
+const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Options of every keyspace: small memtables keep skiplist searches short and memory flat.
+fn ks_options() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+}
 const PARTITION_OFFSET: &str = "partition_offset_ms";
 
 impl EmbeddedStore {
@@ -156,23 +160,27 @@ impl EmbeddedStore {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("db");
-        let db = match Database::builder(&path)
+        // Bounded memtables and journal: memory stays flat however many day partitions are
+        // written (each would otherwise buffer up to 64 MiB until the journal reaches 512 MiB).
+        #[allow(deprecated)]
+        let builder = Database::builder(&path)
             .cache_size(config.cache_bytes)
-            .open()
-        {
+            .max_write_buffer_size(Some(WRITE_BUFFER_BYTES))
+            .max_journaling_size(JOURNAL_BYTES);
+        let db = match builder.open() {
             Err(fjall::Error::Locked) => return Err(StoreError::Locked(dir.display().to_string())),
             other => other?,
         };
-        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
-        let ids = db.keyspace("ids", KeyspaceCreateOptions::default)?;
-        let entities = db.keyspace("entities", KeyspaceCreateOptions::default)?;
-        let stats = db.keyspace("stats", KeyspaceCreateOptions::default)?;
+        let meta = db.keyspace("meta", ks_options)?;
+        let ids = db.keyspace("ids", ks_options)?;
+        let entities = db.keyspace("entities", ks_options)?;
+        let stats = db.keyspace("stats", ks_options)?;
         let (mut days, mut acts) = (BTreeMap::new(), BTreeMap::new());
         for name in db.list_keyspace_names() {
             if let Some(day) = keys::parse_day_name(&name) {
-                days.insert(day, db.keyspace(&name, KeyspaceCreateOptions::default)?);
+                days.insert(day, db.keyspace(&name, ks_options)?);
             } else if let Some(day) = keys::parse_act_name(&name) {
-                acts.insert(day, db.keyspace(&name, KeyspaceCreateOptions::default)?);
+                acts.insert(day, db.keyspace(&name, ks_options)?);
             }
         }
         let partition_offset_ms = match meta.get(PARTITION_OFFSET)? {

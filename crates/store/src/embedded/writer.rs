@@ -17,7 +17,7 @@ use imreport_domain::stats::{
     msg_class, target_index,
 };
 use imreport_domain::time::MILLIS_PER_HOUR;
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use tokio::sync::oneshot;
@@ -59,7 +59,8 @@ impl Handle {
         let mut w = Writer {
             inner,
             seq,
-            next_ids: HashMap::new(),
+            next_ids: HashMap::default(),
+            present: HashMap::default(),
         };
         std::thread::Builder::new()
             .name("imreport-writer".into())
@@ -110,9 +111,16 @@ struct Writer {
     inner: Arc<Inner>,
     /// Last committed sequence.
     seq: u64,
-    /// Next server-assigned msgid per app (loaded on first use).
+    /// Next server-assigned msgid per app (loaded on first use): above every msgid the app
+    /// ever stored, so a message at or above it needs no duplicate lookup.
     next_ids: HashMap<u32, u64>,
+    /// Presence-set keys known to be stored, for the latest few civil days: most messages come
+    /// from someone already active that day, and this saves a store lookup for each.
+    present: HashMap<i64, HashSet<Vec<u8>>>,
 }
+
+/// Civil days of presence keys kept in memory, counting back from the newest.
+const PRESENT_DAYS: i64 = 2;
 
 type IngestJob = (App, Vec<Event>, oneshot::Sender<Result<IngestOutcome>>);
 
@@ -259,6 +267,7 @@ impl Writer {
                 tracing::error!(error = %e, "ingest commit failed; nothing of the group was stored");
                 // What is cached may be ahead of what is on disk: forget it.
                 self.next_ids.clear();
+                self.present.clear();
                 for reply in replies {
                     let _ = reply.send(Err(StoreError::Storage(e.to_string())));
                 }
@@ -290,15 +299,15 @@ impl Writer {
             stats_horizon: inner.stats_horizon_day(now),
             seq: self.seq + 1,
             batch: inner.db.batch(),
-            seen: HashSet::new(),
-            counters: HashMap::new(),
-            partitions: HashMap::new(),
-            entities: HashMap::new(),
-            next_ids: HashMap::new(),
-            days: HashMap::new(),
-            hours: HashMap::new(),
-            totals: HashMap::new(),
-            presence: HashSet::new(),
+            seen: HashSet::default(),
+            counters: HashMap::default(),
+            partitions: HashMap::default(),
+            entities: HashMap::default(),
+            next_ids: HashMap::default(),
+            days: HashMap::default(),
+            hours: HashMap::default(),
+            totals: HashMap::default(),
+            presence: HashSet::default(),
             rec: Vec::with_capacity(512),
         };
         let mut outcomes = Vec::with_capacity(jobs.len());
@@ -355,7 +364,9 @@ impl Writer {
         let next = self.next_id(g, app.id)?;
         if m.msgid == 0 {
             m.msgid = next;
-        } else if g.seen.contains(&(app.id, m.msgid)) || self.stored(app, m.msgid, g.horizon)? {
+        } else if m.msgid < next
+            && (g.seen.contains(&(app.id, m.msgid)) || self.stored(app, m.msgid, g.horizon)?)
+        {
             return Ok(Some(false));
         }
         g.seen.insert((app.id, m.msgid));
@@ -419,14 +430,18 @@ impl Writer {
         Ok(Some(true))
     }
 
-    /// Adds `id` to a day's presence set; `true` if it was not there yet.
+    /// Adds `id` to a day's presence set; `true` if it was not there yet. (`g.presence` holds the
+    /// keys this group found or added; they join the cache once the group is committed.)
     fn mark(&self, g: &mut Group, day: i64, app: u32, kind: u8, id: &str) -> Result<bool> {
         let key = keys::entity_key(app, kind, id);
-        if g.presence.contains(&(day, key.clone())) {
+        if self.present.get(&day).is_some_and(|s| s.contains(&key))
+            || g.presence.contains(&(day, key.clone()))
+        {
             return Ok(false);
         }
         let ks = self.inner.act(day)?;
         if ks.contains_key(&key)? {
+            g.presence.insert((day, key));
             return Ok(false);
         }
         g.batch.insert(&ks, key.clone(), b"".as_slice());
@@ -567,6 +582,12 @@ impl Writer {
         inner.db.persist(PersistMode::SyncAll)?;
         self.seq = g.seq;
         self.next_ids.extend(g.next_ids);
+        for (day, key) in g.presence {
+            self.present.entry(day).or_default().insert(key);
+        }
+        if let Some(&newest) = self.present.keys().max() {
+            self.present.retain(|d, _| *d > newest - PRESENT_DAYS);
+        }
         Ok(())
     }
 }
