@@ -479,12 +479,11 @@ fn write(a: &LoadgenArgs, generator: Generator, bar: &ProgressBar) -> Result<()>
                     GenEvent::Message(m) => {
                         let _ = writeln!(
                             line,
-                            "{},{},{},{},{},{},{},{},{}",
+                            "{},{},{},{},user,{},{},{},{}",
                             m.msgid,
                             m.ctime,
                             m.target_type,
                             csv_field(&m.target_id),
-                            "user",
                             csv_field(&m.from_id),
                             m.platform,
                             m.msg_type,
