@@ -65,6 +65,31 @@ pub struct LoadgenArgs {
     pub quiet: bool,
 }
 
+impl LoadgenArgs {
+    /// The traffic `serve --demo` fills its app with: a week ending now.
+    pub fn for_demo(messages: u64, report_tz: &str) -> Self {
+        LoadgenArgs {
+            seed: 42,
+            messages,
+            days: 7,
+            end: "now".into(),
+            report_tz: report_tz.into(),
+            users: 5_000,
+            groups: 300,
+            chatrooms: 20,
+            first_msgid: 1,
+            format: "ndjson".into(),
+            out: "-".into(),
+            url: None,
+            app_key: None,
+            master_secret: None,
+            concurrency: 1,
+            batch: 5_000,
+            quiet: true,
+        }
+    }
+}
+
 /// One generated event.
 #[derive(Debug, Clone)]
 pub enum GenEvent {

@@ -142,9 +142,17 @@ pub async fn run(s: Settings) -> Result<()> {
     let admin_file = s.data_dir.join(ADMIN_FILE);
     write_private(&admin_file, &serde_json::to_vec_pretty(&endpoint)?)?;
 
+    let demo = if s.demo {
+        Some(demo_app(&s, store.as_ref()).await?)
+    } else {
+        None
+    };
     let addr = public.local_addr()?;
     tracing::info!(%addr, admin = %admin_addr, data_dir = %s.data_dir.display(), report_tz = %s.report_tz, "imreport serving");
     println!("imreport listening on http://{addr}");
+    if let Some(d) = &demo {
+        print_demo(d, addr);
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let retention_store = store.clone();
@@ -192,4 +200,88 @@ pub async fn run(s: Settings) -> Result<()> {
     public_result?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The demo app's credentials, kept in DATA_DIR/demo.json so that later starts can print them.
+#[derive(Serialize, Deserialize)]
+struct DemoApp {
+    app_key: String,
+    master_secret: String,
+}
+
+const DEMO_FILE: &str = "demo.json";
+const DEMO_MESSAGES: u64 = 200_000;
+
+/// Creates the demo app and fills it with a week of generated traffic ending now (first start
+/// only; later starts reuse it).
+async fn demo_app(s: &Settings, store: &dyn Store) -> Result<DemoApp> {
+    let path = s.data_dir.join(DEMO_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return Ok(serde_json::from_str(&text)?);
+    }
+    let creds = admin::create_app(
+        store,
+        admin::CreateApp {
+            name: Some("demo".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!(e.message))?;
+    let app = store
+        .app(&creds.app_key)
+        .await?
+        .context("demo app just created")?;
+    let args = crate::loadgen::LoadgenArgs::for_demo(DEMO_MESSAGES, &s.report_tz);
+    let now = imreport_domain::time::now_ms();
+    let mut generator = crate::loadgen::Generator::new(&args, now)?;
+    let limits = IngestLimits {
+        max_events: 10_000,
+        ..IngestLimits::default()
+    };
+    tracing::info!(
+        messages = DEMO_MESSAGES,
+        "filling the demo app with a week of generated traffic"
+    );
+    loop {
+        let mut body = String::new();
+        let n = generator
+            .by_ref()
+            .take(5_000)
+            .map(|e| e.write_ndjson(&mut body))
+            .count();
+        if n == 0 {
+            break;
+        }
+        let events =
+            imreport_domain::event::decode_batch(body.as_bytes(), &app.key, now + 1, &limits)?;
+        store.ingest(&app, events).await?;
+    }
+    let demo = DemoApp {
+        app_key: creds.app_key,
+        master_secret: creds.master_secret,
+    };
+    write_private(&path, &serde_json::to_vec_pretty(&demo)?)?;
+    Ok(demo)
+}
+
+fn print_demo(d: &DemoApp, addr: std::net::SocketAddr) {
+    let host = if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
+    println!(
+        "demo app: app_key={} master_secret={}",
+        d.app_key, d.master_secret
+    );
+    println!("try:");
+    println!(
+        "  curl -s -u {}:{} \"http://{host}/v2/statistic/messages?time_unit=DAY&start=$(TZ=Asia/Shanghai date -d '-6 day' +%Y-%m-%d)&duration=7\"",
+        d.app_key, d.master_secret
+    );
+    println!(
+        "  curl -s -u {}:{} \"http://{host}/v2/messages?count=5&begin_time=$(TZ=Asia/Shanghai date -d '-1 hour' '+%Y-%m-%d+%H:%M:%S')&end_time=$(TZ=Asia/Shanghai date '+%Y-%m-%d+%H:%M:%S')\"",
+        d.app_key, d.master_secret
+    );
 }

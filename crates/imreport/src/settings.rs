@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// Seconds a client has to send an ingest body [default: 30]
     #[arg(long, env = "IMREPORT_BODY_READ_TIMEOUT_SECS")]
     pub body_read_timeout_secs: Option<u64>,
+    /// Create a demo app filled with a week of generated traffic (first start), and print its
+    /// credentials
+    #[arg(long)]
+    pub demo: bool,
     /// Free disk space (MiB) below which ingest answers 503 instead of writing [default: 256]
     #[arg(long, env = "IMREPORT_MIN_FREE_DISK_MB")]
     pub min_free_disk_mb: Option<u64>,
@@ -111,6 +115,7 @@ pub struct Settings {
     pub header_read_timeout_secs: u64,
     pub body_read_timeout_secs: u64,
     pub min_free_disk_mb: u64,
+    pub demo: bool,
 }
 
 impl ServeArgs {
@@ -175,6 +180,7 @@ impl ServeArgs {
                 .min_free_disk_mb
                 .or(file.min_free_disk_mb)
                 .unwrap_or(256),
+            demo: self.demo,
         };
         anyhow::ensure!(
             s.ingest_concurrency >= 1,
