@@ -1,0 +1,430 @@
+#!/usr/bin/env python3
+"""imreport's benchmark suite: the same generated traffic loaded into imreport (embedded store,
+over HTTP), PostgreSQL 15 and DuckDB, then the same questions asked of all three.
+Run through bench/run.sh; writes BENCHMARKS.md (except in smoke mode)."""
+
+import base64
+import datetime
+import http.client
+import json
+import os
+import pathlib
+import platform
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BIN = ROOT / "target" / "release" / "imreport"
+SMOKE = os.environ.get("BENCH_SMOKE") == "1"
+REPS = 3 if SMOKE else 40
+KEY, SECRET = "benchbenchbenchbenchbenc", "benchsecretbenchsecret00"
+HOUR, DAY, SH = 3_600_000, 86_400_000, 8 * 3_600_000  # Asia/Shanghai: UTC+8
+PG_ADMIN = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+CLASS_SQL = "CASE msg_type WHEN 'text' THEN 0 WHEN 'image' THEN 1 WHEN 'voice' THEN 2 ELSE 3 END"
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def pctl(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def timed(fn, reps=REPS):
+    fn()  # warm
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1000)
+    return {"p50": statistics.median(ts), "p99": pctl(ts, 99)}
+
+
+def sh(ms):
+    return datetime.datetime.fromtimestamp((ms + SH) / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+class Workload:
+    """The data set and the questions, in instants."""
+
+    def __init__(self, n):
+        self.n = n
+        now = int(time.time() * 1000)
+        self.end = (now + SH) // HOUR * HOUR - SH - 1  # last ms of the previous civil hour
+        self.end_str = sh(self.end)
+        last_day = (self.end + SH) // DAY
+        self.day0 = last_day - 59
+        self.windows = {"1h": (self.end - HOUR + 1, self.end), "1d": (self.end - DAY + 1, self.end),
+                        "7d": (self.end - 7 * DAY + 1000, self.end)}
+        self.scopes = {"app": None, "user": "u0", "group": "10000000", "chatroom": "20000000"}
+        self.last_day = last_day
+        d = datetime.date(1970, 1, 1) + datetime.timedelta(days=last_day)
+        pm = (d.replace(day=1) - datetime.timedelta(days=1)).replace(day=1)
+        self.month0 = pm
+        nm = (d.replace(day=28) + datetime.timedelta(days=4)).replace(day=1)
+        self.months = [(pm - datetime.date(1970, 1, 1)).days, (d.replace(day=1) - datetime.date(1970, 1, 1)).days,
+                       (nm - datetime.date(1970, 1, 1)).days]
+
+    def loadgen_args(self):
+        return ["--seed", "1", "--messages", str(self.n), "--days", "7", "--end", self.end_str, "--quiet"]
+
+
+# ---------------------------------------------------------------- imreport
+
+class Imreport:
+    name = "imreport"
+
+    def __init__(self, w, work):
+        self.w, self.dir = w, work / "imreport-data"
+        subprocess.run([BIN, "app", "create", "--data-dir", self.dir, "--app-key", KEY, "--master-secret", SECRET],
+                       check=True, capture_output=True)
+        self.proc = subprocess.Popen([BIN, "serve", "--data-dir", self.dir, "--listen", "127.0.0.1:0",
+                                      "--queue-depth", "1024", "--ingest-concurrency", "8"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        url = self.proc.stdout.readline().strip().rsplit(" ", 1)[1]
+        self.url = url
+        self.host = urllib.parse.urlparse(url).netloc
+        self.conn = http.client.HTTPConnection(self.host)
+        self.auth = {"Authorization": "Basic " + base64.b64encode(f"{KEY}:{SECRET}".encode()).decode()}
+
+    def load(self):
+        t = time.perf_counter()
+        out = subprocess.run([BIN, "loadgen", *self.w.loadgen_args(), "--url", self.url, "--app-key", KEY,
+                              "--master-secret", SECRET, "--concurrency", "4", "--batch", "5000"],
+                             check=True, capture_output=True, text=True)
+        secs = time.perf_counter() - t
+        log(out.stderr.strip())
+        return self.w.n / secs
+
+    def get(self, path):
+        self.conn.request("GET", path, headers=self.auth)
+        r = self.conn.getresponse()
+        body = r.read()
+        if r.status != 200:
+            raise RuntimeError(f"{path}: {r.status} {body[:200]}")
+        return json.loads(body)
+
+    def _path(self, scope, sid):
+        return {"app": "/v2/messages", "user": f"/v2/users/{sid}/messages", "group": f"/v2/groups/{sid}/messages",
+                "chatroom": f"/v2/chatrooms/{sid}/messages"}[scope]
+
+    def first_page(self, scope, sid, b, e):
+        q = urllib.parse.urlencode({"count": 1000, "begin_time": sh(b), "end_time": sh(e)})
+        page = self.get(f"{self._path(scope, sid)}?{q}")
+        return page["total"]
+
+    def walk(self, b, e):
+        q = urllib.parse.urlencode({"count": 1000, "begin_time": sh(b), "end_time": sh(e)})
+        page, n = self.get(f"/v2/messages?{q}"), 0
+        while True:
+            n += page["count"]
+            if "cursor" not in page:
+                return n
+            page = self.get(f"/v2/messages?cursor={page['cursor']}")
+
+    def stats(self, kind, unit, start, n):
+        self.get(f"/v2/statistic/{kind}?time_unit={unit}&start={urllib.parse.quote(start)}&duration={n}")
+
+    def disk(self):
+        return sum(f.stat().st_size for f in self.dir.rglob("*") if f.is_file())
+
+    def rss_peak(self):
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+# ---------------------------------------------------------------- SQL systems
+
+def scope_sql(scope):
+    return {"app": "TRUE", "user": "(from_id = %(id)s OR (target_type = 'single' AND target_id = %(id)s))",
+            "group": "target_type = 'group' AND target_id = %(id)s",
+            "chatroom": "target_type = 'chatroom' AND target_id = %(id)s"}[scope]
+
+
+class Sql:
+    """What PostgreSQL and DuckDB share: the same SQL a competent engineer would write."""
+
+    cols = "msgid, msg_ctime, target_type, target_id, from_type, from_id, from_platform, msg_type, msg_body"
+
+    def q(self, sql, args=None):
+        raise NotImplementedError
+
+    def first_page(self, scope, sid, b, e):
+        args = {"b": b, "e": e, "id": sid}
+        where = f"app = 1 AND msg_ctime BETWEEN %(b)s AND %(e)s AND {scope_sql(scope)}"
+        self.q(f"SELECT {self.cols} FROM messages WHERE {where} ORDER BY msg_ctime, msgid LIMIT 1000", args)
+        return self.q(f"SELECT count(*) FROM messages WHERE {where}", args)[0][0]
+
+    def walk(self, b, e):
+        n, pos = 0, (b - 1, 0)
+        while True:
+            rows = self.q(f"SELECT {self.cols} FROM messages WHERE app = 1 AND (msg_ctime, msgid) > (%(c)s, %(m)s) "
+                          f"AND msg_ctime <= %(e)s ORDER BY msg_ctime, msgid LIMIT 1000",
+                          {"c": pos[0], "m": pos[1], "e": e})
+            n += len(rows)
+            if len(rows) < 1000:
+                return n
+            pos = (rows[-1][1], rows[-1][0])
+
+    def stats(self, kind, unit, start, n):
+        w = self.w
+        if kind == "messages":
+            if unit == "HOUR":
+                b = w.last_day * DAY - SH
+                e, bucket = b + 24 * HOUR - 1, f"(msg_ctime + {SH}) / {HOUR}"
+            elif unit == "DAY":
+                b, e, bucket = w.day0 * DAY - SH, (w.last_day + 1) * DAY - SH - 1, f"(msg_ctime + {SH}) / {DAY}"
+            else:
+                m1 = w.months[1] * DAY - SH
+                b, e = w.months[0] * DAY - SH, w.months[2] * DAY - SH - 1
+                bucket = f"CASE WHEN msg_ctime < {m1} THEN 0 ELSE 1 END"
+            self.q(f"SELECT {bucket} AS b, target_type, {CLASS_SQL} AS c, count(*) FROM messages "
+                   f"WHERE app = 1 AND msg_ctime BETWEEN %(b)s AND %(e)s GROUP BY 1, 2, 3", {"b": b, "e": e})
+            return
+        b, e = w.day0 * DAY - SH, (w.last_day + 1) * DAY - SH - 1
+        day = f"(msg_ctime + {SH}) / {DAY}"
+        eday = f"(time + {SH}) / {DAY}"
+        if kind == "users":
+            self.q(f"SELECT {day}, count(DISTINCT from_id) FROM messages WHERE app = 1 AND from_type = 'user' "
+                   f"AND msg_ctime BETWEEN %(b)s AND %(e)s GROUP BY 1", {"b": b, "e": e})
+            self.q(f"SELECT d, count(DISTINCT u) FROM (SELECT {day} AS d, from_id AS u FROM messages WHERE app = 1 "
+                   f"AND from_type = 'user' AND msg_ctime BETWEEN %(b)s AND %(e)s UNION ALL SELECT {eday}, id FROM events "
+                   f"WHERE app = 1 AND kind = 'user_login' AND time BETWEEN %(b)s AND %(e)s) t GROUP BY 1", {"b": b, "e": e})
+            self.q(f"SELECT {eday} AS d, count(*), sum(count(*)) OVER (ORDER BY {eday}) FROM events WHERE app = 1 "
+                   f"AND kind = 'user_registered' AND time <= %(e)s GROUP BY 1", {"e": e})
+        else:
+            self.q(f"SELECT {day}, count(DISTINCT target_id) FROM messages WHERE app = 1 AND target_type = 'group' "
+                   f"AND msg_ctime BETWEEN %(b)s AND %(e)s GROUP BY 1", {"b": b, "e": e})
+            self.q(f"SELECT {eday} AS d, count(*), sum(count(*)) OVER (ORDER BY {eday}) FROM events WHERE app = 1 "
+                   f"AND kind = 'group_created' AND time <= %(e)s GROUP BY 1", {"e": e})
+
+
+class Postgres(Sql):
+    name = "PostgreSQL 15"
+
+    def __init__(self, w, work):
+        import psycopg
+        self.w, self.work = w, work
+        with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+            c.execute("DROP DATABASE IF EXISTS imreport_bench")
+            c.execute("CREATE DATABASE imreport_bench")
+        self.conn = psycopg.connect(PG_ADMIN.rsplit("/", 1)[0] + "/imreport_bench", autocommit=True)
+        lo, hi = (w.end - 8 * DAY) // DAY, w.end // DAY + 1
+        ddl = ["CREATE TABLE messages (app int NOT NULL DEFAULT 1, msgid bigint NOT NULL, msg_ctime bigint NOT NULL, "
+               "target_type text NOT NULL, target_id text NOT NULL, from_type text NOT NULL, from_id text NOT NULL, "
+               "from_platform text NOT NULL, msg_type text NOT NULL, msg_body jsonb NOT NULL, "
+               "PRIMARY KEY (app, msg_ctime, msgid)) PARTITION BY RANGE (msg_ctime)"]
+        for d in range(lo, hi + 1):
+            ddl.append(f"CREATE TABLE messages_{d} PARTITION OF messages FOR VALUES FROM ({d * DAY}) TO ({(d + 1) * DAY})")
+        ddl += ["CREATE INDEX ON messages (app, from_id, msg_ctime, msgid)",
+                "CREATE INDEX ON messages (app, target_type, target_id, msg_ctime, msgid)",
+                "CREATE TABLE events (app int NOT NULL DEFAULT 1, kind text NOT NULL, id text NOT NULL, time bigint NOT NULL)",
+                "CREATE INDEX ON events (app, kind, time)"]
+        for s in ddl:
+            self.conn.execute(s)
+
+    def load(self, prefix):
+        t = time.perf_counter()
+        with self.conn.cursor() as cur:
+            for table, cols, path in [("messages", self.cols, f"{prefix}.messages.csv"),
+                                      ("events", "kind, id, time", f"{prefix}.events.csv")]:
+                with cur.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT csv)") as cp, open(path, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        cp.write(chunk)
+        self.conn.execute("ANALYZE")
+        return self.w.n / (time.perf_counter() - t)
+
+    def q(self, sql, args=None):
+        return self.conn.execute(sql, args).fetchall()
+
+    def disk(self):
+        return self.q("SELECT pg_database_size('imreport_bench')")[0][0]
+
+    def rss_peak(self):
+        return None
+
+    def close(self):
+        self.conn.close()
+
+
+class Duck(Sql):
+    name = "DuckDB"
+
+    def __init__(self, w, work):
+        import duckdb
+        self.w, self.path = w, work / "bench.duckdb"
+        self.conn = duckdb.connect(str(self.path))
+
+    def load(self, prefix):
+        t = time.perf_counter()
+        cols = ("{'msgid':'BIGINT','msg_ctime':'BIGINT','target_type':'VARCHAR','target_id':'VARCHAR',"
+                "'from_type':'VARCHAR','from_id':'VARCHAR','from_platform':'VARCHAR','msg_type':'VARCHAR','msg_body':'VARCHAR'}")
+        self.conn.execute(f"CREATE TABLE messages AS SELECT 1 AS app, * FROM read_csv('{prefix}.messages.csv', "
+                          f"header=false, columns={cols}) ORDER BY msg_ctime, msgid")
+        self.conn.execute(f"CREATE TABLE events AS SELECT 1 AS app, * FROM read_csv('{prefix}.events.csv', header=false, "
+                          f"columns={{'kind':'VARCHAR','id':'VARCHAR','time':'BIGINT'}})")
+        self.conn.execute("CHECKPOINT")
+        return self.w.n / (time.perf_counter() - t)
+
+    def q(self, sql, args=None):
+        # DuckDB takes $name parameters; the shared SQL uses psycopg's %(name)s.
+        names = set(re.findall(r"%\((\w+)\)s", sql))
+        params = {k: v for k, v in (args or {}).items() if k in names}
+        return self.conn.execute(re.sub(r"%\((\w+)\)s", r"$\1", sql), params).fetchall()
+
+    def disk(self):
+        return self.path.stat().st_size
+
+    def rss_peak(self):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def close(self):
+        self.conn.close()
+
+
+# ---------------------------------------------------------------- the run
+
+def measure(sys_, w):
+    r = {"first_page": {}, "stats": {}}
+    for scope, sid in w.scopes.items():
+        for win, (b, e) in w.windows.items():
+            totals = set()
+            r["first_page"][f"{scope} {win}"] = timed(lambda: totals.add(sys_.first_page(scope, sid, b, e)))
+            r["first_page"][f"{scope} {win}"]["total"] = max(totals)
+    b, e = w.windows["7d"]
+    t = time.perf_counter()
+    n = sys_.walk(b, e)
+    r["walk"] = {"messages": n, "per_sec": n / (time.perf_counter() - t)}
+    day0 = (datetime.date(1970, 1, 1) + datetime.timedelta(days=w.day0)).isoformat()
+    last = (datetime.date(1970, 1, 1) + datetime.timedelta(days=w.last_day)).isoformat()
+    for label, args in [("users 60 DAY", ("users", "DAY", day0, 60)), ("groups 60 DAY", ("groups", "DAY", day0, 60)),
+                        ("messages 24 HOUR", ("messages", "HOUR", last + " 00", 24)),
+                        ("messages 60 DAY", ("messages", "DAY", day0, 60)),
+                        ("messages 2 MONTH", ("messages", "MONTH", w.month0.strftime("%Y-%m"), 2))]:
+        r["stats"][label] = timed(lambda: sys_.stats(*args))
+    r["disk_bytes"] = sys_.disk()
+    r["bytes_per_message"] = r["disk_bytes"] / w.n
+    r["rss_peak"] = sys_.rss_peak()
+    return r
+
+
+def run_size(n, work):
+    w = Workload(n)
+    log(f"== {n:,} messages, 7 days ending {w.end_str} (Asia/Shanghai)")
+    prefix = work / "data"
+    t = time.perf_counter()
+    subprocess.run([BIN, "loadgen", *w.loadgen_args(), "--format", "csv", "--out", prefix], check=True)
+    log(f"generated CSV in {time.perf_counter() - t:.1f} s")
+    results = {}
+    for cls in (Imreport, Postgres, Duck):
+        s = cls(w, work)
+        try:
+            log(f"-- {s.name}: loading")
+            rate = s.load() if cls is Imreport else s.load(prefix)
+            log(f"   {rate:,.0f} messages/s; querying")
+            results[s.name] = {"ingest_per_sec": rate, **measure(s, w)}
+        finally:
+            s.close()
+    for name, r in results.items():
+        t = {k: v["total"] for k, v in r["first_page"].items()}
+        results[name]["totals"] = t
+    base = results["imreport"]["totals"]
+    for name, r in results.items():
+        if r["totals"] != base:
+            log(f"WARNING: {name} totals differ from imreport's: {r['totals']} vs {base}")
+    return w, results
+
+
+def fmt_ms(x):
+    return f"{x:.2f}" if x < 10 else f"{x:.0f}"
+
+
+def report(runs, cmd):
+    imr = "imreport"
+    lines = ["# Benchmarks", "",
+             "Written by `bench/run.sh` (this file is generated; edit `bench/bench.py`). The same generated traffic "
+             "(`imreport loadgen --seed 1`, 7 days, Zipf users and groups, 80% text) is loaded into imreport (embedded "
+             "store, over HTTP), PostgreSQL 15 (day partitions, an index per scope, COPY, keyset SQL, `count(*)`, "
+             "`GROUP BY`) and DuckDB (sorted table, same SQL), and the same questions are asked of each.", "",
+             f"- Machine: {os.cpu_count()} cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
+             f"{platform.platform()}", f"- Command: `{cmd}`", f"- Date: {datetime.date.today().isoformat()}",
+             f"- Latencies: median and p99 of {REPS} runs after one warm-up, measured by a Python client on the same machine "
+             "(HTTP with keep-alive for imreport; the driver for the others).", ""]
+    for w, res in runs:
+        names = list(res)
+        lines += [f"## {w.n:,} messages", "", "| figure | " + " | ".join(names) + " | imreport vs PostgreSQL | imreport vs DuckDB |",
+                  "|---|" + "---|" * (len(names) + 2)]
+
+        def row(label, vals, better_high, unit=""):
+            cells = [f"{v:,.0f}{unit}" if isinstance(v, (int, float)) and v >= 100 else (f"{v:.2f}{unit}" if isinstance(v, float) else str(v)) for v in vals]
+            ratios = []
+            for other in vals[1:]:
+                if not isinstance(other, (int, float)) or not other or not vals[0]:
+                    ratios.append("")
+                else:
+                    ratio = vals[0] / other if better_high else other / vals[0]
+                    ratios.append(f"{ratio:.1f}×")
+            lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+
+        row("ingest, durable (messages/s)", [res[n]["ingest_per_sec"] for n in names], True)
+        for k in res[imr]["first_page"]:
+            for p in ("p50", "p99"):
+                row(f"first page {k} ({p}, ms)", [res[n]["first_page"][k][p] for n in names], False)
+        row("full 7-day walk (messages/s)", [res[n]["walk"]["per_sec"] for n in names], True)
+        for k in res[imr]["stats"]:
+            for p in ("p50", "p99"):
+                row(f"statistics {k} ({p}, ms)", [res[n]["stats"][k][p] for n in names], False)
+        row("disk (bytes/message)", [res[n]["bytes_per_message"] for n in names], False)
+        row("peak RSS (MB)", [(res[n]["rss_peak"] or 0) / 2**20 or "n/a" for n in names], False)
+        lines += ["", f"`total` of each first page (identical across systems): "
+                  + ", ".join(f"{k} {v:,}" for k, v in res[imr]["totals"].items()), ""]
+    if len(runs) > 1:
+        a, b = runs[0][1][imr], runs[-1][1][imr]
+        lines += [f"## Growth of imreport from {runs[0][0].n:,} to {runs[-1][0].n:,} messages", "",
+                  "| figure | small | large |", "|---|---|---|"]
+        for k in a["first_page"]:
+            lines.append(f"| first page {k} p99 (ms) | {fmt_ms(a['first_page'][k]['p99'])} | {fmt_ms(b['first_page'][k]['p99'])} |")
+        for k in a["stats"]:
+            lines.append(f"| statistics {k} p99 (ms) | {fmt_ms(a['stats'][k]['p99'])} | {fmt_ms(b['stats'][k]['p99'])} |")
+        lines.append("")
+    lines += ["## What limits each figure", "", open(ROOT / "bench" / "LIMITS.md").read().strip(), ""]
+    (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
+    (ROOT / "bench" / "results.json").write_text(json.dumps([{"messages": w.n, "results": r} for w, r in runs], indent=1))
+
+
+def main():
+    sizes = [int(a) for a in sys.argv[1:]] or [1_000_000]
+    runs = []
+    for n in sizes:
+        work = pathlib.Path(tempfile.mkdtemp(prefix="imreport-bench-"))
+        try:
+            runs.append(run_size(n, work))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    for w, res in runs:
+        log(json.dumps({"messages": w.n, **{k: {"ingest": v["ingest_per_sec"], "walk": v["walk"]["per_sec"],
+                                                "bytes": v["bytes_per_message"]} for k, v in res.items()}}))
+    if SMOKE:
+        log("smoke run: every system loaded and answered; no figures written")
+        return
+    report(runs, "bench/run.sh " + " ".join(sys.argv[1:]))
+    log("wrote BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The benchmark suite: imreport beside PostgreSQL 15 and DuckDB on the same generated data.
+#   bench/run.sh                 # 1M messages, then writes BENCHMARKS.md
+#   bench/run.sh 1000000 10000000
+#   BENCH_SMOKE=1 bench/run.sh   # seconds-long smoke run (CI): no figures judged, nothing written
+# Needs: cargo, python3 (installs duckdb and psycopg from PyPI into bench/.venv), PostgreSQL
+# reachable at 127.0.0.1:5432 (started with pg_ctlcluster when it is down).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZES=("$@")
+[ ${#SIZES[@]} -gt 0 ] || SIZES=(1000000)
+if [ "${BENCH_SMOKE:-}" = 1 ]; then SIZES=(20000); fi
+
+cargo build --release --quiet --bin imreport
+if [ ! -x bench/.venv/bin/python ]; then
+  python3 -m venv bench/.venv
+  bench/.venv/bin/pip install --quiet -r bench/requirements.txt
+fi
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  echo "starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+  for _ in $(seq 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
+fi
+exec bench/.venv/bin/python bench/bench.py "${SIZES[@]}"
