@@ -19,9 +19,13 @@ use imreport_domain::stats::{
 use imreport_domain::time::MILLIS_PER_HOUR;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::mpsc::{
+    Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
+};
 use tokio::sync::oneshot;
 
+/// A writer idle this long seals its memtables (see `flush_memtables`).
+const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
 /// Most events folded into one commit; bounds the memory and latency of a group.
 const MAX_GROUP_EVENTS: usize = 100_000;
 const SEQ_KEY: &str = "seq";
@@ -146,14 +150,22 @@ struct Group {
 impl Writer {
     fn run(&mut self, rx: Receiver<Job>) {
         let mut carry: Option<Job> = None;
+        let mut dirty = false;
         loop {
             let job = match carry.take() {
                 Some(j) => j,
-                None => match rx.recv() {
+                None => match rx.recv_timeout(IDLE_FLUSH) {
                     Ok(j) => j,
-                    Err(_) => return,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if std::mem::take(&mut dirty) {
+                            self.flush_memtables();
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
                 },
             };
+            dirty |= matches!(job, Job::Ingest { .. });
             match job {
                 Job::Retention { reply } => {
                     let _ = reply.send(self.retention());
@@ -182,6 +194,26 @@ impl Writer {
                     }
                     self.commit_group(group);
                 }
+            }
+        }
+    }
+
+    /// After a quiet spell, seals every memtable so that it is flushed to a compressed table
+    /// and the journal behind it can go: disk use settles at the tables' size, and a restart
+    /// has little journal to replay.
+    fn flush_memtables(&self) {
+        let inner = &self.inner;
+        let mut all = vec![
+            inner.meta.clone(),
+            inner.ids.clone(),
+            inner.entities.clone(),
+            inner.stats.clone(),
+        ];
+        all.extend(inner.days.read().expect("lock").values().cloned());
+        all.extend(inner.acts.read().expect("lock").values().cloned());
+        for ks in all {
+            if let Err(e) = ks.rotate_memtable() {
+                tracing::warn!(error = %e, "could not seal a memtable");
             }
         }
     }
