@@ -14,8 +14,8 @@ if [ "${BENCH_SMOKE:-}" = 1 ]; then SIZES=(20000); fi
 cargo build --release --quiet --bin imreport
 if [ ! -x bench/.venv/bin/python ]; then
   python3 -m venv bench/.venv
-  bench/.venv/bin/pip install --quiet -r bench/requirements.txt
 fi
+bench/.venv/bin/pip install --quiet -r bench/requirements.txt
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   echo "starting PostgreSQL"
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start

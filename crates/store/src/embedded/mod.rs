@@ -4,6 +4,7 @@
 
 mod keys;
 mod read;
+mod stale;
 mod writer;
 
 use crate::{DaysReport, IngestOutcome, Page, PageRequest, Result, Store, StoreError};
@@ -63,6 +64,8 @@ pub(crate) struct Inner {
     /// data dir was created, fixed forever so that partition days are monotonic in time (a
     /// DST-shifting offset would make a day's partition hold instants after the next day's).
     partition_offset_ms: i64,
+    /// First retained partition day, for the compaction filter that drops stale `ids` entries.
+    ids_horizon: stale::Horizon,
     /// Serializes app administration (rare) so that id allocation is race-free.
     admin: Mutex<()>,
     /// Every app, by key. This process is the data dir's only writer, so the cache is always
@@ -168,8 +171,19 @@ impl EmbeddedStore {
         let path = dir.join("db");
         // Bounded memtables and journal: memory stays flat however many day partitions are
         // written (each would otherwise buffer up to 64 MiB until the journal reaches 512 MiB).
+        let ids_horizon: stale::Horizon = Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN));
+        let filter_horizon = ids_horizon.clone();
+        type Assigner =
+            Arc<dyn Fn(&str) -> Option<Arc<dyn fjall::compaction::filter::Factory>> + Send + Sync>;
+        let assigner: Assigner = Arc::new(move |name: &str| {
+            (name == "ids").then(|| {
+                Arc::new(stale::StaleIds(filter_horizon.clone()))
+                    as Arc<dyn fjall::compaction::filter::Factory>
+            })
+        });
         #[allow(deprecated)]
         let builder = Database::builder(&path)
+            .with_compaction_filter_factories(assigner)
             .cache_size(config.cache_bytes)
             .max_write_buffer_size(Some(WRITE_BUFFER_BYTES))
             .max_journaling_size(JOURNAL_BYTES)
@@ -214,6 +228,7 @@ impl EmbeddedStore {
             days: RwLock::new(days),
             acts: RwLock::new(acts),
             partition_offset_ms,
+            ids_horizon,
             admin: Mutex::new(()),
             apps: RwLock::new(apps),
             min_free: std::sync::atomic::AtomicU64::new(config.min_free_disk_bytes),
@@ -392,5 +407,50 @@ impl Store for EmbeddedStore {
 
     async fn check_ready(&self) -> Result<()> {
         self.writer.ping().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imreport_domain::event::{IngestLimits, decode_batch};
+
+    const T0: i64 = 1_795_176_000_000;
+
+    #[tokio::test]
+    async fn retention_also_clears_the_duplicate_index_at_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::manual(T0);
+        let config = EmbeddedConfig {
+            retention_days: 2,
+            clock: clock.clone(),
+            min_free_disk_bytes: 0,
+            ..Default::default()
+        };
+        let store = EmbeddedStore::open(dir.path(), config).unwrap();
+        let app = store
+            .create_app("app", "app", SecretHash::new("secret-secret"))
+            .await
+            .unwrap();
+        let line = format!(
+            r#"{{"event":"message","msgid":7,"msg_ctime":{},"target_type":"single","target_id":"a","from_id":"b","msg_type":"text","msg_body":{{}}}}"#,
+            T0 - 1000
+        );
+        let events = decode_batch(line.as_bytes(), "app", T0, &IngestLimits::default()).unwrap();
+        assert_eq!(store.ingest(&app, events).await.unwrap().accepted, 1);
+        let key = keys::id_key(app.id, 7);
+        store.inner.ids.major_compact().unwrap();
+        assert!(
+            store.inner.ids.get(key).unwrap().is_some(),
+            "a retained message keeps its entry"
+        );
+        clock.set(T0 + 5 * MILLIS_PER_DAY);
+        assert_eq!(store.enforce_retention().await.unwrap(), 1);
+        store.inner.ids.rotate_memtable_and_wait().unwrap();
+        store.inner.ids.major_compact().unwrap();
+        assert!(
+            store.inner.ids.get(key).unwrap().is_none(),
+            "the stale entry is gone after compaction"
+        );
     }
 }

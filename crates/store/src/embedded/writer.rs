@@ -240,6 +240,9 @@ impl Writer {
             let keep = m.split_off(&at);
             std::mem::replace(&mut *m, keep).into_values().collect()
         };
+        inner
+            .ids_horizon
+            .fetch_max(horizon, std::sync::atomic::Ordering::Relaxed);
         let old_days = split(&inner.days, horizon);
         let old_acts = split(&inner.acts, stats_horizon);
         let dropped = old_days.len();
