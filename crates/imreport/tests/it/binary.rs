@@ -3,10 +3,7 @@
 
 use crate::support::*;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
-const BIN: &str = env!("CARGO_BIN_EXE_imreport");
+use std::process::Command;
 
 fn imreport(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
@@ -50,22 +47,7 @@ async fn the_binary_serves_what_a_user_expects() {
         "{out}"
     );
 
-    let mut child = Command::new(BIN)
-        .args(["serve", "--data-dir", data, "--listen", "127.0.0.1:0"])
-        .env("IMREPORT_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("imreport listening on ")
-        .unwrap()
-        .to_owned();
+    let (mut child, url) = spawn_server(data, &[]);
 
     // A second server on the same data dir refuses to start.
     let (ok, _, err) = imreport(&["serve", "--data-dir", data, "--listen", "127.0.0.1:0"]);

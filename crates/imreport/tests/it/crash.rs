@@ -5,40 +5,14 @@
 use crate::support::*;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_imreport");
 const PER_BATCH: u64 = 40;
 
 fn start(data: &str) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--data-dir",
-            data,
-            "--listen",
-            "127.0.0.1:0",
-            "--min-free-disk-mb",
-            "0",
-        ])
-        .env("IMREPORT_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("imreport listening on ")
-        .expect("server started")
-        .to_owned();
-    (child, url)
+    spawn_server(data, &["--min-free-disk-mb", "0"])
 }
 
 fn batch(b: u64, now: i64) -> Vec<Value> {
@@ -237,22 +211,13 @@ async fn acknowledged_batches_survive_sigkill_whole() {
             .count() as u64
     };
     let day = sh(now)[..10].to_owned();
-    let stats: Value = http
-        .get(format!(
-            "{url}/v2/statistic/messages?time_unit=DAY&start={day}&duration=1"
-        ))
-        .header("authorization", creds.header())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let b = &stats["send_msg_stat"][0];
-    let counted = ["single_send_msg", "group_send_msg", "chatroom_send_msg"]
-        .iter()
-        .map(|k| b[k].as_u64().unwrap())
-        .sum::<u64>();
+    let stats = get_json(
+        &http,
+        &format!("{url}/v2/statistic/messages?time_unit=DAY&start={day}&duration=1"),
+        &creds,
+    )
+    .await;
+    let counted = bucket_total(&stats["send_msg_stat"][0]);
     let in_history = all_msgids(
         &http,
         &url,
@@ -266,17 +231,12 @@ async fn acknowledged_batches_survive_sigkill_whole() {
         counted, in_history,
         "statistics and history disagree after crashes"
     );
-    let users: Value = http
-        .get(format!(
-            "{url}/v2/statistic/users?time_unit=DAY&start={day}&duration=1"
-        ))
-        .header("authorization", creds.header())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let users = get_json(
+        &http,
+        &format!("{url}/v2/statistic/users?time_unit=DAY&start={day}&duration=1"),
+        &creds,
+    )
+    .await;
     assert_eq!(
         users[0]["total_users"].as_u64().unwrap(),
         stored_batches,

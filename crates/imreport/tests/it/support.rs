@@ -249,3 +249,50 @@ pub fn text_message(msgid: u64, ctime: i64, target_type: &str, target: &str, fro
         "msg_body": {"text": format!("hello {msgid}"), "extras": {}}
     })
 }
+
+/// The real `imreport` binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_imreport");
+
+/// Starts the real binary serving `data` on a free loopback port, with `extra` flags; returns the
+/// process and its URL (read from the line it prints when it listens).
+pub fn spawn_server(data: &str, extra: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--data-dir", data, "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("IMREPORT_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("imreport listening on ")
+        .expect("the server started")
+        .to_owned();
+    (child, url)
+}
+
+/// GET `url` with an app's credentials, as JSON.
+pub async fn get_json(http: &reqwest::Client, url: &str, creds: &Creds) -> Value {
+    http.get(url)
+        .header("authorization", creds.header())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Messages of one `send_msg_stat` bucket: single + group + chatroom.
+pub fn bucket_total(bucket: &Value) -> u64 {
+    ["single_send_msg", "group_send_msg", "chatroom_send_msg"]
+        .iter()
+        .map(|k| bucket[k].as_u64().unwrap())
+        .sum()
+}
