@@ -85,9 +85,11 @@ async fn shutdown_signal(mut stop: watch::Receiver<bool>) {
 pub async fn run(s: Settings) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
+            // The storage engine's own info lines (tables created, flushes) are noise for operators.
             tracing_subscriber::EnvFilter::try_from_env("IMREPORT_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let tz = ReportTz::new(&s.report_tz)?;
