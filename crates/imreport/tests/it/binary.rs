@@ -80,15 +80,7 @@ async fn the_binary_serves_what_a_user_expects() {
         enc(&sh(now - 120_000)),
         enc(&sh(now))
     );
-    let mut page: Value = http
-        .get(&q)
-        .header("authorization", creds.header())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mut page: Value = get_json(&http, q.as_str(), &creds).await;
     let mut got = Vec::new();
     loop {
         assert_eq!(page["total"], 5);
@@ -102,15 +94,12 @@ async fn the_binary_serves_what_a_user_expects() {
         let Some(c) = page.get("cursor").and_then(Value::as_str) else {
             break;
         };
-        page = http
-            .get(format!("{url}/v2/users/bob/messages?cursor={c}"))
-            .header("authorization", creds.header())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        page = get_json(
+            &http,
+            &format!("{url}/v2/users/bob/messages?cursor={c}"),
+            &creds,
+        )
+        .await;
     }
     assert_eq!(got, vec![1, 2, 3, 4, 5]);
 

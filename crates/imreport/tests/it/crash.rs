@@ -53,15 +53,7 @@ async fn all_msgids(
         enc(&sh(to))
     );
     loop {
-        let page: Value = http
-            .get(&q)
-            .header("authorization", creds.header())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = get_json(http, q.as_str(), creds).await;
         for m in page["messages"].as_array().unwrap() {
             assert!(
                 ids.insert(m["msgid"].as_u64().unwrap()),
