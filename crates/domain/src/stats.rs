@@ -343,6 +343,24 @@ impl From<[u64; 4]> for ClassStat {
     }
 }
 
+/// Message counts per month of a MONTH request, summed from its day rows (`days[0]` is civil day
+/// `from`, the first day of the first month).
+pub fn month_counts(req: &StatsRequest, from: i64, days: &[DayStats]) -> Vec<MsgCounts> {
+    (0..req.n)
+        .map(|i| {
+            let a = (month_first_day(req.first + i) - from) as usize;
+            let b = ((month_first_day(req.first + i + 1) - from) as usize).min(days.len());
+            let mut sum = MsgCounts::default();
+            for d in &days[a.min(b)..b] {
+                for (s, v) in sum.iter_mut().flatten().zip(d.msgs.iter().flatten()) {
+                    *s += v;
+                }
+            }
+            sum
+        })
+        .collect()
+}
+
 /// Builds the messages answer from one `MsgCounts` per bucket.
 pub fn messages_report(req: &StatsRequest, buckets: &[MsgCounts]) -> MessagesReport {
     let mut totals = MsgCounts::default();

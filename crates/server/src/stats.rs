@@ -8,7 +8,8 @@ use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use imreport_domain::app::App;
 use imreport_domain::stats::{
-    StatsKind, StatsRequest, TimeUnit, groups_report, messages_report, parse_stats, users_report,
+    StatsKind, StatsRequest, TimeUnit, groups_report, messages_report, month_counts, parse_stats,
+    users_report,
 };
 use imreport_domain::time::date_of_day;
 
@@ -24,16 +25,25 @@ fn request(st: &AppState, raw: Option<&str>, kind: StatsKind) -> Result<StatsReq
     Ok(req)
 }
 
+/// The day rows a users or groups request covers.
+async fn days(
+    st: &AppState,
+    app: &App,
+    req: &StatsRequest,
+) -> Result<imreport_store::DaysReport, ApiError> {
+    Ok(st
+        .store
+        .stats_days(app, req.first, req.first + req.n - 1)
+        .await?)
+}
+
 pub async fn users(
     State(st): State<AppState>,
     Extension(app): Extension<App>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let req = request(&st, q.as_deref(), StatsKind::Users)?;
-    let r = st
-        .store
-        .stats_days(&app, req.first, req.first + req.n - 1)
-        .await?;
+    let r = days(&st, &app, &req).await?;
     Ok(json_body(
         serde_json::to_vec(&users_report(&req, &r.days, r.users_before)).expect("serializable"),
     ))
@@ -45,10 +55,7 @@ pub async fn groups(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let req = request(&st, q.as_deref(), StatsKind::Groups)?;
-    let r = st
-        .store
-        .stats_days(&app, req.first, req.first + req.n - 1)
-        .await?;
+    let r = days(&st, &app, &req).await?;
     Ok(json_body(
         serde_json::to_vec(&groups_report(&req, &r.days, r.groups_before)).expect("serializable"),
     ))
@@ -66,9 +73,7 @@ pub async fn messages(
                 .stats_hours(&app, req.first, req.first + req.n - 1)
                 .await?
         }
-        TimeUnit::Day => st
-            .store
-            .stats_days(&app, req.first, req.first + req.n - 1)
+        TimeUnit::Day => days(&st, &app, &req)
             .await?
             .days
             .iter()
@@ -76,22 +81,7 @@ pub async fn messages(
             .collect(),
         TimeUnit::Month => {
             let (from, to) = req.day_span();
-            let days = st.store.stats_days(&app, from, to).await?.days;
-            (0..req.n)
-                .map(|i| {
-                    let (a, b) = (
-                        imreport_domain::stats::month_first_day(req.first + i) - from,
-                        imreport_domain::stats::month_first_day(req.first + i + 1) - from,
-                    );
-                    let mut sum = imreport_domain::stats::MsgCounts::default();
-                    for d in &days[a as usize..b as usize] {
-                        for (s, v) in sum.iter_mut().flatten().zip(d.msgs.iter().flatten()) {
-                            *s += v;
-                        }
-                    }
-                    sum
-                })
-                .collect()
+            month_counts(&req, from, &st.store.stats_days(&app, from, to).await?.days)
         }
     };
     Ok(json_body(

@@ -287,6 +287,21 @@ fn month_start_day(y: i64, m: i64) -> i64 {
     .div_euclid(86_400)
 }
 
+/// The history `total` between two civil times equals the first bucket's single + group +
+/// chatroom counts of a statistics answer.
+async fn assert_reconciles(s: &TestServer, stats: &Value, begin: &str, end: &str, what: &str) {
+    let (_, page) = s
+        .get(&format!(
+            "/v2/messages?count=1&begin_time={begin}&end_time={end}"
+        ))
+        .await;
+    assert_eq!(
+        page["total"].as_u64().unwrap(),
+        bucket_total(&stats["send_msg_stat"][0]),
+        "history vs statistics {what}"
+    );
+}
+
 async fn check(events: Vec<Ev>, batch: usize, days: Vec<(i64, i64)>, hours: Vec<(i64, i64, i64)>) {
     let s = TestServer::start().await;
     for chunk in events.chunks(batch) {
@@ -320,20 +335,15 @@ async fn check(events: Vec<Ev>, batch: usize, days: Vec<(i64, i64)>, hours: Vec<
         );
         assert_eq!(msgs, want, "messages by day from {}", date(first));
         // Reconciliation: the history total of that civil day equals the day's three counts.
-        let (_, page) = s
-            .get(&format!(
-                "/v2/messages?count=1&begin_time={}+00:00:00&end_time={}+23:59:59",
-                date(first),
-                date(first)
-            ))
-            .await;
-        let sum = bucket_total(&msgs["send_msg_stat"][0]);
-        assert_eq!(
-            page["total"].as_u64().unwrap(),
-            sum,
-            "history vs statistics on {}",
-            date(first)
-        );
+        let (d, at) = (date(first), format!("on {}", date(first)));
+        assert_reconciles(
+            &s,
+            &msgs,
+            &format!("{d}+00:00:00"),
+            &format!("{d}+23:59:59"),
+            &at,
+        )
+        .await;
     }
     for (off, h, n) in hours {
         let day = (today - 21 + off).max(horizon());
@@ -357,20 +367,15 @@ async fn check(events: Vec<Ev>, batch: usize, days: Vec<(i64, i64)>, hours: Vec<
                 .collect(),
         );
         assert_eq!(msgs, want, "hours of {} from {h:02}", date(day));
-        let (_, page) = s
-            .get(&format!(
-                "/v2/messages?count=1&begin_time={}+{h:02}:00:00&end_time={}+{h:02}:59:59",
-                date(day),
-                date(day)
-            ))
-            .await;
-        let sum = bucket_total(&msgs["send_msg_stat"][0]);
-        assert_eq!(
-            page["total"].as_u64().unwrap(),
-            sum,
-            "history vs statistics at {} {h:02}",
-            date(day)
-        );
+        let (d, at) = (date(day), format!("at {} {h:02}", date(day)));
+        assert_reconciles(
+            &s,
+            &msgs,
+            &format!("{d}+{h:02}:00:00"),
+            &format!("{d}+{h:02}:59:59"),
+            &at,
+        )
+        .await;
     }
     // Months: this one and the one before (partly before the retained window: counts what is kept).
     let civil = jiff::Timestamp::from_millisecond(T0 + SH)
