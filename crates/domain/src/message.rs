@@ -84,6 +84,24 @@ pub struct Message {
     pub set_from_name: i64,
 }
 
+impl Message {
+    /// The non-app scopes the message belongs to: its sender, and its target (once, when a
+    /// user writes to themself).
+    pub fn scopes(&self) -> Vec<crate::scope::Scope> {
+        use crate::scope::Scope;
+        let mut v = vec![Scope::User(self.from_id.clone())];
+        match self.target_type {
+            TargetType::Single if self.target_id != self.from_id => {
+                v.push(Scope::User(self.target_id.clone()))
+            }
+            TargetType::Single => {}
+            TargetType::Group => v.push(Scope::Group(self.target_id.clone())),
+            TargetType::Chatroom => v.push(Scope::Chatroom(self.target_id.clone())),
+        }
+        v
+    }
+}
+
 const F_FROM_NAME_IS_ID: u8 = 1;
 const F_FROM_APPKEY_IS_APP: u8 = 2;
 const F_TARGET_APPKEY_IS_APP: u8 = 4;

@@ -42,10 +42,12 @@ pub struct DayStats {
     pub active_groups: u64,
 }
 
-const DAY_FIELDS: usize = 12 + 7;
+/// Number of fields in a day row's flat form ([`DayStats::fields`]).
+pub const DAY_FIELDS: usize = 12 + 7;
 
 impl DayStats {
-    fn fields(&self) -> [i64; DAY_FIELDS] {
+    /// The row as a flat list: the 12 message counts, then the user and group fields.
+    pub fn fields(&self) -> [i64; DAY_FIELDS] {
         let mut f = [0i64; DAY_FIELDS];
         for (i, v) in self.msgs.iter().flatten().enumerate() {
             f[i] = *v as i64;
@@ -62,7 +64,7 @@ impl DayStats {
         f
     }
 
-    fn from_fields(f: &[i64; DAY_FIELDS]) -> Self {
+    pub fn from_fields(f: &[i64; DAY_FIELDS]) -> Self {
         let mut msgs = MsgCounts::default();
         for (i, v) in f[..12].iter().enumerate() {
             msgs[i / 4][i % 4] = *v as u64;
@@ -675,6 +677,78 @@ pub fn lifecycle_contribution(
     out
 }
 
+/// A user's or group's lifecycle history as stored: `kind u8 | time i64` per event.
+pub fn encode_history(h: &[(crate::Millis, u8)]) -> Vec<u8> {
+    h.iter()
+        .flat_map(|(t, k)| std::iter::once(*k).chain(t.to_be_bytes()))
+        .collect()
+}
+
+pub fn decode_history(v: &[u8]) -> Vec<(crate::Millis, u8)> {
+    v.chunks_exact(9)
+        .map(|c| {
+            (
+                i64::from_be_bytes(c[1..].try_into().expect("8 bytes")),
+                c[0],
+            )
+        })
+        .collect()
+}
+
+/// What recording one lifecycle event changes in the rollups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LifecycleChange {
+    /// `(civil day, new delta, net delta)` for every day whose row changes.
+    pub days: Vec<(i64, i64, i64)>,
+    /// Change of the all-time total.
+    pub net_total: i64,
+}
+
+/// Records `(time, what)` in `history`. `None` when the history already holds it (a repeat);
+/// otherwise the history grows and the change it makes to the day rows is returned (empty when
+/// the event changes no count, e.g. deleting what does not exist).
+pub fn apply_lifecycle(
+    history: &mut Vec<(crate::Millis, u8)>,
+    time: crate::Millis,
+    what: u8,
+    day_of: impl Fn(crate::Millis) -> i64,
+) -> Option<LifecycleChange> {
+    if history.contains(&(time, what)) {
+        return None;
+    }
+    let before = lifecycle_contribution(history, &day_of);
+    history.push((time, what));
+    let after = lifecycle_contribution(history, &day_of);
+    let mut change = LifecycleChange::default();
+    let days: std::collections::BTreeSet<i64> =
+        before.keys().chain(after.keys()).copied().collect();
+    for day in days {
+        let (b, a) = (
+            before.get(&day).copied().unwrap_or_default(),
+            after.get(&day).copied().unwrap_or_default(),
+        );
+        let (d_new, d_net) = (a.0 - b.0, a.1 - b.1);
+        if (d_new, d_net) != (0, 0) {
+            change.net_total += d_net;
+            change.days.push((day, d_new, d_net));
+        }
+    }
+    Some(change)
+}
+
+impl DayStats {
+    /// Applies a lifecycle day delta to the user or group fields.
+    pub fn add_lifecycle(&mut self, users: bool, d_new: i64, d_net: i64) {
+        if users {
+            self.new_users = self.new_users.wrapping_add_signed(d_new);
+            self.net_users += d_net;
+        } else {
+            self.new_groups = self.new_groups.wrapping_add_signed(d_new);
+            self.net_groups += d_net;
+        }
+    }
+}
+
 #[cfg(test)]
 mod lifecycle_tests {
     use super::*;
@@ -690,5 +764,20 @@ mod lifecycle_tests {
         assert_eq!(c.get(&4), Some(&(1, 1)));
         // A removal of something that never existed counts nothing.
         assert!(lifecycle_contribution(&[(5, REMOVED)], day).is_empty());
+    }
+
+    #[test]
+    fn applying_an_event_reports_the_day_deltas() {
+        let day = |t: i64| t / 10;
+        let mut h = vec![(12, CREATED)];
+        assert_eq!(apply_lifecycle(&mut h, 12, CREATED, day), None, "a repeat");
+        let c = apply_lifecycle(&mut h, 35, REMOVED, day).unwrap();
+        assert_eq!(c.days, vec![(3, 0, -1)]);
+        assert_eq!(c.net_total, -1);
+        // A creation that arrives late, before the first: day 0 gains, day 1 loses the creation.
+        let c = apply_lifecycle(&mut h, 5, CREATED, day).unwrap();
+        assert_eq!(c.days, vec![(0, 1, 1), (1, -1, -1)]);
+        assert_eq!(c.net_total, 0);
+        assert_eq!(decode_history(&encode_history(&h)), h);
     }
 }

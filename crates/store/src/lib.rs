@@ -1,7 +1,10 @@
 //! imreport's storage layer: the domain-level [`Store`] trait that the server talks to, and its
-//! backends. The embedded backend ([`embedded::EmbeddedStore`], on fjall) is the default.
+//! backends. The embedded backend ([`embedded::EmbeddedStore`], on fjall) is the default; the
+//! PostgreSQL backend ([`postgres::PostgresStore`]) lets stateless servers share one database.
 
 pub mod embedded;
+pub mod postgres;
+pub mod window;
 
 use async_trait::async_trait;
 use imreport_domain::app::{App, SecretHash};

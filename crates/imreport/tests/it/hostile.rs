@@ -15,7 +15,7 @@ async fn a_full_ingest_queue_answers_503_with_retry_after() {
         })
         .await,
     );
-    let release = s.embedded.stall_writer();
+    let release = s.embedded.as_ref().unwrap().stall_writer();
     let mut pending = Vec::new();
     let mut refused = None;
     for i in 0..6u64 {
@@ -107,7 +107,10 @@ async fn a_full_disk_refuses_ingest_and_resumes_by_itself() {
     let s = TestServer::start().await;
     s.ingest_ok(&[text_message(1, T0 - 10, "single", "a", "b")])
         .await;
-    s.embedded.set_min_free_disk_bytes(u64::MAX);
+    s.embedded
+        .as_ref()
+        .unwrap()
+        .set_min_free_disk_bytes(u64::MAX);
     let (status, body) = s
         .ingest(ndjson(&[text_message(2, T0 - 10, "single", "a", "b")]))
         .await;
@@ -128,7 +131,7 @@ async fn a_full_disk_refuses_ingest_and_resumes_by_itself() {
         .walk(&s.app, "/v2/messages", 10, &sh(T0 - 1000), &sh(T0))
         .await;
     assert_eq!(total, 1);
-    s.embedded.set_min_free_disk_bytes(0);
+    s.embedded.as_ref().unwrap().set_min_free_disk_bytes(0);
     let body = s
         .ingest_ok(&[text_message(2, T0 - 10, "single", "a", "b")])
         .await;

@@ -1,13 +1,15 @@
 //! imreport's integration tests: one binary, real HTTP against servers started on port 0, and
-//! the real `imreport` binary. Run with `cargo nextest run --workspace` (or `cargo test`).
+//! the real `imreport` binary. The conformance suite (`conformance/`) runs unchanged against
+//! each backend (`embedded`, `postgres`); the rest covers what is specific to one.
+//! Run with `cargo nextest run --workspace` (or `cargo test`).
 
-mod bad_inputs;
+// On purpose: `embedded` and `postgres` each load the same conformance files, with their own
+// `BACKEND`.
+#![allow(clippy::duplicate_mod)]
+
 mod binary;
 mod crash;
-mod history;
+mod embedded;
 mod hostile;
-mod ingest;
-mod model;
-mod retention;
-mod stats;
+mod postgres;
 mod support;

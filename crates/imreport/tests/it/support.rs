@@ -1,4 +1,5 @@
-//! A server on port 0 over a fresh embedded store, with a settable clock, and a client for it.
+//! A server on port 0 over a fresh store (embedded, or a fresh schema of the test PostgreSQL),
+//! with a settable clock, and a client for it.
 
 use base64::Engine;
 use imreport_domain::Clock;
@@ -9,6 +10,7 @@ use imreport_server::rate::RateLimiter;
 use imreport_server::{AppState, ConnLimits, admin};
 use imreport_store::Store;
 use imreport_store::embedded::{EmbeddedConfig, EmbeddedStore};
+use imreport_store::postgres::{PostgresConfig, PostgresStore};
 use serde_json::Value;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -33,18 +35,99 @@ impl Creds {
     }
 }
 
+/// Which store a test server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    Postgres,
+}
+
+/// The PostgreSQL the tests use: `IMREPORT_TEST_DATABASE_URL`, or this machine's server.
+pub fn test_database_url() -> String {
+    std::env::var("IMREPORT_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh schema name, so that tests running at once never see each other's tables.
+pub fn fresh_schema() -> String {
+    use rand::Rng;
+    let n: u64 = rand::rng().random();
+    format!("it_{n:016x}")
+}
+
+/// Opens a PostgreSQL store on a fresh schema; fails loudly (never skips) when the database
+/// cannot be reached.
+pub async fn postgres_store(
+    schema: &str,
+    clock: Clock,
+    tz: &str,
+    retention_days: u32,
+) -> PostgresStore {
+    let config = PostgresConfig {
+        schema: Some(schema.to_owned()),
+        pool_size: 4,
+        retention_days,
+        clock,
+        tz: ReportTz::new(tz).unwrap(),
+        ..PostgresConfig::new(test_database_url())
+    };
+    match PostgresStore::connect(config).await {
+        Ok(store) => store,
+        Err(e) => panic!(
+            "the PostgreSQL tests need a server at {} (set IMREPORT_TEST_DATABASE_URL, or start \
+             this machine's with `pg_ctlcluster --skip-systemctl-redirect 15 main start`): {e}",
+            test_database_url()
+        ),
+    }
+}
+
+/// Drops a test schema from a thread of its own (a `Drop` cannot await, and the test's runtime
+/// may be the one blocked in it).
+pub fn drop_schema(schema: String) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            if let Ok((client, conn)) =
+                tokio_postgres::connect(&test_database_url(), tokio_postgres::NoTls).await
+            {
+                tokio::spawn(conn);
+                let _ = client
+                    .batch_execute(&format!(
+                        "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {schema} CASCADE"
+                    ))
+                    .await;
+            }
+        });
+    })
+    .join();
+}
+
 pub struct TestServer {
     pub url: String,
     pub http: reqwest::Client,
     pub clock: Clock,
     pub store: Arc<dyn Store>,
-    pub embedded: EmbeddedStore,
+    /// The embedded store, for tests of what only it has (a stalled writer, a full disk).
+    pub embedded: Option<EmbeddedStore>,
     pub app: Creds,
+    schema: Option<String>,
     _stop: oneshot::Sender<()>,
     _dir: tempfile::TempDir,
 }
 
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(schema) = self.schema.take() {
+            drop_schema(schema);
+        }
+    }
+}
+
 pub struct Options {
+    pub backend: Backend,
     pub limits: IngestLimits,
     pub queue_depth: usize,
     pub retention_days: u32,
@@ -57,6 +140,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            backend: Backend::Embedded,
             limits: IngestLimits::default(),
             queue_depth: 256,
             retention_days: 60,
@@ -73,19 +157,42 @@ impl TestServer {
         Self::start_with(Options::default()).await
     }
 
+    pub async fn start_on(backend: Backend) -> TestServer {
+        Self::start_with(Options {
+            backend,
+            ..Options::default()
+        })
+        .await
+    }
+
     pub async fn start_with(opts: Options) -> TestServer {
+        // Errors the server logs show up in a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("warn,fjall=error,lsm_tree=error")
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().unwrap();
         let clock = Clock::manual(T0);
-        let config = EmbeddedConfig {
-            retention_days: opts.retention_days,
-            queue_depth: opts.queue_depth,
-            clock: clock.clone(),
-            tz: ReportTz::new(opts.tz).unwrap(),
-            min_free_disk_bytes: 0,
-            ..EmbeddedConfig::default()
+        let (store, embedded, schema): (Arc<dyn Store>, _, _) = match opts.backend {
+            Backend::Embedded => {
+                let config = EmbeddedConfig {
+                    retention_days: opts.retention_days,
+                    queue_depth: opts.queue_depth,
+                    clock: clock.clone(),
+                    tz: ReportTz::new(opts.tz).unwrap(),
+                    min_free_disk_bytes: 0,
+                    ..EmbeddedConfig::default()
+                };
+                let embedded = EmbeddedStore::open(dir.path(), config).unwrap();
+                (Arc::new(embedded.clone()), Some(embedded), None)
+            }
+            Backend::Postgres => {
+                let schema = fresh_schema();
+                let store =
+                    postgres_store(&schema, clock.clone(), opts.tz, opts.retention_days).await;
+                (Arc::new(store), None, Some(schema))
+            }
         };
-        let embedded = EmbeddedStore::open(dir.path(), config).unwrap();
-        let store: Arc<dyn Store> = Arc::new(embedded.clone());
         let mut state = AppState::new(
             store.clone(),
             ReportTz::new(opts.tz).unwrap(),
@@ -115,6 +222,7 @@ impl TestServer {
             clock,
             store,
             embedded,
+            schema,
             app: Creds {
                 key: String::new(),
                 secret: String::new(),

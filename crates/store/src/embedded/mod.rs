@@ -7,6 +7,7 @@ mod read;
 mod stale;
 mod writer;
 
+use crate::window::Window;
 use crate::{DaysReport, IngestOutcome, Page, PageRequest, Result, Store, StoreError};
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -14,7 +15,7 @@ use imreport_domain::app::{App, SecretHash};
 use imreport_domain::event::Event;
 use imreport_domain::scope::Scope;
 use imreport_domain::stats::MsgCounts;
-use imreport_domain::time::{MILLIS_PER_DAY, ReportTz};
+use imreport_domain::time::ReportTz;
 use imreport_domain::{Clock, Millis};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -60,10 +61,9 @@ pub(crate) struct Inner {
     days: RwLock<BTreeMap<i64, Keyspace>>,
     /// Presence sets (active users, senders, active groups) by civil day.
     acts: RwLock<BTreeMap<i64, Keyspace>>,
-    /// Offset that turns an instant into its partition day: the report zone's offset when the
-    /// data dir was created, fixed forever so that partition days are monotonic in time (a
-    /// DST-shifting offset would make a day's partition hold instants after the next day's).
-    partition_offset_ms: i64,
+    /// Partition days and retention horizons; the partition offset is the report zone's offset
+    /// when the data dir was created, fixed forever (see [`Window`]).
+    window: Window,
     /// First retained partition day, for the compaction filter that drops stale `ids` entries.
     ids_horizon: stale::Horizon,
     /// Serializes app administration (rare) so that id allocation is race-free.
@@ -79,21 +79,17 @@ pub(crate) struct Inner {
 impl Inner {
     /// The partition day of an instant.
     pub(crate) fn pday(&self, ms: Millis) -> i64 {
-        (ms + self.partition_offset_ms).div_euclid(MILLIS_PER_DAY)
-    }
-
-    fn retention_start(&self, now: Millis) -> Millis {
-        now - i64::from(self.config.retention_days) * MILLIS_PER_DAY
+        self.window.pday(ms)
     }
 
     /// First partition day still retained at `now`.
     fn horizon_day(&self, now: Millis) -> i64 {
-        self.pday(self.retention_start(now))
+        self.window.horizon_day(now)
     }
 
     /// First civil day whose statistics are still retained at `now`.
     fn stats_horizon_day(&self, now: Millis) -> i64 {
-        self.config.tz.civil_day(self.retention_start(now))
+        self.window.stats_horizon_day(now)
     }
 
     /// Refuses a write when the disk has less free space than the reserve.
@@ -227,7 +223,11 @@ impl EmbeddedStore {
             stats,
             days: RwLock::new(days),
             acts: RwLock::new(acts),
-            partition_offset_ms,
+            window: Window {
+                retention_days: config.retention_days,
+                partition_offset_ms,
+                tz: config.tz.clone(),
+            },
             ids_horizon,
             admin: Mutex::new(()),
             apps: RwLock::new(apps),
@@ -414,6 +414,7 @@ impl Store for EmbeddedStore {
 mod tests {
     use super::*;
     use imreport_domain::event::{IngestLimits, decode_batch};
+    use imreport_domain::time::MILLIS_PER_DAY;
 
     const T0: i64 = 1_795_176_000_000;
 

@@ -13,8 +13,8 @@ use imreport_domain::event::Event;
 use imreport_domain::message::{FromType, Message, TargetType, encode_record};
 use imreport_domain::scope::Scope;
 use imreport_domain::stats::{
-    CREATED, DayStats, MsgCounts, REMOVED, decode_counts, encode_counts, lifecycle_contribution,
-    msg_class, target_index,
+    CREATED, DayStats, MsgCounts, REMOVED, apply_lifecycle, decode_counts, decode_history,
+    encode_counts, encode_history, msg_class, target_index,
 };
 use imreport_domain::time::MILLIS_PER_HOUR;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -430,7 +430,7 @@ impl Writer {
                 keys::counter_key(&keys::scope_prefix(keys::CNT, app.id, &Scope::App), hour),
             ))
             .or_default() += 1;
-        for scope in scopes_of(&m) {
+        for scope in m.scopes() {
             let idx = keys::scope_prefix(keys::IDX, app.id, &scope);
             g.batch.insert(
                 &ks,
@@ -510,7 +510,7 @@ impl Writer {
         time: Millis,
     ) -> Result<Option<bool>> {
         let key = keys::entity_key(app, kind, id);
-        let history = match g.entities.get(&key) {
+        let mut history = match g.entities.get(&key) {
             Some(h) => h.clone(),
             None => self
                 .inner
@@ -519,49 +519,29 @@ impl Writer {
                 .map(|v| decode_history(&v))
                 .unwrap_or_default(),
         };
-        if history.contains(&(time, what)) {
-            return Ok(Some(false));
-        }
         let tz = &self.inner.config.tz;
-        let before = lifecycle_contribution(&history, |t| tz.civil_day(t));
-        let mut updated = history;
-        updated.push((time, what));
-        let after = lifecycle_contribution(&updated, |t| tz.civil_day(t));
+        let Some(change) = apply_lifecycle(&mut history, time, what, |t| tz.civil_day(t)) else {
+            return Ok(Some(false));
+        };
         g.batch
-            .insert(&self.inner.entities, key.clone(), encode_history(&updated));
-        g.entities.insert(key, updated);
-        if before == after {
+            .insert(&self.inner.entities, key.clone(), encode_history(&history));
+        g.entities.insert(key, history);
+        if change.days.is_empty() {
             return Ok(Some(false));
         }
-        let mut net_total = 0;
-        for day in before
-            .keys()
-            .chain(after.keys())
-            .copied()
-            .collect::<std::collections::BTreeSet<_>>()
-        {
-            let (b, a) = (
-                before.get(&day).copied().unwrap_or_default(),
-                after.get(&day).copied().unwrap_or_default(),
-            );
-            let (d_new, d_net) = (a.0 - b.0, a.1 - b.1);
-            net_total += d_net;
-            if day >= g.stats_horizon && (d_new, d_net) != (0, 0) {
-                let row = g.days.entry((app, day)).or_default();
-                if kind == USER {
-                    row.new_users = row.new_users.wrapping_add_signed(d_new);
-                    row.net_users += d_net;
-                } else {
-                    row.new_groups = row.new_groups.wrapping_add_signed(d_new);
-                    row.net_groups += d_net;
-                }
+        for (day, d_new, d_net) in change.days {
+            if day >= g.stats_horizon {
+                g.days
+                    .entry((app, day))
+                    .or_default()
+                    .add_lifecycle(kind == USER, d_new, d_net);
             }
         }
         let total = g.totals.entry(app).or_default();
         if kind == USER {
-            total.0 += net_total;
+            total.0 += change.net_total;
         } else {
-            total.1 += net_total;
+            total.1 += change.net_total;
         }
         Ok(Some(true))
     }
@@ -637,35 +617,6 @@ pub(crate) fn decode_totals(v: &[u8]) -> (i64, i64) {
     (get(0..8), get(8..16))
 }
 
-fn encode_history(h: &[(Millis, u8)]) -> Vec<u8> {
-    h.iter()
-        .flat_map(|(t, k)| std::iter::once(*k).chain(t.to_be_bytes()))
-        .collect()
-}
-
-fn decode_history(v: &[u8]) -> Vec<(Millis, u8)> {
-    v.chunks_exact(9)
-        .map(|c| {
-            (
-                i64::from_be_bytes(c[1..].try_into().expect("8 bytes")),
-                c[0],
-            )
-        })
-        .collect()
-}
-
 fn next_id_key(app: u32) -> String {
     format!("nextid/{app}")
-}
-
-/// The non-app scopes a message belongs to: its sender, and its target.
-fn scopes_of(m: &Message) -> Vec<Scope> {
-    let mut v = vec![Scope::User(m.from_id.clone())];
-    match m.target_type {
-        TargetType::Single if m.target_id != m.from_id => v.push(Scope::User(m.target_id.clone())),
-        TargetType::Single => {}
-        TargetType::Group => v.push(Scope::Group(m.target_id.clone())),
-        TargetType::Chatroom => v.push(Scope::Chatroom(m.target_id.clone())),
-    }
-    v
 }

@@ -1,5 +1,6 @@
 //! Every bad input gets its status and code from the contract, never a 500, and changes nothing.
 
+use super::BACKEND;
 use crate::support::*;
 use base64::Engine;
 use serde_json::{Value, json};
@@ -44,7 +45,7 @@ fn case(
 
 #[tokio::test]
 async fn bad_inputs_get_their_status_and_code() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(BACKEND).await;
     let other = s.create_app().await;
     let t = T0 - HOUR;
     let evs: Vec<Value> = (1..=3u64)
@@ -505,7 +506,7 @@ async fn bad_inputs_get_their_status_and_code() {
 
 #[tokio::test]
 async fn health_needs_no_auth() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(BACKEND).await;
     for path in ["/healthz", "/readyz"] {
         let r = s.http.get(format!("{}{path}", s.url)).send().await.unwrap();
         assert_eq!(r.status(), 200, "{path}");

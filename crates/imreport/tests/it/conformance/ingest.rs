@@ -1,5 +1,6 @@
 //! Ingest over real HTTP: defaults, atomicity, idempotency, expiry, limits, concurrency.
 
+use super::BACKEND;
 use crate::support::*;
 use imreport_domain::event::IngestLimits;
 use serde_json::{Value, json};
@@ -22,7 +23,7 @@ async fn app_total(s: &TestServer, creds: &Creds) -> u64 {
 
 #[tokio::test]
 async fn json_arrays_and_ndjson_are_both_accepted() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(BACKEND).await;
     let arr = json!([text_message(1, T0 - 5, "single", "a", "b"), {"event": "user_registered", "username": "a"}]);
     let r = s
         .http
@@ -47,7 +48,7 @@ async fn json_arrays_and_ndjson_are_both_accepted() {
 
 #[tokio::test]
 async fn duplicates_are_stored_once_within_and_across_batches() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(BACKEND).await;
     let m = text_message(42, T0 - 5, "single", "a", "b");
     let body = s.ingest_ok(&[m.clone(), m.clone()]).await;
     assert_eq!(body, json!({"accepted": 1, "duplicates": 1, "expired": 0}));
@@ -70,7 +71,7 @@ async fn duplicates_are_stored_once_within_and_across_batches() {
 
 #[tokio::test]
 async fn lifecycle_repeats_change_nothing() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(BACKEND).await;
     let evs = [
         json!({"event": "user_registered", "username": "alice", "time": T0 - 10}),
         json!({"event": "user_registered", "username": "alice", "time": T0 - 9}),
@@ -86,7 +87,7 @@ async fn lifecycle_repeats_change_nothing() {
 
 #[tokio::test]
 async fn server_assigned_msgids_are_unique_and_increasing() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(BACKEND).await;
     let mut evs = Vec::new();
     for i in 0..5 {
         let mut m = text_message(0, T0 - 100 + i, "single", "a", "b");
@@ -115,7 +116,7 @@ async fn server_assigned_msgids_are_unique_and_increasing() {
 
 #[tokio::test]
 async fn old_events_are_expired_and_future_ones_refused() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(BACKEND).await;
     let old = T0 - 61 * DAY;
     let body = s
         .ingest_ok(&[
@@ -147,7 +148,7 @@ async fn old_events_are_expired_and_future_ones_refused() {
 
 #[tokio::test]
 async fn one_bad_event_rejects_the_batch_and_stores_nothing() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(BACKEND).await;
     let mut evs: Vec<Value> = (1..=100u64)
         .map(|i| text_message(i, T0 - 10, "group", "g", "u"))
         .collect();
@@ -177,6 +178,7 @@ async fn limits_answer_413_and_400() {
         max_msg_body_bytes: 100,
     };
     let s = TestServer::start_with(Options {
+        backend: BACKEND,
         limits,
         ..Options::default()
     })
@@ -211,7 +213,7 @@ async fn limits_answer_413_and_400() {
 
 #[tokio::test]
 async fn concurrent_batches_all_land_once() {
-    let s = std::sync::Arc::new(TestServer::start().await);
+    let s = std::sync::Arc::new(TestServer::start_on(BACKEND).await);
     let mut tasks = Vec::new();
     for c in 0..16u64 {
         let s = s.clone();

@@ -1,6 +1,7 @@
 //! Statistics over real HTTP: a property test against a brute-force recomputation from the same
 //! events, reconciliation with the history endpoints, DST buckets, and bad parameters.
 
+use super::BACKEND;
 use crate::support::*;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -303,7 +304,7 @@ async fn assert_reconciles(s: &TestServer, stats: &Value, begin: &str, end: &str
 }
 
 async fn check(events: Vec<Ev>, batch: usize, days: Vec<(i64, i64)>, hours: Vec<(i64, i64, i64)>) {
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(BACKEND).await;
     for chunk in events.chunks(batch) {
         let body: Vec<Value> = chunk.iter().map(to_json).collect();
         let (status, resp) = s.ingest(ndjson(&body)).await;
@@ -425,7 +426,7 @@ proptest! {
 
 #[tokio::test]
 async fn future_buckets_are_zeros_with_totals_carried() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(BACKEND).await;
     s.ingest_ok(&[
         json!({"event": "user_registered", "username": "old", "time": T0 - 300 * DAY}),
         json!({"event": "user_registered", "username": "a", "time": T0 - 1000}),
@@ -463,6 +464,7 @@ async fn future_buckets_are_zeros_with_totals_carried() {
 #[tokio::test]
 async fn totals_keep_their_baseline_when_old_days_are_dropped() {
     let s = TestServer::start_with(Options {
+        backend: BACKEND,
         retention_days: 3,
         ..Options::default()
     })
@@ -517,6 +519,7 @@ async fn totals_keep_their_baseline_when_old_days_are_dropped() {
 #[tokio::test]
 async fn buckets_follow_dst_in_the_report_zone() {
     let s = TestServer::start_with(Options {
+        backend: BACKEND,
         tz: "Europe/Berlin",
         ..Options::default()
     })
@@ -561,7 +564,7 @@ async fn buckets_follow_dst_in_the_report_zone() {
 
 #[tokio::test]
 async fn bad_statistics_parameters_are_400() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(BACKEND).await;
     let d = date(cday(T0));
     for (path, says) in [
         (

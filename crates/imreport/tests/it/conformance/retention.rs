@@ -1,6 +1,7 @@
 //! Retention with a settable clock: whole days go at the exact edge of the window, totals keep
 //! their baseline, and queries keep answering while days are dropped.
 
+use super::BACKEND;
 use crate::support::*;
 use serde_json::Value;
 
@@ -14,6 +15,7 @@ fn day_start(day: i64) -> i64 {
 async fn retention_drops_whole_days_at_the_exact_edge() {
     let s = std::sync::Arc::new(
         TestServer::start_with(Options {
+            backend: BACKEND,
             retention_days: 3,
             ..Options::default()
         })

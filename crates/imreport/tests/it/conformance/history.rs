@@ -1,5 +1,6 @@
 //! History endpoints over real HTTP: scopes, bounds, order, totals and cursors.
 
+use super::BACKEND;
 use crate::support::*;
 use serde_json::Value;
 
@@ -9,7 +10,7 @@ fn ids(msgs: &[Value]) -> Vec<u64> {
 
 #[tokio::test]
 async fn scopes_select_the_contracted_messages() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(BACKEND).await;
     let t = T0 - HOUR;
     s.ingest_ok(&[
         text_message(1, t, "single", "bob", "alice"),
@@ -48,7 +49,7 @@ async fn scopes_select_the_contracted_messages() {
 
 #[tokio::test]
 async fn bounds_are_inclusive_at_second_granularity() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(BACKEND).await;
     let sec = (T0 - DAY) / 1000 * 1000;
     s.ingest_ok(&[
         text_message(1, sec - 1, "single", "b", "a"),
@@ -69,7 +70,7 @@ async fn bounds_are_inclusive_at_second_granularity() {
 
 #[tokio::test]
 async fn thousands_in_one_millisecond_page_without_gaps_or_repeats() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(BACKEND).await;
     let t = T0 - 2 * HOUR;
     // msgids out of order within the same millisecond, in two batches.
     let mut evs: Vec<Value> = (0..3000u64)
@@ -99,7 +100,7 @@ async fn thousands_in_one_millisecond_page_without_gaps_or_repeats() {
 
 #[tokio::test]
 async fn total_spans_days_hours_and_partial_hours() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(BACKEND).await;
     // Messages every 7 minutes over 6 days: the window cuts hours and days in the middle.
     let start = T0 - 6 * DAY;
     let evs: Vec<Value> = (0..(6 * 24 * 60 / 7))
@@ -148,7 +149,7 @@ async fn total_spans_days_hours_and_partial_hours() {
 
 #[tokio::test]
 async fn messages_carry_every_field() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(BACKEND).await;
     let ctime = T0 - 1234;
     s.ingest_ok(&[serde_json::json!({
         "event": "message", "msgid": 287090485, "msg_ctime": ctime, "create_time": 1490930940,
@@ -187,7 +188,7 @@ async fn messages_carry_every_field() {
 
 #[tokio::test]
 async fn big_numbers_in_bodies_come_back_as_sent() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(BACKEND).await;
     let body = r#"{"event":"message","msgid":9,"msg_ctime":MS,"target_type":"single","target_id":"a","from_id":"b","msg_type":"custom","msg_body":{"n":123456789012345678901234567890,"f":1.5e300}}"#
         .replace("MS", &(T0 - 10).to_string());
     let (status, _) = s.ingest(body).await;
@@ -215,7 +216,7 @@ async fn big_numbers_in_bodies_come_back_as_sent() {
 
 #[tokio::test]
 async fn a_walk_is_a_snapshot_of_when_it_began() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(BACKEND).await;
     let t = T0 - HOUR;
     let evs: Vec<Value> = (1..=10u64)
         .map(|i| text_message(i * 10, t + i as i64, "single", "b", "a"))
@@ -255,7 +256,7 @@ async fn a_walk_is_a_snapshot_of_when_it_began() {
 
 #[tokio::test]
 async fn cursors_expire_after_the_ttl_and_every_page_renews() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(BACKEND).await;
     let t = T0 - HOUR;
     let evs: Vec<Value> = (1..=5u64)
         .map(|i| text_message(i, t, "single", "b", "a"))
@@ -303,7 +304,7 @@ async fn cursors_expire_after_the_ttl_and_every_page_renews() {
 
 #[tokio::test]
 async fn next_pages_ignore_other_parameters_and_doubled_slashes_route() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(BACKEND).await;
     let t = T0 - HOUR;
     s.ingest_ok(&[
         text_message(1, t, "single", "b", "a"),

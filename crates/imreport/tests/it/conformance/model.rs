@@ -3,6 +3,7 @@
 //! windows must equal a plain in-memory model: same messages, same order, no repeats, no gaps,
 //! the right total.
 
+use super::BACKEND;
 use crate::support::*;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -99,7 +100,7 @@ fn in_scope(m: &Msg, scope: (usize, usize)) -> bool {
 }
 
 async fn check(stream: Vec<Msg>, batch_sizes: Vec<usize>, queries: Vec<Query>) {
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(BACKEND).await;
     let apps = [
         Creds {
             key: s.app.key.clone(),

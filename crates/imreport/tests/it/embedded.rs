@@ -1,0 +1,16 @@
+//! The conformance suite on the embedded store.
+
+pub const BACKEND: crate::support::Backend = crate::support::Backend::Embedded;
+
+#[path = "conformance/bad_inputs.rs"]
+mod bad_inputs;
+#[path = "conformance/history.rs"]
+mod history;
+#[path = "conformance/ingest.rs"]
+mod ingest;
+#[path = "conformance/model.rs"]
+mod model;
+#[path = "conformance/retention.rs"]
+mod retention;
+#[path = "conformance/stats.rs"]
+mod stats;

@@ -1,0 +1,536 @@
+//! The PostgreSQL backend: stateless imreport servers over one shared database (or Citus).
+//!
+//! Every ingest request is one transaction that first updates its app's `app_state` row: that
+//! row lock orders one app's ingests (exactly like the embedded store's single writer), so
+//! duplicate checks, server-assigned msgids, presence sets and read-modify-write rollups stay
+//! exact however many servers write at once, while different apps ingest in parallel. History
+//! reads run in read-only REPEATABLE READ transactions, so a first page's `total`, snapshot
+//! sequence and messages come from one consistent view.
+
+mod read;
+pub mod schema;
+mod write;
+
+use crate::window::Window;
+use crate::{DaysReport, IngestOutcome, Page, PageRequest, Result, Store, StoreError};
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
+use imreport_domain::Clock;
+use imreport_domain::app::{App, SecretHash};
+use imreport_domain::event::Event;
+use imreport_domain::scope::Scope;
+use imreport_domain::stats::MsgCounts;
+use imreport_domain::time::ReportTz;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_postgres::NoTls;
+
+/// Settings of the PostgreSQL backend.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// `postgres://user@host:port/db` (libpq URL or key=value form).
+    pub url: String,
+    /// Schema to keep imreport's tables in (created if missing); `None`: the URL's search_path.
+    pub schema: Option<String>,
+    /// Most connections this server opens.
+    pub pool_size: usize,
+    /// Days of messages kept.
+    pub retention_days: u32,
+    pub clock: Clock,
+    /// The report time zone: statistics are bucketed in its civil hours and days.
+    pub tz: ReportTz,
+}
+
+impl PostgresConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        PostgresConfig {
+            url: url.into(),
+            schema: None,
+            pool_size: 16,
+            retention_days: 60,
+            clock: Clock::System,
+            tz: ReportTz::new("Asia/Shanghai").expect("bundled zone"),
+        }
+    }
+}
+
+/// Maps a database error to the store's errors: a full disk is `DiskFull`, a broken or
+/// refused connection and everything else `Storage` (with PostgreSQL's own message).
+pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    use tokio_postgres::error::SqlState;
+    match e.as_db_error() {
+        Some(db) if *db.code() == SqlState::DISK_FULL => StoreError::DiskFull(db.message().into()),
+        Some(db) => {
+            StoreError::Storage(format!("postgres: {} ({})", db.message(), db.code().code()))
+        }
+        None => StoreError::Storage(format!("postgres: {e}")),
+    }
+}
+
+fn pool_error(e: PoolError) -> StoreError {
+    match e {
+        // Every connection busy for the whole wait: the database is the bottleneck; shed load.
+        PoolError::Timeout(_) => StoreError::Overloaded,
+        PoolError::Backend(e) => pg_error(e),
+        other => StoreError::Storage(format!("postgres pool: {other}")),
+    }
+}
+
+pub(crate) struct Inner {
+    pool: Pool,
+    config: PostgresConfig,
+    window: Window,
+    /// Partition days known to exist (messages and msg_index; presence by civil day), so that
+    /// ingest creates a partition only the first time it needs one.
+    pdays: Mutex<BTreeSet<i64>>,
+    cdays: Mutex<BTreeSet<i64>>,
+}
+
+/// The PostgreSQL store. Cheap to clone; clones share one connection pool.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+const PARTITION_OFFSET: &str = "partition_offset_ms";
+
+fn valid_schema(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
+impl PostgresStore {
+    /// Connects, creates the schema if asked to, and applies pending migrations.
+    pub async fn connect(config: PostgresConfig) -> Result<Self> {
+        let mut pg: tokio_postgres::Config = config
+            .url
+            .parse()
+            .map_err(|e| StoreError::Storage(format!("invalid PostgreSQL URL: {e}")))?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(Duration::from_secs(10));
+        }
+        if let Some(schema) = &config.schema {
+            if !valid_schema(schema) {
+                return Err(StoreError::Storage(format!(
+                    "invalid schema name {schema:?}: use lowercase letters, digits and _"
+                )));
+            }
+            let (client, conn) = pg.connect(NoTls).await.map_err(pg_error)?;
+            let task = tokio::spawn(conn);
+            // Two servers creating it at once: one wins, the other sees it exist.
+            let created = client
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .await;
+            if let Err(e) = created {
+                let exists = client
+                    .query_opt(
+                        "SELECT 1 FROM pg_namespace WHERE nspname = $1",
+                        &[&schema.as_str()],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                if exists.is_none() {
+                    return Err(pg_error(e));
+                }
+            }
+            drop(client);
+            let _ = task.await;
+            pg.options(format!("-c search_path={schema}"));
+        }
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(2))
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Storage(format!("postgres pool: {e}")))?;
+        let mut client = pool.get().await.map_err(pool_error)?;
+        schema::migrate(&mut client).await?;
+        let offset = i64::from(config.tz.offset_secs(config.clock.now_ms())) * 1000;
+        client
+            .execute(
+                "INSERT INTO imreport_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                &[&PARTITION_OFFSET, &offset.to_string()],
+            )
+            .await
+            .map_err(pg_error)?;
+        let stored: String = client
+            .query_one(
+                "SELECT value FROM imreport_meta WHERE key = $1",
+                &[&PARTITION_OFFSET],
+            )
+            .await
+            .map_err(pg_error)?
+            .get(0);
+        let partition_offset_ms = stored
+            .parse()
+            .map_err(|_| StoreError::Storage(format!("corrupt {PARTITION_OFFSET}: {stored:?}")))?;
+        drop(client);
+        let window = Window {
+            retention_days: config.retention_days,
+            partition_offset_ms,
+            tz: config.tz.clone(),
+        };
+        Ok(PostgresStore {
+            inner: Arc::new(Inner {
+                pool,
+                config,
+                window,
+                pdays: Mutex::new(BTreeSet::new()),
+                cdays: Mutex::new(BTreeSet::new()),
+            }),
+        })
+    }
+
+    pub(crate) async fn client(&self) -> Result<Object> {
+        self.inner.pool.get().await.map_err(pool_error)
+    }
+
+    /// A secret shared by every server on this database (e.g. the cursor key): read it, or store
+    /// `generate()` if none is stored yet. The first server to store one wins.
+    pub async fn shared_secret(
+        &self,
+        name: &str,
+        generate: impl FnOnce() -> String,
+    ) -> Result<String> {
+        let client = self.client().await?;
+        let key = format!("secret.{name}");
+        client
+            .execute(
+                "INSERT INTO imreport_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                &[&key, &generate()],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(client
+            .query_one("SELECT value FROM imreport_meta WHERE key = $1", &[&key])
+            .await
+            .map_err(pg_error)?
+            .get(0))
+    }
+
+    /// Drops the schema this store was opened on, with everything in it (tests clean up with it).
+    #[doc(hidden)]
+    pub async fn drop_schema(&self) -> Result<()> {
+        let Some(schema) = &self.inner.config.schema else {
+            return Ok(());
+        };
+        let client = self.client().await?;
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .await
+            .map_err(pg_error)
+    }
+
+    /// Bytes the store's tables and indexes take on disk.
+    pub async fn disk_space(&self) -> Result<u64> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm', 't')",
+                &[],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// Makes sure the day partitions exist. Creating one locks its parent table briefly, so it
+    /// happens once per day and table (retention also creates the next days' ahead of time);
+    /// servers creating the same partition at once serialize on an advisory lock.
+    pub(crate) async fn ensure_partitions(
+        &self,
+        pdays: &BTreeSet<i64>,
+        cdays: &BTreeSet<i64>,
+    ) -> Result<()> {
+        let missing_p: Vec<i64> = {
+            let known = self.inner.pdays.lock().expect("lock");
+            pdays
+                .iter()
+                .filter(|d| !known.contains(d))
+                .copied()
+                .collect()
+        };
+        let missing_c: Vec<i64> = {
+            let known = self.inner.cdays.lock().expect("lock");
+            cdays
+                .iter()
+                .filter(|d| !known.contains(d))
+                .copied()
+                .collect()
+        };
+        if missing_p.is_empty() && missing_c.is_empty() {
+            return Ok(());
+        }
+        let mut sql = String::from(
+            "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.imreport.partitions'));\n",
+        );
+        for &day in &missing_p {
+            let (lo, hi) = (
+                self.inner.window.pday_start(day),
+                self.inner.window.pday_start(day + 1),
+            );
+            for table in schema::MESSAGE_TABLES {
+                let name = schema::partition_name(table, day);
+                sql.push_str(&format!(
+                    "CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} FOR VALUES FROM ({lo}) TO ({hi});\n"
+                ));
+            }
+        }
+        for &day in &missing_c {
+            let table = schema::PRESENCE_TABLE;
+            let name = schema::partition_name(table, day);
+            sql.push_str(&format!(
+                "CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} FOR VALUES FROM ({day}) TO ({});\n",
+                day + 1
+            ));
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        tx.batch_execute(&sql).await.map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        self.inner.pdays.lock().expect("lock").extend(missing_p);
+        self.inner.cdays.lock().expect("lock").extend(missing_c);
+        Ok(())
+    }
+
+    /// Forgets which partitions exist (after another server may have dropped some).
+    pub(crate) fn forget_partitions(&self) {
+        self.inner.pdays.lock().expect("lock").clear();
+        self.inner.cdays.lock().expect("lock").clear();
+    }
+
+    async fn retention(&self) -> Result<usize> {
+        let w = &self.inner.window;
+        let now = self.inner.config.clock.now_ms();
+        let (horizon, stats_horizon) = (w.horizon_day(now), w.stats_horizon_day(now));
+        // Tomorrow's partitions, ahead of time: creating one locks its parent briefly.
+        let today = w.pday(now);
+        let civil_today = w.tz.civil_day(now);
+        self.ensure_partitions(
+            &(today..=today + 1).collect(),
+            &(civil_today..=civil_today + 1).collect(),
+        )
+        .await?;
+        let client = self.client().await?;
+        // One server at a time drops; the others skip this round.
+        let lock = "hashtext(current_schema() || '.imreport.retention')";
+        let got: bool = client
+            .query_one(&format!("SELECT pg_try_advisory_lock({lock})"), &[])
+            .await
+            .map_err(pg_error)?
+            .get(0);
+        if !got {
+            return Ok(0);
+        }
+        let result = self.drop_before(&client, horizon, stats_horizon).await;
+        client
+            .execute(&format!("SELECT pg_advisory_unlock({lock})"), &[])
+            .await
+            .map_err(pg_error)?;
+        let dropped = result?;
+        if dropped > 0 {
+            self.forget_partitions();
+            tracing::info!(
+                dropped_days = dropped,
+                horizon_day = horizon,
+                "retention dropped old day partitions"
+            );
+        }
+        Ok(dropped)
+    }
+
+    async fn drop_before(
+        &self,
+        client: &Object,
+        horizon: i64,
+        stats_horizon: i64,
+    ) -> Result<usize> {
+        let mut dropped = BTreeSet::new();
+        let mut old = Vec::new();
+        for table in schema::MESSAGE_TABLES {
+            for day in schema::partitions(client, table).await? {
+                if day < horizon {
+                    old.push((table, day));
+                    dropped.insert(day);
+                }
+            }
+        }
+        for day in schema::partitions(client, schema::PRESENCE_TABLE).await? {
+            if day < stats_horizon {
+                old.push((schema::PRESENCE_TABLE, day));
+            }
+        }
+        for (table, day) in old {
+            // Dropping a partition locks its parent for a moment; waiting longer than that
+            // behind a long query would stall every query queued after it, so give up and
+            // retry on the next pass instead.
+            let name = schema::partition_name(table, day);
+            let sql = format!("SET LOCAL lock_timeout = '1s'; DROP TABLE IF EXISTS {name}");
+            let dropped = async {
+                let mut c = self.client().await?;
+                let tx = c.transaction().await.map_err(pg_error)?;
+                tx.batch_execute(&sql).await.map_err(pg_error)?;
+                tx.commit().await.map_err(pg_error)
+            };
+            dropped.await?;
+        }
+        client
+            .execute(
+                "DELETE FROM stat_days WHERE day < $1",
+                &[&(stats_horizon as i32)],
+            )
+            .await
+            .map_err(pg_error)?;
+        client
+            .execute(
+                "DELETE FROM stat_hours WHERE hour < $1",
+                &[&((stats_horizon * 24) as i32)],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(dropped.len())
+    }
+}
+
+fn app_from_row(r: &tokio_postgres::Row) -> App {
+    App {
+        id: r.get::<_, i32>("app_id") as u32,
+        key: r.get("app_key"),
+        name: r.get("name"),
+        secret: SecretHash {
+            salt: r.get("secret_salt"),
+            sha256: r.get("secret_sha256"),
+        },
+        created_ms: r.get("created_ms"),
+    }
+}
+
+const APP_COLUMNS: &str = "app_id, app_key, name, secret_salt, secret_sha256, created_ms";
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create_app(&self, key: &str, name: &str, secret: SecretHash) -> Result<App> {
+        let client = self.client().await?;
+        let now = self.inner.config.clock.now_ms();
+        let row = client
+            .query_opt(
+                &format!(
+                    "INSERT INTO apps ({APP_COLUMNS}) VALUES (nextval('app_ids'), $1, $2, $3, $4, $5)
+                     ON CONFLICT (app_key) DO NOTHING RETURNING {APP_COLUMNS}"
+                ),
+                &[&key, &name, &secret.salt, &secret.sha256, &now],
+            )
+            .await
+            .map_err(pg_error)?;
+        row.map(|r| app_from_row(&r))
+            .ok_or_else(|| StoreError::AppExists(key.to_owned()))
+    }
+
+    async fn list_apps(&self) -> Result<Vec<App>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!("SELECT {APP_COLUMNS} FROM apps ORDER BY app_id"),
+                &[],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(rows.iter().map(app_from_row).collect())
+    }
+
+    async fn app(&self, key: &str) -> Result<Option<App>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {APP_COLUMNS} FROM apps WHERE app_key = $1"
+            ))
+            .await
+            .map_err(pg_error)?;
+        let row = client.query_opt(&stmt, &[&key]).await.map_err(pg_error)?;
+        Ok(row.map(|r| app_from_row(&r)))
+    }
+
+    async fn set_secret(&self, key: &str, secret: SecretHash) -> Result<App> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "UPDATE apps SET secret_salt = $2, secret_sha256 = $3 WHERE app_key = $1
+                     RETURNING {APP_COLUMNS}"
+                ),
+                &[&key, &secret.salt, &secret.sha256],
+            )
+            .await
+            .map_err(pg_error)?;
+        row.map(|r| app_from_row(&r))
+            .ok_or_else(|| StoreError::AppNotFound(key.to_owned()))
+    }
+
+    async fn delete_app(&self, key: &str) -> Result<()> {
+        let client = self.client().await?;
+        let n = client
+            .execute("DELETE FROM apps WHERE app_key = $1", &[&key])
+            .await
+            .map_err(pg_error)?;
+        if n == 0 {
+            return Err(StoreError::AppNotFound(key.to_owned()));
+        }
+        Ok(())
+    }
+
+    async fn ingest(&self, app: &App, events: Vec<Event>) -> Result<IngestOutcome> {
+        write::ingest(self, app, events).await
+    }
+
+    async fn page(&self, app: &App, scope: &Scope, req: PageRequest) -> Result<Page> {
+        read::page(self, app, scope, req).await
+    }
+
+    async fn stats_days(&self, app: &App, from: i64, to: i64) -> Result<DaysReport> {
+        read::stats_days(self, app, from, to).await
+    }
+
+    async fn stats_hours(&self, app: &App, from: i64, to: i64) -> Result<Vec<MsgCounts>> {
+        read::stats_hours(self, app, from, to).await
+    }
+
+    fn stats_retained_from(&self) -> i64 {
+        self.inner
+            .window
+            .stats_horizon_day(self.inner.config.clock.now_ms())
+    }
+
+    async fn enforce_retention(&self) -> Result<usize> {
+        self.retention().await
+    }
+
+    async fn check_ready(&self) -> Result<()> {
+        let client = self.client().await?;
+        let read_only: bool = client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map_err(pg_error)?
+            .get(0);
+        if read_only {
+            return Err(StoreError::Storage(
+                "the database is a read-only standby".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,210 @@
+//! Reads: history pages (keyset SQL on the primary key or the scope index) and rollups.
+
+use super::{PostgresStore, pg_error};
+use crate::{DaysReport, Page, PageRequest, Result, StoreError};
+use imreport_domain::app::App;
+use imreport_domain::cursor::Position;
+use imreport_domain::message::view_record;
+use imreport_domain::scope::Scope;
+use imreport_domain::stats::{DAY_FIELDS, DayStats, MsgCounts};
+use tokio_postgres::IsolationLevel;
+use tokio_postgres::types::ToSql;
+
+const APP_PAGE: &str = "SELECT msg_ctime, msgid, rec FROM messages
+    WHERE app_id = $1 AND msg_ctime >= $2 AND msg_ctime <= $4 AND (msg_ctime, msgid) > ($2, $3)
+      AND seq <= $5
+    ORDER BY msg_ctime, msgid LIMIT $6";
+
+const SCOPE_PAGE: &str = "SELECT x.msg_ctime, x.msgid, m.rec FROM msg_index x
+    JOIN messages m ON m.app_id = x.app_id AND m.msg_ctime = x.msg_ctime AND m.msgid = x.msgid
+    WHERE x.app_id = $1 AND x.scope = $7 AND x.scope_id = $8
+      AND x.msg_ctime >= $2 AND x.msg_ctime <= $4 AND (x.msg_ctime, x.msgid) > ($2, $3)
+      AND m.msg_ctime >= $2 AND m.msg_ctime <= $4 AND m.seq <= $5
+    ORDER BY x.msg_ctime, x.msgid LIMIT $6";
+
+const APP_COUNT: &str =
+    "SELECT count(*) FROM messages WHERE app_id = $1 AND msg_ctime >= $2 AND msg_ctime <= $3";
+
+const SCOPE_COUNT: &str = "SELECT count(*) FROM msg_index
+    WHERE app_id = $1 AND scope = $4 AND scope_id = $5 AND msg_ctime >= $2 AND msg_ctime <= $3";
+
+pub(super) async fn page(
+    s: &PostgresStore,
+    app: &App,
+    scope: &Scope,
+    req: PageRequest,
+) -> Result<Page> {
+    let mut client = s.client().await?;
+    // One snapshot for the sequence, the total and the page.
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg_error)?;
+    let app_id = app.id as i32;
+    let (tag, sid) = (i16::from(scope.tag()), scope.id());
+    let (begin, end) = (req.range.begin, req.range.end);
+    let (snapshot, total) = match req.after {
+        None => {
+            let seq: i64 = tx
+                .query_opt("SELECT seq FROM app_state WHERE app_id = $1", &[&app_id])
+                .await
+                .map_err(pg_error)?
+                .map(|r| r.get(0))
+                .unwrap_or(0);
+            let row = match scope {
+                Scope::App => {
+                    let q = tx.prepare_cached(APP_COUNT).await.map_err(pg_error)?;
+                    tx.query_one(&q, &[&app_id, &begin, &end]).await
+                }
+                _ => {
+                    let q = tx.prepare_cached(SCOPE_COUNT).await.map_err(pg_error)?;
+                    tx.query_one(&q, &[&app_id, &begin, &end, &tag, &sid]).await
+                }
+            }
+            .map_err(pg_error)?;
+            (seq as u64, row.get::<_, i64>(0) as u64)
+        }
+        Some(_) => (req.snapshot, req.total),
+    };
+    let (after_ctime, after_msgid) = match req.after {
+        Some(p) => (p.ctime, p.msgid as i64),
+        // Stored msgids start at 1, so (begin, 0) is just before the window.
+        None => (begin, 0),
+    };
+    let want = i64::from(req.count);
+    let (snap, limit) = (snapshot as i64, want + 1);
+    let base: [&(dyn ToSql + Sync); 6] = [&app_id, &after_ctime, &after_msgid, &end, &snap, &limit];
+    let rows = match scope {
+        Scope::App => {
+            let q = tx.prepare_cached(APP_PAGE).await.map_err(pg_error)?;
+            tx.query(&q, &base).await
+        }
+        _ => {
+            let q = tx.prepare_cached(SCOPE_PAGE).await.map_err(pg_error)?;
+            let mut params = base.to_vec();
+            params.push(&tag);
+            params.push(&sid);
+            tx.query(&q, &params).await
+        }
+    }
+    .map_err(pg_error)?;
+    tx.commit().await.map_err(pg_error)?;
+    let more = rows.len() as i64 > want;
+    let mut json = Vec::with_capacity(rows.len() * 384);
+    let mut last = None;
+    for (n, row) in rows.iter().take(want as usize).enumerate() {
+        let (ctime, msgid): (i64, i64) = (row.get(0), row.get(1));
+        let rec: &[u8] = row.get(2);
+        let view =
+            view_record(rec).map_err(|_| StoreError::Storage("corrupt message record".into()))?;
+        if n > 0 {
+            json.push(b',');
+        }
+        view.write_json(msgid as u64, ctime, &app.key, &mut json);
+        last = Some(Position {
+            ctime,
+            msgid: msgid as u64,
+        });
+    }
+    Ok(Page {
+        total,
+        snapshot,
+        count: rows.len().min(want as usize),
+        json,
+        next: if more { last } else { None },
+    })
+}
+
+/// Day rows `from..=to` and the totals at the end of `from - 1` (the all-time totals minus the
+/// net changes of every day from `from` on), from one snapshot.
+pub(super) async fn stats_days(
+    s: &PostgresStore,
+    app: &App,
+    from: i64,
+    to: i64,
+) -> Result<DaysReport> {
+    let mut client = s.client().await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg_error)?;
+    let app_id = app.id as i32;
+    let q = tx
+        .prepare_cached("SELECT day, v FROM stat_days WHERE app_id = $1 AND day >= $2")
+        .await
+        .map_err(pg_error)?;
+    let rows = tx
+        .query(&q, &[&app_id, &(from as i32)])
+        .await
+        .map_err(pg_error)?;
+    let totals = tx
+        .query_opt(
+            "SELECT users, groups FROM stat_totals WHERE app_id = $1",
+            &[&app_id],
+        )
+        .await
+        .map_err(pg_error)?;
+    tx.commit().await.map_err(pg_error)?;
+    let n = usize::try_from(to - from + 1).unwrap_or(0);
+    let mut days = vec![DayStats::default(); n];
+    let (mut net_users, mut net_groups) = (0i64, 0i64);
+    for r in &rows {
+        let day = i64::from(r.get::<_, i32>(0));
+        let v: Vec<i64> = r.get(1);
+        let mut f = [0i64; DAY_FIELDS];
+        for (x, y) in f.iter_mut().zip(v) {
+            *x = y;
+        }
+        let row = DayStats::from_fields(&f);
+        net_users += row.net_users;
+        net_groups += row.net_groups;
+        if day <= to {
+            days[(day - from) as usize] = row;
+        }
+    }
+    let (users, groups) = totals
+        .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
+        .unwrap_or_default();
+    Ok(DaysReport {
+        days,
+        users_before: users - net_users,
+        groups_before: groups - net_groups,
+    })
+}
+
+/// Message counts of civil hours `from..=to`.
+pub(super) async fn stats_hours(
+    s: &PostgresStore,
+    app: &App,
+    from: i64,
+    to: i64,
+) -> Result<Vec<MsgCounts>> {
+    let client = s.client().await?;
+    let q = client
+        .prepare_cached(
+            "SELECT hour, v FROM stat_hours WHERE app_id = $1 AND hour >= $2 AND hour <= $3",
+        )
+        .await
+        .map_err(pg_error)?;
+    let rows = client
+        .query(&q, &[&(app.id as i32), &(from as i32), &(to as i32)])
+        .await
+        .map_err(pg_error)?;
+    let n = usize::try_from(to - from + 1).unwrap_or(0);
+    let mut out = vec![MsgCounts::default(); n];
+    for r in &rows {
+        let hour = i64::from(r.get::<_, i32>(0));
+        let v: Vec<i64> = r.get(1);
+        let c = &mut out[(hour - from) as usize];
+        for (i, x) in v.into_iter().take(12).enumerate() {
+            c[i / 4][i % 4] = x as u64;
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,189 @@
+//! The PostgreSQL schema: versioned migrations applied at startup (serialized across servers by
+//! an advisory lock), and the day partitions that messages, their scope index and presence sets
+//! live in.
+//!
+//! Every table leads with `app_id` (the app's internal number, standing for its key), so that on
+//! Citus every table distributes by tenant and each app's rows are co-located.
+
+use crate::{Result, StoreError};
+use tokio_postgres::Client;
+
+/// Applied in order, each once, each in its own transaction. Never edit one that has shipped:
+/// add the next.
+pub const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE imreport_meta (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+CREATE SEQUENCE app_ids;
+CREATE TABLE apps (
+    app_id        integer PRIMARY KEY,
+    app_key       text NOT NULL UNIQUE,
+    name          text NOT NULL,
+    secret_salt   text NOT NULL,
+    secret_sha256 text NOT NULL,
+    created_ms    bigint NOT NULL
+);
+-- Per app: the commit sequence (cursors read as of one) and the next server-assigned msgid.
+-- Every ingest transaction updates this row first, so one app's ingests commit one at a time.
+CREATE TABLE app_state (
+    app_id     integer PRIMARY KEY,
+    seq        bigint NOT NULL,
+    next_msgid bigint NOT NULL
+);
+-- rec: the message in imreport's compact record form (imreport_domain::message).
+CREATE TABLE messages (
+    app_id    integer NOT NULL,
+    msg_ctime bigint NOT NULL,
+    msgid     bigint NOT NULL,
+    seq       bigint NOT NULL,
+    rec       bytea NOT NULL,
+    PRIMARY KEY (app_id, msg_ctime, msgid)
+) PARTITION BY RANGE (msg_ctime);
+CREATE INDEX messages_by_msgid ON messages (app_id, msgid);
+-- scope: 1 user (sender, and target of single chats), 2 group, 3 chatroom.
+CREATE TABLE msg_index (
+    app_id    integer NOT NULL,
+    scope     smallint NOT NULL,
+    scope_id  text NOT NULL,
+    msg_ctime bigint NOT NULL,
+    msgid     bigint NOT NULL,
+    PRIMARY KEY (app_id, scope, scope_id, msg_ctime, msgid)
+) PARTITION BY RANGE (msg_ctime);
+-- Who was active (kind a), sent (s), or which group was active (g) on a civil day.
+CREATE TABLE presence (
+    app_id integer NOT NULL,
+    day    integer NOT NULL,
+    kind   smallint NOT NULL,
+    id     text NOT NULL,
+    PRIMARY KEY (app_id, day, kind, id)
+) PARTITION BY RANGE (day);
+-- Lifecycle history of a user (kind u) or group (g): (what u8, time i64) per event.
+CREATE TABLE entities (
+    app_id  integer NOT NULL,
+    kind    smallint NOT NULL,
+    id      text NOT NULL,
+    history bytea NOT NULL,
+    PRIMARY KEY (app_id, kind, id)
+);
+-- v: DayStats::fields (12 message counts by target and class, then new/net/active/sending
+-- users, new/net/active groups).
+CREATE TABLE stat_days (
+    app_id integer NOT NULL,
+    day    integer NOT NULL,
+    v      bigint[] NOT NULL,
+    PRIMARY KEY (app_id, day)
+);
+-- v: 12 message counts by target type and class.
+CREATE TABLE stat_hours (
+    app_id integer NOT NULL,
+    hour   integer NOT NULL,
+    v      bigint[] NOT NULL,
+    PRIMARY KEY (app_id, hour)
+);
+CREATE TABLE stat_totals (
+    app_id integer PRIMARY KEY,
+    users  bigint NOT NULL,
+    groups bigint NOT NULL
+);
+"#,
+)];
+
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    super::pg_error(e)
+}
+
+/// Applies every migration not yet applied. Several servers starting at once serialize on an
+/// advisory lock (per schema); the first applies, the others find nothing left to do.
+pub async fn migrate(client: &mut Client) -> Result<()> {
+    client
+        .execute(
+            "SELECT pg_advisory_lock(hashtext(current_schema() || '.imreport.migrate'))",
+            &[],
+        )
+        .await
+        .map_err(pg)?;
+    let result = apply(client).await;
+    let unlock = client
+        .execute(
+            "SELECT pg_advisory_unlock(hashtext(current_schema() || '.imreport.migrate'))",
+            &[],
+        )
+        .await
+        .map_err(pg);
+    result.and(unlock.map(|_| ()))
+}
+
+async fn apply(client: &mut Client) -> Result<()> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS imreport_migrations (
+                 version    integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .await
+        .map_err(pg)?;
+    let applied: Vec<i32> = client
+        .query("SELECT version FROM imreport_migrations", &[])
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if let Some(newer) = applied.iter().find(|v| **v > MIGRATIONS.len() as i32) {
+        return Err(StoreError::Storage(format!(
+            "the database schema is at version {newer}, newer than this imreport knows ({}); upgrade imreport",
+            MIGRATIONS.len()
+        )));
+    }
+    for (version, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.batch_execute(sql).await.map_err(pg)?;
+        tx.execute(
+            "INSERT INTO imreport_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        tracing::info!(version, "applied database migration");
+    }
+    Ok(())
+}
+
+/// Partitioned tables and what their partitions are keyed by.
+pub const MESSAGE_TABLES: [&str; 2] = ["messages", "msg_index"];
+pub const PRESENCE_TABLE: &str = "presence";
+
+pub fn partition_name(table: &str, day: i64) -> String {
+    format!("{table}_p{day}")
+}
+
+pub fn parse_partition_name(table: &str, name: &str) -> Option<i64> {
+    name.strip_prefix(table)?.strip_prefix("_p")?.parse().ok()
+}
+
+/// The day partitions of `table` in the current schema.
+pub async fn partitions(client: &Client, table: &str) -> Result<Vec<i64>> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text FROM pg_inherits i
+               JOIN pg_class c ON c.oid = i.inhrelid
+               JOIN pg_class p ON p.oid = i.inhparent
+               JOIN pg_namespace n ON n.oid = p.relnamespace
+              WHERE p.relname = $1 AND n.nspname = current_schema()",
+            &[&table],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| parse_partition_name(table, r.get::<_, &str>(0)))
+        .collect())
+}

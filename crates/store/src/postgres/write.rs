@@ -1,0 +1,470 @@
+//! Ingest: one request, one transaction. The app's `app_state` row is locked first, so the
+//! duplicate check, msgid assignment and every read-modify-write below see all earlier commits
+//! of the app and none in flight.
+
+use super::{PostgresStore, pg_error};
+use crate::{IngestOutcome, Result};
+use imreport_domain::app::App;
+use imreport_domain::event::Event;
+use imreport_domain::message::{FromType, TargetType, encode_record};
+use imreport_domain::stats::{
+    CREATED, DayStats, MsgCounts, REMOVED, apply_lifecycle, decode_history, encode_history,
+    msg_class, target_index,
+};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::collections::BTreeSet;
+
+/// Presence kinds (the same letters as the embedded store's keys).
+const ACTIVE_USER: i16 = b'a' as i16;
+const SENDER: i16 = b's' as i16;
+const ACTIVE_GROUP: i16 = b'g' as i16;
+/// Entity kinds.
+const USER: i16 = b'u' as i16;
+const GROUP: i16 = b'g' as i16;
+
+type PresenceKey = (i32, i16, String);
+
+/// What an event turned out to be, before presence freshness is known.
+enum Fate {
+    Accepted,
+    Duplicate,
+    Expired,
+    /// A login: accepted if it is the first in the batch to mark a fresh presence key.
+    Login,
+    /// A lifecycle event: accepted if it changes a count (settled once histories are read).
+    Lifecycle,
+}
+
+pub(super) async fn ingest(
+    s: &PostgresStore,
+    app: &App,
+    events: Vec<Event>,
+) -> Result<IngestOutcome> {
+    match try_ingest(s, app, &events).await {
+        // Another server's retention dropped a partition this one thought existed; forget
+        // what is cached and try once more (the events of that day are expired by now).
+        Err(e) if e.to_string().contains("no partition of relation") => {
+            s.forget_partitions();
+            try_ingest(s, app, &events).await
+        }
+        other => other,
+    }
+}
+
+async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<IngestOutcome> {
+    let inner = &s.inner;
+    let w = &inner.window;
+    let tz = &inner.config.tz;
+    let now = inner.config.clock.now_ms();
+    let (horizon, stats_horizon) = (w.horizon_day(now), w.stats_horizon_day(now));
+    let horizon_ms = w.pday_start(horizon);
+    let app_id = app.id as i32;
+
+    let (mut pdays, mut cdays) = (BTreeSet::new(), BTreeSet::new());
+    for ev in events {
+        match ev {
+            Event::Message(m) if w.pday(m.msg_ctime) >= horizon => {
+                pdays.insert(w.pday(m.msg_ctime));
+                cdays.insert(tz.civil_day(m.msg_ctime));
+            }
+            Event::UserLogin { time, .. } if w.pday(*time) >= horizon => {
+                cdays.insert(tz.civil_day(*time));
+            }
+            _ => {}
+        }
+    }
+    s.ensure_partitions(&pdays, &cdays).await?;
+
+    let mut client = s.client().await?;
+    let tx = client.transaction().await.map_err(pg_error)?;
+    let lock = tx
+        .prepare_cached(
+            "INSERT INTO app_state (app_id, seq, next_msgid) VALUES ($1, 1, 1)
+             ON CONFLICT (app_id) DO UPDATE SET seq = app_state.seq + 1
+             RETURNING seq, next_msgid",
+        )
+        .await
+        .map_err(pg_error)?;
+    let row = tx.query_one(&lock, &[&app_id]).await.map_err(pg_error)?;
+    let (seq, stored_next): (i64, i64) = (row.get(0), row.get(1));
+    let stored_next = stored_next as u64;
+
+    // Client msgids below the watermark may be stored already: one lookup for all of them.
+    let probe: Vec<i64> = events
+        .iter()
+        .filter_map(|ev| match ev {
+            Event::Message(m) if m.msgid != 0 && m.msgid < stored_next => Some(m.msgid as i64),
+            _ => None,
+        })
+        .collect();
+    let stored: HashSet<u64> = if probe.is_empty() {
+        HashSet::default()
+    } else {
+        let q = tx
+            .prepare_cached(
+                "SELECT msgid FROM messages WHERE app_id = $1 AND msgid = ANY($2) AND msg_ctime >= $3",
+            )
+            .await
+            .map_err(pg_error)?;
+        tx.query(&q, &[&app_id, &probe, &horizon_ms])
+            .await
+            .map_err(pg_error)?
+            .iter()
+            .map(|r| r.get::<_, i64>(0) as u64)
+            .collect()
+    };
+
+    let mut next = stored_next;
+    let mut seen: HashSet<u64> = HashSet::default();
+    let mut fates = Vec::with_capacity(events.len());
+    // Message rows and scope index rows, column by column.
+    let (mut m_ctime, mut m_id, mut m_rec) = (Vec::new(), Vec::new(), Vec::<Vec<u8>>::new());
+    let (mut x_scope, mut x_sid, mut x_ctime, mut x_id) = (
+        Vec::<i16>::new(),
+        Vec::<String>::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    // Presence keys in event order, and the rollup each one bumps when fresh.
+    let mut marks: Vec<PresenceKey> = Vec::new();
+    let mut days: HashMap<i32, DayStats> = HashMap::default();
+    let mut hours: HashMap<i32, MsgCounts> = HashMap::default();
+    let mut lifecycle: Vec<(i16, &str, u8, i64)> = Vec::new();
+    for ev in events {
+        let marks_at = marks.len();
+        let fate = match ev {
+            Event::Message(m) => {
+                if w.pday(m.msg_ctime) < horizon {
+                    Fate::Expired
+                } else if m.msgid != 0
+                    && m.msgid < next
+                    && (seen.contains(&m.msgid) || stored.contains(&m.msgid))
+                {
+                    Fate::Duplicate
+                } else {
+                    let mut m = m.clone();
+                    if m.msgid == 0 {
+                        m.msgid = next;
+                    }
+                    seen.insert(m.msgid);
+                    next = next.max(m.msgid + 1);
+                    let mut rec = Vec::with_capacity(256);
+                    encode_record(&m, &app.key, seq as u64, &mut rec);
+                    m_ctime.push(m.msg_ctime);
+                    m_id.push(m.msgid as i64);
+                    m_rec.push(rec);
+                    for scope in m.scopes() {
+                        x_scope.push(i16::from(scope.tag()));
+                        x_sid.push(scope.id().to_owned());
+                        x_ctime.push(m.msg_ctime);
+                        x_id.push(m.msgid as i64);
+                    }
+                    let (cday, chour) = (
+                        tz.civil_day(m.msg_ctime) as i32,
+                        tz.civil_hour(m.msg_ctime) as i32,
+                    );
+                    let (t, c) = (target_index(m.target_type), msg_class(&m.msg_type));
+                    hours.entry(chour).or_default()[t][c] += 1;
+                    days.entry(cday).or_default().msgs[t][c] += 1;
+                    if m.from_type == FromType::User {
+                        marks.push((cday, SENDER, m.from_id.clone()));
+                        marks.push((cday, ACTIVE_USER, m.from_id.clone()));
+                    }
+                    if m.target_type == TargetType::Group {
+                        marks.push((cday, ACTIVE_GROUP, m.target_id.clone()));
+                    }
+                    Fate::Accepted
+                }
+            }
+            Event::UserLogin { username, time } => {
+                if w.pday(*time) < horizon {
+                    Fate::Expired
+                } else {
+                    marks.push((tz.civil_day(*time) as i32, ACTIVE_USER, username.clone()));
+                    Fate::Login
+                }
+            }
+            Event::UserRegistered { username, time } => {
+                lifecycle.push((USER, username, CREATED, *time));
+                Fate::Lifecycle
+            }
+            Event::UserDeleted { username, time } => {
+                lifecycle.push((USER, username, REMOVED, *time));
+                Fate::Lifecycle
+            }
+            Event::GroupCreated { gid, time } => {
+                lifecycle.push((GROUP, gid, CREATED, *time));
+                Fate::Lifecycle
+            }
+            Event::GroupDeleted { gid, time } => {
+                lifecycle.push((GROUP, gid, REMOVED, *time));
+                Fate::Lifecycle
+            }
+        };
+        fates.push((fate, marks_at..marks.len()));
+    }
+
+    if !m_id.is_empty() {
+        let q = tx
+            .prepare_cached(
+                "INSERT INTO messages (app_id, msg_ctime, msgid, seq, rec)
+                 SELECT $1, c, i, $2, r FROM unnest($3::int8[], $4::int8[], $5::bytea[]) AS t(c, i, r)",
+            )
+            .await
+            .map_err(pg_error)?;
+        tx.execute(&q, &[&app_id, &seq, &m_ctime, &m_id, &m_rec])
+            .await
+            .map_err(pg_error)?;
+        let q = tx
+            .prepare_cached(
+                "INSERT INTO msg_index (app_id, scope, scope_id, msg_ctime, msgid)
+                 SELECT $1, s, d, c, i FROM unnest($2::int2[], $3::text[], $4::int8[], $5::int8[]) AS t(s, d, c, i)",
+            )
+            .await
+            .map_err(pg_error)?;
+        tx.execute(&q, &[&app_id, &x_scope, &x_sid, &x_ctime, &x_id])
+            .await
+            .map_err(pg_error)?;
+    }
+
+    // Presence: the keys that were not there yet come back; each counts once, for the first
+    // event in the batch that marks it.
+    let fresh: HashSet<PresenceKey> = if marks.is_empty() {
+        HashSet::default()
+    } else {
+        let unique: Vec<&PresenceKey> = {
+            let mut set = HashSet::default();
+            marks.iter().filter(|k| set.insert(*k)).collect()
+        };
+        let (d, k, i): (Vec<i32>, Vec<i16>, Vec<&str>) =
+            unique.iter().map(|(d, k, i)| (*d, *k, i.as_str())).fold(
+                (vec![], vec![], vec![]),
+                |(mut a, mut b, mut c), (x, y, z)| {
+                    a.push(x);
+                    b.push(y);
+                    c.push(z);
+                    (a, b, c)
+                },
+            );
+        let q = tx
+            .prepare_cached(
+                "INSERT INTO presence (app_id, day, kind, id)
+                 SELECT $1, d, k, i FROM unnest($2::int4[], $3::int2[], $4::text[]) AS t(d, k, i)
+                 ON CONFLICT DO NOTHING RETURNING day, kind, id",
+            )
+            .await
+            .map_err(pg_error)?;
+        tx.query(&q, &[&app_id, &d, &k, &i])
+            .await
+            .map_err(pg_error)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    };
+    // Each fresh key counts once, for the first event (in batch order) that marks it; a login
+    // is accepted only if it is that event.
+    let mut claimed: HashSet<&PresenceKey> = HashSet::default();
+    let mut login_fresh = Vec::new();
+    for (fate, range) in &fates {
+        let mut first = false;
+        for key in &marks[range.clone()] {
+            if fresh.contains(key) && claimed.insert(key) {
+                first = true;
+                let row = days.entry(key.0).or_default();
+                match key.1 {
+                    SENDER => row.send_msg_users += 1,
+                    ACTIVE_USER => row.active_users += 1,
+                    _ => row.active_groups += 1,
+                }
+            }
+        }
+        if matches!(fate, Fate::Login) {
+            login_fresh.push(first);
+        }
+    }
+
+    // Lifecycle histories: read each entity once, apply the batch's events in order.
+    let mut totals = (0i64, 0i64);
+    let mut lifecycle_changed = Vec::with_capacity(lifecycle.len());
+    if !lifecycle.is_empty() {
+        let (kinds, ids): (Vec<i16>, Vec<&str>) =
+            lifecycle.iter().map(|(k, i, _, _)| (*k, *i)).unzip();
+        let q = tx
+            .prepare_cached(
+                "SELECT e.kind, e.id, e.history FROM entities e
+                   JOIN unnest($2::int2[], $3::text[]) AS t(k, i) ON e.kind = t.k AND e.id = t.i
+                  WHERE e.app_id = $1",
+            )
+            .await
+            .map_err(pg_error)?;
+        let mut histories: HashMap<(i16, String), Vec<(i64, u8)>> = tx
+            .query(&q, &[&app_id, &kinds, &ids])
+            .await
+            .map_err(pg_error)?
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), decode_history(r.get::<_, &[u8]>(2))))
+            .collect();
+        let mut dirty: HashSet<(i16, String)> = HashSet::default();
+        for &(kind, id, what, time) in &lifecycle {
+            let key = (kind, id.to_owned());
+            let history = histories.entry(key.clone()).or_default();
+            let changed = match apply_lifecycle(history, time, what, |t| tz.civil_day(t)) {
+                None => false,
+                Some(change) => {
+                    dirty.insert(key);
+                    for (day, d_new, d_net) in &change.days {
+                        if *day >= stats_horizon {
+                            days.entry(*day as i32).or_default().add_lifecycle(
+                                kind == USER,
+                                *d_new,
+                                *d_net,
+                            );
+                        }
+                    }
+                    if kind == USER {
+                        totals.0 += change.net_total;
+                    } else {
+                        totals.1 += change.net_total;
+                    }
+                    !change.days.is_empty()
+                }
+            };
+            lifecycle_changed.push(changed);
+        }
+        let (mut k, mut i, mut h) = (Vec::new(), Vec::new(), Vec::new());
+        for key in dirty {
+            h.push(encode_history(&histories[&key]));
+            k.push(key.0);
+            i.push(key.1);
+        }
+        let q = tx
+            .prepare_cached(
+                "INSERT INTO entities (app_id, kind, id, history)
+                 SELECT $1, k, i, h FROM unnest($2::int2[], $3::text[], $4::bytea[]) AS t(k, i, h)
+                 ON CONFLICT (app_id, kind, id) DO UPDATE SET history = excluded.history",
+            )
+            .await
+            .map_err(pg_error)?;
+        tx.execute(&q, &[&app_id, &k, &i, &h])
+            .await
+            .map_err(pg_error)?;
+    }
+
+    add_rows(
+        &tx,
+        app_id,
+        "stat_days",
+        "day",
+        days.into_iter()
+            .map(|(d, r)| (d, r.fields().to_vec()))
+            .collect(),
+    )
+    .await?;
+    add_rows(
+        &tx,
+        app_id,
+        "stat_hours",
+        "hour",
+        hours
+            .into_iter()
+            .map(|(h, c)| (h, c.iter().flatten().map(|v| *v as i64).collect()))
+            .collect(),
+    )
+    .await?;
+    if totals != (0, 0) {
+        let q = tx
+            .prepare_cached(
+                "INSERT INTO stat_totals (app_id, users, groups) VALUES ($1, $2, $3)
+                 ON CONFLICT (app_id) DO UPDATE
+                 SET users = stat_totals.users + excluded.users, groups = stat_totals.groups + excluded.groups",
+            )
+            .await
+            .map_err(pg_error)?;
+        tx.execute(&q, &[&app_id, &totals.0, &totals.1])
+            .await
+            .map_err(pg_error)?;
+    }
+    if next != stored_next {
+        let q = tx
+            .prepare_cached("UPDATE app_state SET next_msgid = $2 WHERE app_id = $1")
+            .await
+            .map_err(pg_error)?;
+        tx.execute(&q, &[&app_id, &(next as i64)])
+            .await
+            .map_err(pg_error)?;
+    }
+    tx.commit().await.map_err(pg_error)?;
+
+    let mut out = IngestOutcome::default();
+    let (mut logins, mut changes) = (login_fresh.into_iter(), lifecycle_changed.into_iter());
+    for (fate, _) in &fates {
+        let accepted = match fate {
+            Fate::Expired => {
+                out.expired += 1;
+                continue;
+            }
+            Fate::Accepted => true,
+            Fate::Duplicate => false,
+            Fate::Login => logins.next().unwrap_or(false),
+            Fate::Lifecycle => changes.next().unwrap_or(false),
+        };
+        if accepted {
+            out.accepted += 1;
+        } else {
+            out.duplicates += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Adds `deltas` to rollup rows (read, add, write back: the app lock makes it race-free).
+async fn add_rows(
+    tx: &deadpool_postgres::Transaction<'_>,
+    app_id: i32,
+    table: &str,
+    col: &str,
+    deltas: Vec<(i32, Vec<i64>)>,
+) -> Result<()> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<i32> = deltas.iter().map(|(k, _)| *k).collect();
+    let q = tx
+        .prepare_cached(&format!(
+            "SELECT {col}, v FROM {table} WHERE app_id = $1 AND {col} = ANY($2)"
+        ))
+        .await
+        .map_err(pg_error)?;
+    let current: HashMap<i32, Vec<i64>> = tx
+        .query(&q, &[&app_id, &keys])
+        .await
+        .map_err(pg_error)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let width = deltas[0].1.len();
+    let mut flat = Vec::with_capacity(deltas.len() * width);
+    for (k, d) in &deltas {
+        match current.get(k) {
+            Some(c) => flat.extend(
+                d.iter()
+                    .zip(c.iter().chain(std::iter::repeat(&0)))
+                    .map(|(a, b)| a + b),
+            ),
+            None => flat.extend_from_slice(d),
+        }
+    }
+    let q = tx
+        .prepare_cached(&format!(
+            "INSERT INTO {table} (app_id, {col}, v)
+             SELECT $1, k, ($3::int8[])[(n - 1) * {width} + 1 : n * {width}]
+               FROM unnest($2::int4[]) WITH ORDINALITY AS t(k, n)
+             ON CONFLICT (app_id, {col}) DO UPDATE SET v = excluded.v"
+        ))
+        .await
+        .map_err(pg_error)?;
+    tx.execute(&q, &[&app_id, &keys, &flat])
+        .await
+        .map_err(pg_error)?;
+    Ok(())
+}
