@@ -1,21 +1,44 @@
 //! `imreport app …`: offline on the data dir when no server holds it, otherwise through the
 //! running server's admin API (found in DATA_DIR/admin.json), so changes apply without a restart.
+//! With PostgreSQL, straight in the database: every server reads apps from it on each request.
 
 use crate::AppAction;
 use crate::serve::{ADMIN_FILE, AdminEndpoint};
+use crate::settings::{StoreArgs, StoreChoice};
 use anyhow::{Context, Result, bail};
 use imreport_domain::app::AppInfo;
 use imreport_server::admin::{self, CreateApp, Credentials, RotateSecret};
 use imreport_store::embedded::{EmbeddedConfig, EmbeddedStore};
+use imreport_store::postgres::{PostgresConfig, PostgresStore};
 use imreport_store::{Store, StoreError};
-use std::path::Path;
 
 enum Target {
-    Offline(EmbeddedStore),
+    /// The store itself: the embedded one when no server holds it, or PostgreSQL.
+    Offline(Box<dyn Store>),
     Online(AdminEndpoint),
 }
 
-fn target(data_dir: &Path) -> Result<Target> {
+async fn open_target(t: &StoreArgs) -> Result<Target> {
+    if let StoreChoice::Postgres { url, schema } =
+        StoreChoice::parse(t.store.as_deref(), t.pg_schema.clone())?
+    {
+        let config = PostgresConfig {
+            schema,
+            pool_size: 2,
+            ..PostgresConfig::new(url)
+        };
+        return Ok(Target::Offline(Box::new(
+            PostgresStore::connect(config).await?,
+        )));
+    }
+    let data_dir = &t.data_dir;
+    // A server running on this data dir (embedded or not) is asked through its admin API.
+    if let Ok(text) = std::fs::read_to_string(data_dir.join(ADMIN_FILE))
+        && let Ok(ep) = serde_json::from_str::<AdminEndpoint>(&text)
+        && reachable(&ep).await
+    {
+        return Ok(Target::Online(ep));
+    }
     match EmbeddedStore::open(
         data_dir,
         EmbeddedConfig {
@@ -23,7 +46,7 @@ fn target(data_dir: &Path) -> Result<Target> {
             ..EmbeddedConfig::default()
         },
     ) {
-        Ok(store) => Ok(Target::Offline(store)),
+        Ok(store) => Ok(Target::Offline(Box::new(store))),
         Err(StoreError::Locked(_)) => {
             let path = data_dir.join(ADMIN_FILE);
             let text = std::fs::read_to_string(&path).with_context(|| {
@@ -36,6 +59,17 @@ fn target(data_dir: &Path) -> Result<Target> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Whether the admin API answers (a server that stopped uncleanly leaves admin.json behind).
+async fn reachable(ep: &AdminEndpoint) -> bool {
+    reqwest::Client::new()
+        .get(format!("{}/admin/v1/apps", ep.url))
+        .bearer_auth(&ep.token)
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
 }
 
 async fn call<T: serde::de::DeserializeOwned>(
@@ -88,7 +122,7 @@ fn print_credentials(c: &Credentials, json: bool) -> Result<()> {
 pub async fn run(action: AppAction) -> Result<()> {
     match action {
         AppAction::Create {
-            data_dir,
+            target,
             app_key,
             master_secret,
             name,
@@ -99,8 +133,10 @@ pub async fn run(action: AppAction) -> Result<()> {
                 master_secret,
                 name,
             };
-            let c = match target(&data_dir)? {
-                Target::Offline(store) => admin::create_app(&store, req).await.map_err(api_err)?,
+            let c = match open_target(&target).await? {
+                Target::Offline(store) => admin::create_app(store.as_ref(), req)
+                    .await
+                    .map_err(api_err)?,
                 Target::Online(ep) => {
                     call(
                         &ep,
@@ -113,9 +149,11 @@ pub async fn run(action: AppAction) -> Result<()> {
             };
             print_credentials(&c, json)
         }
-        AppAction::List { data_dir, json } => {
-            let apps: Vec<AppInfo> = match target(&data_dir)? {
-                Target::Offline(store) => admin::list_apps(&store).await.map_err(api_err)?,
+        AppAction::List { target, json } => {
+            let apps: Vec<AppInfo> = match open_target(&target).await? {
+                Target::Offline(store) => {
+                    admin::list_apps(store.as_ref()).await.map_err(api_err)?
+                }
                 Target::Online(ep) => {
                     call(&ep, reqwest::Method::GET, "/admin/v1/apps", None).await?
                 }
@@ -130,14 +168,14 @@ pub async fn run(action: AppAction) -> Result<()> {
             Ok(())
         }
         AppAction::RotateSecret {
-            data_dir,
+            target,
             app_key,
             master_secret,
             json,
         } => {
             let req = RotateSecret { master_secret };
-            let c = match target(&data_dir)? {
-                Target::Offline(store) => admin::rotate_secret(&store, &app_key, req)
+            let c = match open_target(&target).await? {
+                Target::Offline(store) => admin::rotate_secret(store.as_ref(), &app_key, req)
                     .await
                     .map_err(api_err)?,
                 Target::Online(ep) => {
@@ -153,8 +191,8 @@ pub async fn run(action: AppAction) -> Result<()> {
             };
             print_credentials(&c, json)
         }
-        AppAction::Delete { data_dir, app_key } => {
-            match target(&data_dir)? {
+        AppAction::Delete { target, app_key } => {
+            match open_target(&target).await? {
                 Target::Offline(store) => store.delete_app(&app_key).await?,
                 Target::Online(ep) => {
                     let _: serde_json::Value = call(

@@ -11,7 +11,6 @@ use clap::{Parser, Subcommand};
 // than glibc's allocator (see BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -26,9 +25,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server on the embedded store.
+    /// Run the server (on the embedded store, or on PostgreSQL with --store).
     Serve(Box<settings::ServeArgs>),
-    /// Manage apps (works offline on the data dir, or through a running server's admin API).
+    /// Manage apps (offline on the data dir, through a running server's admin API, or in PostgreSQL).
     App {
         #[command(subcommand)]
         action: AppAction,
@@ -52,8 +51,8 @@ enum ConfigAction {
 pub enum AppAction {
     /// Add an app; prints its key and master secret (random 24-character ones when not given).
     Create {
-        #[arg(long, env = "IMREPORT_DATA_DIR", default_value = settings::DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        target: settings::StoreArgs,
         #[arg(long)]
         app_key: Option<String>,
         #[arg(long)]
@@ -66,15 +65,15 @@ pub enum AppAction {
     },
     /// List apps (keys and names; secrets are never shown again).
     List {
-        #[arg(long, env = "IMREPORT_DATA_DIR", default_value = settings::DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        target: settings::StoreArgs,
         #[arg(long)]
         json: bool,
     },
     /// Replace an app's master secret; the old one stops working at once.
     RotateSecret {
-        #[arg(long, env = "IMREPORT_DATA_DIR", default_value = settings::DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        target: settings::StoreArgs,
         #[arg(long)]
         app_key: String,
         #[arg(long)]
@@ -84,8 +83,8 @@ pub enum AppAction {
     },
     /// Remove an app: its credentials stop working at once; its data ages out with retention.
     Delete {
-        #[arg(long, env = "IMREPORT_DATA_DIR", default_value = settings::DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        target: settings::StoreArgs,
         #[arg(long)]
         app_key: String,
     },

@@ -1,7 +1,7 @@
 //! `imreport serve`: opens the store, starts the public and admin listeners, runs retention, and
 //! shuts down gracefully on SIGTERM or Ctrl-C.
 
-use crate::settings::Settings;
+use crate::settings::{Settings, StoreChoice};
 use anyhow::{Context, Result};
 use imreport_domain::Clock;
 use imreport_domain::app::generate_token;
@@ -12,6 +12,7 @@ use imreport_server::rate::RateLimiter;
 use imreport_server::{AppState, ConnLimits, admin, router, serve_router, serve_router_with};
 use imreport_store::Store;
 use imreport_store::embedded::{EmbeddedConfig, EmbeddedStore};
+use imreport_store::postgres::{PostgresConfig, PostgresStore};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
@@ -44,10 +45,19 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The cursor key: the setting, or a random one created once and kept in the data dir.
-fn cursor_key(s: &Settings) -> Result<CursorKey> {
+/// The cursor key: the setting, or a random one created once and kept in the data dir (or, on
+/// PostgreSQL, in the database, so that every server on it continues every other's cursors).
+async fn cursor_key(s: &Settings, pg: Option<&PostgresStore>) -> Result<CursorKey> {
     if let Some(text) = &s.cursor_key {
         return Ok(CursorKey::from_text(text)?);
+    }
+    if let Some(pg) = pg {
+        let text = pg
+            .shared_secret("cursor_key", || {
+                format!("{}{}", generate_token(), generate_token())
+            })
+            .await?;
+        return Ok(CursorKey::from_text(&text)?);
     }
     let path = s.data_dir.join("cursor.key");
     let text = match std::fs::read_to_string(&path) {
@@ -93,20 +103,39 @@ pub async fn run(s: Settings) -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let tz = ReportTz::new(&s.report_tz)?;
-    let config = EmbeddedConfig {
-        retention_days: s.retention_days,
-        queue_depth: s.queue_depth,
-        clock: Clock::System,
-        tz: tz.clone(),
-        min_free_disk_bytes: s.min_free_disk_mb * 1024 * 1024,
-        ..EmbeddedConfig::default()
+    let (store, pg): (Arc<dyn Store>, Option<PostgresStore>) = match &s.store {
+        StoreChoice::Embedded => {
+            let config = EmbeddedConfig {
+                retention_days: s.retention_days,
+                queue_depth: s.queue_depth,
+                clock: Clock::System,
+                tz: tz.clone(),
+                min_free_disk_bytes: s.min_free_disk_mb * 1024 * 1024,
+                ..EmbeddedConfig::default()
+            };
+            (Arc::new(EmbeddedStore::open(&s.data_dir, config)?), None)
+        }
+        StoreChoice::Postgres { url, schema } => {
+            std::fs::create_dir_all(&s.data_dir)
+                .with_context(|| format!("cannot create {}", s.data_dir.display()))?;
+            let config = PostgresConfig {
+                schema: schema.clone(),
+                pool_size: s.pg_pool_size,
+                retention_days: s.retention_days,
+                clock: Clock::System,
+                tz: tz.clone(),
+                ..PostgresConfig::new(url.clone())
+            };
+            let pg = PostgresStore::connect(config)
+                .await
+                .context("cannot open the PostgreSQL store")?;
+            (Arc::new(pg.clone()), Some(pg))
+        }
     };
-    let embedded = EmbeddedStore::open(&s.data_dir, config)?;
-    let store: Arc<dyn Store> = Arc::new(embedded);
     let mut state = AppState::new(
         store.clone(),
         tz,
-        cursor_key(&s)?,
+        cursor_key(&s, pg.as_ref()).await?,
         (s.cursor_ttl_secs as i64).saturating_mul(1000),
         IngestLimits {
             max_events: s.max_events,
@@ -150,7 +179,11 @@ pub async fn run(s: Settings) -> Result<()> {
         None
     };
     let addr = public.local_addr()?;
-    tracing::info!(%addr, admin = %admin_addr, data_dir = %s.data_dir.display(), report_tz = %s.report_tz, "imreport serving");
+    let backend = match &s.store {
+        StoreChoice::Embedded => "embedded",
+        StoreChoice::Postgres { .. } => "postgres",
+    };
+    tracing::info!(%addr, admin = %admin_addr, store = backend, data_dir = %s.data_dir.display(), report_tz = %s.report_tz, "imreport serving");
     println!("imreport listening on http://{addr}");
     if let Some(d) = &demo {
         print_demo(d, addr);

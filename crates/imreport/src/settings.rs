@@ -17,6 +17,16 @@ pub struct ServeArgs {
     /// Data directory of the embedded store [default: ./imreport-data]
     #[arg(long, env = "IMREPORT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Where data lives: `embedded` (in the data dir), or a PostgreSQL URL such as
+    /// postgres://user@host:5432/db, shared by any number of servers [default: embedded]
+    #[arg(long, env = "IMREPORT_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+    /// PostgreSQL schema for imreport's tables, created if missing [default: the URL's search_path]
+    #[arg(long, env = "IMREPORT_PG_SCHEMA")]
+    pub pg_schema: Option<String>,
+    /// Most PostgreSQL connections this server opens [default: 16]
+    #[arg(long, env = "IMREPORT_PG_POOL_SIZE")]
+    pub pg_pool_size: Option<usize>,
     /// Address of the public API [default: 0.0.0.0:8080]
     #[arg(long, env = "IMREPORT_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -77,6 +87,9 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileSettings {
     data_dir: Option<PathBuf>,
+    store: Option<String>,
+    pg_schema: Option<String>,
+    pg_pool_size: Option<usize>,
     listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
     report_tz: Option<String>,
@@ -99,6 +112,8 @@ struct FileSettings {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub data_dir: PathBuf,
+    pub store: StoreChoice,
+    pub pg_pool_size: usize,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub report_tz: String,
@@ -134,6 +149,11 @@ impl ServeArgs {
                 .data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            store: StoreChoice::parse(
+                self.store.or(file.store).as_deref(),
+                self.pg_schema.or(file.pg_schema),
+            )?,
+            pg_pool_size: self.pg_pool_size.or(file.pg_pool_size).unwrap_or(16),
             listen: self
                 .listen
                 .or(file.listen)
@@ -186,6 +206,7 @@ impl ServeArgs {
             s.ingest_concurrency >= 1,
             "ingest_concurrency must be at least 1"
         );
+        anyhow::ensure!(s.pg_pool_size >= 2, "pg_pool_size must be at least 2");
         anyhow::ensure!(s.retention_days >= 1, "retention_days must be at least 1");
         anyhow::ensure!(s.cursor_ttl_secs >= 1, "cursor_ttl_secs must be at least 1");
         anyhow::ensure!(
@@ -196,12 +217,58 @@ impl ServeArgs {
     }
 }
 
+/// Which store a server (or `imreport app`) works on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    Embedded,
+    Postgres { url: String, schema: Option<String> },
+}
+
+impl StoreChoice {
+    pub fn parse(store: Option<&str>, pg_schema: Option<String>) -> Result<StoreChoice> {
+        match store {
+            None | Some("embedded") => Ok(StoreChoice::Embedded),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(StoreChoice::Postgres {
+                    url: url.to_owned(),
+                    schema: pg_schema,
+                })
+            }
+            Some(_) => anyhow::bail!(
+                "store must be `embedded` or a PostgreSQL URL (postgres://user@host:5432/db)"
+            ),
+        }
+    }
+}
+
+/// Settings shared by `imreport app …`: where the apps live.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Data directory of the embedded store
+    #[arg(long, env = "IMREPORT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// `embedded`, or the PostgreSQL URL the servers use [default: embedded]
+    #[arg(long, env = "IMREPORT_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+    /// PostgreSQL schema, as given to the servers
+    #[arg(long, env = "IMREPORT_PG_SCHEMA")]
+    pub pg_schema: Option<String>,
+}
+
 pub const EXAMPLE: &str = r#"# imreport settings file: `imreport serve --config imreport.toml`.
 # Every setting is optional. Precedence: command-line flag > IMREPORT_* environment variable
 # (the name in upper case, e.g. IMREPORT_RETENTION_DAYS) > this file > the default shown.
 
-# Data directory of the embedded store.
+# Data directory of the embedded store (with PostgreSQL: only admin.json and demo.json).
 data_dir = "./imreport-data"
+
+# Where data lives: "embedded" (one process, the data dir), or a PostgreSQL URL shared by any
+# number of stateless servers (see README "Scaling out"). The schema is created and migrated at
+# startup; pg_schema picks a schema other than the URL's search_path.
+store = "embedded"
+# store = "postgres://imreport@db.internal:5432/imreport"
+# pg_schema = "imreport"
+pg_pool_size = 16
 
 # Public API (Report V2, ingest, health).
 listen = "0.0.0.0:8080"
@@ -217,7 +284,8 @@ report_tz = "Asia/Shanghai"
 cursor_ttl_secs = 120
 
 # Secret sealing cursors (16+ characters). Servers sharing it continue each other's cursors.
-# Unset: a random key is created once and kept in DATA_DIR/cursor.key.
+# Unset: a random key is created once and kept in DATA_DIR/cursor.key (embedded store), or in
+# the database, where every server on it finds the same one (PostgreSQL).
 # cursor_key = "change-me-to-a-long-random-string"
 
 # Days of messages and statistics kept.
@@ -275,5 +343,18 @@ mod tests {
         .resolve()
         .unwrap();
         assert_eq!(s.retention_days, 7);
+        assert_eq!(s.store, StoreChoice::Embedded);
+    }
+
+    #[test]
+    fn store_is_embedded_or_a_postgres_url() {
+        assert_eq!(
+            StoreChoice::parse(Some("postgres://u@h/db"), Some("s".into())).unwrap(),
+            StoreChoice::Postgres {
+                url: "postgres://u@h/db".into(),
+                schema: Some("s".into())
+            }
+        );
+        assert!(StoreChoice::parse(Some("mysql://u@h/db"), None).is_err());
     }
 }

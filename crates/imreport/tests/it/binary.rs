@@ -5,23 +5,6 @@ use crate::support::*;
 use serde_json::{Value, json};
 use std::process::Command;
 
-fn imreport(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn field(out: &str, name: &str) -> String {
-    out.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 #[tokio::test]
 async fn the_binary_serves_what_a_user_expects() {
     let dir = tempfile::tempdir().unwrap();

@@ -12,4 +12,5 @@ mod crash;
 mod embedded;
 mod hostile;
 mod postgres;
+mod replicas;
 mod support;

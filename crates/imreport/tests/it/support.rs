@@ -361,6 +361,25 @@ pub fn text_message(msgid: u64, ctime: i64, target_type: &str, target: &str, fro
 /// The real `imreport` binary.
 pub const BIN: &str = env!("CARGO_BIN_EXE_imreport");
 
+/// Runs the real binary; returns (success, stdout, stderr).
+pub fn imreport(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A `name: value` line of the binary's output.
+pub fn field(out: &str, name: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
 /// Starts the real binary serving `data` on a free loopback port, with `extra` flags; returns the
 /// process and its URL (read from the line it prints when it listens).
 pub fn spawn_server(data: &str, extra: &[&str]) -> (std::process::Child, String) {

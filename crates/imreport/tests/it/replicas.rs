@@ -1,0 +1,147 @@
+//! Stateless replicas: two real `imreport serve` processes over one PostgreSQL schema, as an
+//! operator scaling out runs them (no shared cursor key configured: they find it in the database).
+
+use crate::support::*;
+use serde_json::Value;
+
+struct Replicas {
+    children: Vec<std::process::Child>,
+    schema: String,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        drop_schema(std::mem::take(&mut self.schema));
+    }
+}
+
+async fn ingest(http: &reqwest::Client, url: &str, creds: &Creds, events: &[Value]) -> Value {
+    let r = http
+        .post(format!("{url}/ingest/v1/events"))
+        .header("authorization", creds.header())
+        .body(ndjson(events))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn two_servers_over_one_database_answer_as_one() {
+    let schema = fresh_schema();
+    let db = test_database_url();
+    let store = ["--store", db.as_str(), "--pg-schema", schema.as_str()];
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (data_a, data_b) = (
+        dir_a.path().to_str().unwrap().to_owned(),
+        dir_b.path().to_str().unwrap().to_owned(),
+    );
+    let (a, url_a) = spawn_server(&data_a, &store);
+    let (b, url_b) = spawn_server(&data_b, &store);
+    let _replicas = Replicas {
+        children: vec![a, b],
+        schema: schema.clone(),
+        _dirs: vec![dir_a, dir_b],
+    };
+
+    // An app created through server A's admin API works on server B at once.
+    let (ok, out, err) = imreport(&["app", "create", "--data-dir", &data_a]);
+    assert!(ok, "{err}");
+    let creds = Creds {
+        key: field(&out, "app_key"),
+        secret: field(&out, "master_secret"),
+    };
+    let (ok, out, err) = imreport(&["app", "list", "--data-dir", &data_b]);
+    assert!(ok && out.contains(&creds.key), "{out}{err}");
+
+    // Ingest through A is visible through B at once.
+    let http = reqwest::Client::new();
+    let now = jiff::Timestamp::now().as_millisecond();
+    let base = now - 2 * HOUR;
+    let events: Vec<Value> = (0..2500u64)
+        .map(|i| text_message(i + 1, base + (i as i64 / 10), "single", "bob", "alice"))
+        .collect();
+    let out = ingest(&http, &url_a, &creds, &events).await;
+    assert_eq!(out["accepted"], 2500);
+    let window = format!(
+        "begin_time={}&end_time={}",
+        enc(&sh(base - 1000)),
+        enc(&sh(now))
+    );
+    let first = get_json(
+        &http,
+        &format!("{url_b}/v2/messages?count=1000&{window}"),
+        &creds,
+    )
+    .await;
+    assert_eq!(first["total"], 2500, "{first}");
+
+    // A cursor issued by B continues on A, then on B again: every message exactly once.
+    let mut seen: Vec<u64> = Vec::new();
+    let mut page = first;
+    let urls = [&url_a, &url_b];
+    for turn in 0.. {
+        seen.extend(
+            page["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["msgid"].as_u64().unwrap()),
+        );
+        let Some(cursor) = page["cursor"].as_str() else {
+            break;
+        };
+        let url = urls[turn % 2];
+        page = get_json(&http, &format!("{url}/v2/messages?cursor={cursor}"), &creds).await;
+        assert_eq!(page["total"], 2500, "{page}");
+    }
+    assert_eq!(seen, (1..=2500).collect::<Vec<u64>>());
+
+    // The same msgids through both servers at the same moment: stored and counted once.
+    let dupes: Vec<Value> = (0..300u64)
+        .map(|i| text_message(10_000 + i, now - HOUR, "group", "g1", "carol"))
+        .collect();
+    let (x, y) = tokio::join!(
+        ingest(&http, &url_a, &creds, &dupes),
+        ingest(&http, &url_b, &creds, &dupes)
+    );
+    assert_eq!(
+        x["accepted"].as_u64().unwrap() + y["accepted"].as_u64().unwrap(),
+        300
+    );
+    assert_eq!(
+        x["duplicates"].as_u64().unwrap() + y["duplicates"].as_u64().unwrap(),
+        300
+    );
+    for url in urls {
+        let p = get_json(
+            &http,
+            &format!("{url}/v2/groups/g1/messages?count=10&{window}"),
+            &creds,
+        )
+        .await;
+        assert_eq!(p["total"], 300, "{p}");
+    }
+    let stats = get_json(
+        &http,
+        &format!(
+            "{url_b}/v2/statistic/messages?time_unit=HOUR&start={}&duration=3",
+            enc(&sh(now - 2 * HOUR)[..13])
+        ),
+        &creds,
+    )
+    .await;
+    let counted: u64 = stats["send_msg_stat"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(bucket_total)
+        .sum();
+    assert_eq!(counted, 2800, "{stats}");
+}
