@@ -89,12 +89,14 @@ class Workload:
 
 class Imreport:
     name = "imreport"
+    store = []  # extra flags choosing the store: none for the embedded default
 
     def __init__(self, w, work):
         self.w, self.dir = w, work / "imreport-data"
-        subprocess.run([BIN, "app", "create", "--data-dir", self.dir, "--app-key", KEY, "--master-secret", SECRET],
-                       check=True, capture_output=True)
-        self.proc = subprocess.Popen([BIN, "serve", "--data-dir", self.dir, "--listen", "127.0.0.1:0",
+        self.prepare()
+        subprocess.run([BIN, "app", "create", "--data-dir", self.dir, *self.store, "--app-key", KEY,
+                        "--master-secret", SECRET], check=True, capture_output=True)
+        self.proc = subprocess.Popen([BIN, "serve", "--data-dir", self.dir, *self.store, "--listen", "127.0.0.1:0",
                                       "--queue-depth", "1024", "--ingest-concurrency", "8"],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         url = self.proc.stdout.readline().strip().rsplit(" ", 1)[1]
@@ -111,6 +113,9 @@ class Imreport:
         secs = time.perf_counter() - t
         log(out.stderr.strip())
         return self.w.n / secs
+
+    def prepare(self):
+        pass
 
     def get(self, path):
         self.conn.request("GET", path, headers=self.auth)
@@ -153,6 +158,31 @@ class Imreport:
     def close(self):
         self.proc.terminate()
         self.proc.wait()
+
+
+class ImreportPg(Imreport):
+    """imreport's PostgreSQL backend (what stateless replicas share), on the same PostgreSQL server
+    as the raw-PostgreSQL column. Its RSS is the imreport process only."""
+    name = "imreport on PostgreSQL"
+    db = "imreport_bench_store"
+    store = ["--store", PG_ADMIN.rsplit("/", 1)[0] + "/" + db]
+
+    def prepare(self):
+        import psycopg
+        with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {self.db}")
+            c.execute(f"CREATE DATABASE {self.db}")
+
+    def disk(self):
+        import psycopg
+        with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+            return c.execute(f"SELECT pg_database_size('{self.db}')").fetchone()[0]
+
+    def close(self):
+        super().close()
+        import psycopg
+        with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {self.db}")
 
 
 # ---------------------------------------------------------------- SQL systems
@@ -339,11 +369,11 @@ def run_size(n, work):
     subprocess.run([BIN, "loadgen", *w.loadgen_args(), "--format", "csv", "--out", prefix], check=True)
     log(f"generated CSV in {time.perf_counter() - t:.1f} s")
     results = {}
-    for cls in (Imreport, Postgres, Duck):
+    for cls in (Imreport, ImreportPg, Postgres, Duck):
         s = cls(w, work)
         try:
             log(f"-- {s.name}: loading")
-            rate = s.load() if cls is Imreport else s.load(prefix)
+            rate = s.load() if isinstance(s, Imreport) else s.load(prefix)
             log(f"   {rate:,.0f} messages/s; querying")
             results[s.name] = {"ingest_per_sec": rate, **measure(s, w)}
         finally:
@@ -367,7 +397,8 @@ def report(runs, cmd):
     lines = ["# Benchmarks", "",
              "Written by `bench/run.sh` (this file is generated; edit `bench/bench.py`). The same generated traffic "
              "(`imreport loadgen --seed 1`, 7 days, Zipf users and groups, 80% text) is loaded into imreport (embedded "
-             "store, over HTTP), PostgreSQL 15 (day partitions, an index per scope, COPY, keyset SQL, `count(*)`, "
+             "store, over HTTP), imreport on its PostgreSQL backend (over HTTP; the same PostgreSQL server as the next "
+             "column, default settings), PostgreSQL 15 (day partitions, an index per scope, COPY, keyset SQL, `count(*)`, "
              "`GROUP BY`) and DuckDB (sorted table, same SQL), and the same questions are asked of each.", "",
              f"- Machine: {os.cpu_count()} cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
              f"{platform.platform()}", f"- Command: `{cmd}`", f"- Date: {datetime.date.today().isoformat()}",
@@ -379,8 +410,9 @@ def report(runs, cmd):
              "- Ratios: how many times better imreport is (higher is better for imreport; below 1× it is worse).", ""]
     for w, res in runs:
         names = list(res)
-        lines += [f"## {w.n:,} messages", "", "| figure | " + " | ".join(names) + " | imreport vs PostgreSQL | imreport vs DuckDB |",
-                  "|---|" + "---|" * (len(names) + 2)]
+        lines += [f"## {w.n:,} messages", "",
+                  "| figure | " + " | ".join(names) + " | " + " | ".join(f"imreport vs {n}" for n in names[1:]) + " |",
+                  "|---|" + "---|" * (2 * len(names) - 1)]
 
         def row(label, vals, better_high, unit=""):
             cells = [f"{v:,.0f}{unit}" if isinstance(v, (int, float)) and v >= 100 else (f"{v:.2f}{unit}" if isinstance(v, float) else str(v)) for v in vals]
