@@ -1,6 +1,7 @@
 //! The `imreport` command: the server and its operator tools.
 
 mod apps;
+mod export;
 mod loadgen;
 mod serve;
 mod settings;
@@ -34,6 +35,8 @@ enum Command {
     },
     /// Generate synthetic IM traffic: to NDJSON/CSV, or posted to a server.
     Loadgen(Box<loadgen::LoadgenArgs>),
+    /// Walk a history window through a server's Report V2 API; write its messages as NDJSON.
+    Export(Box<export::ExportArgs>),
     /// Settings helpers.
     Config {
         #[command(subcommand)]
@@ -110,6 +113,10 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(loadgen::run(*args)),
+        Command::Export(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(export::run(*args)),
         Command::App { action } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?

@@ -20,6 +20,10 @@ impl Drop for Replicas {
     }
 }
 
+fn dir_path(r: &Replicas) -> std::path::PathBuf {
+    r._dirs[0].path().to_owned()
+}
+
 async fn ingest(http: &reqwest::Client, url: &str, creds: &Creds, events: &[Value]) -> Value {
     let r = http
         .post(format!("{url}/ingest/v1/events"))
@@ -102,6 +106,34 @@ async fn two_servers_over_one_database_answer_as_one() {
         assert_eq!(page["total"], 2500, "{page}");
     }
     assert_eq!(seen, (1..=2500).collect::<Vec<u64>>());
+
+    // `imreport export` walks the same window through one server into NDJSON.
+    let out = dir_path(&_replicas).join("export.ndjson");
+    let (ok, _, err) = imreport(&[
+        "export",
+        "--url",
+        &url_a,
+        "--app-key",
+        &creds.key,
+        "--master-secret",
+        &creds.secret,
+        "--begin",
+        &sh(base - 1000),
+        "--end",
+        &sh(now),
+        "--count",
+        "700",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let lines: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2500, "{err}");
+    assert_eq!(lines[2499]["msgid"], 2500);
 
     // The same msgids through both servers at the same moment: stored and counted once.
     let dupes: Vec<Value> = (0..300u64)

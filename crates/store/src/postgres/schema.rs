@@ -50,6 +50,7 @@ CREATE TABLE msg_index (
     scope_id  text NOT NULL,
     msg_ctime bigint NOT NULL,
     msgid     bigint NOT NULL,
+    seq       bigint NOT NULL,
     PRIMARY KEY (app_id, scope, scope_id, msg_ctime, msgid)
 ) PARTITION BY RANGE (msg_ctime);
 -- Who was active (kind a), sent (s), or which group was active (g) on a civil day.

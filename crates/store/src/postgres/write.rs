@@ -100,16 +100,19 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
     let stored: HashSet<u64> = if probe.is_empty() {
         HashSet::default()
     } else {
+        // Only `(app_id, msgid)` in the condition, so that each partition answers from its msgid
+        // index; rows of days before the window (not dropped yet) are stale and filtered here.
         let q = tx
             .prepare_cached(
-                "SELECT msgid FROM messages WHERE app_id = $1 AND msgid = ANY($2) AND msg_ctime >= $3",
+                "SELECT msgid, msg_ctime FROM messages WHERE app_id = $1 AND msgid = ANY($2)",
             )
             .await
             .map_err(pg_error)?;
-        tx.query(&q, &[&app_id, &probe, &horizon_ms])
+        tx.query(&q, &[&app_id, &probe])
             .await
             .map_err(pg_error)?
             .iter()
+            .filter(|r| r.get::<_, i64>(1) >= horizon_ms)
             .map(|r| r.get::<_, i64>(0) as u64)
             .collect()
     };
@@ -217,12 +220,12 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
             .map_err(pg_error)?;
         let q = tx
             .prepare_cached(
-                "INSERT INTO msg_index (app_id, scope, scope_id, msg_ctime, msgid)
-                 SELECT $1, s, d, c, i FROM unnest($2::int2[], $3::text[], $4::int8[], $5::int8[]) AS t(s, d, c, i)",
+                "INSERT INTO msg_index (app_id, scope, scope_id, msg_ctime, msgid, seq)
+                 SELECT $1, s, d, c, i, $6 FROM unnest($2::int2[], $3::text[], $4::int8[], $5::int8[]) AS t(s, d, c, i)",
             )
             .await
             .map_err(pg_error)?;
-        tx.execute(&q, &[&app_id, &x_scope, &x_sid, &x_ctime, &x_id])
+        tx.execute(&q, &[&app_id, &x_scope, &x_sid, &x_ctime, &x_id, &seq])
             .await
             .map_err(pg_error)?;
     }
