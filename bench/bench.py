@@ -118,8 +118,16 @@ class Imreport:
         pass
 
     def get(self, path):
-        self.conn.request("GET", path, headers=self.auth)
-        r = self.conn.getresponse()
+        try:
+            self.conn.request("GET", path, headers=self.auth)
+            r = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionError):
+            # The server closes keep-alive connections idle for longer than its header timeout
+            # (10 s), e.g. while `imreport export` walks; open a new one.
+            self.conn.close()
+            self.conn = http.client.HTTPConnection(self.host)
+            self.conn.request("GET", path, headers=self.auth)
+            r = self.conn.getresponse()
         body = r.read()
         if r.status != 200:
             raise RuntimeError(f"{path}: {r.status} {body[:200]}")

@@ -63,6 +63,9 @@ async fn two_servers_over_one_database_answer_as_one() {
     };
     let (ok, out, err) = imreport(&["app", "list", "--data-dir", &data_b]);
     assert!(ok && out.contains(&creds.key), "{out}{err}");
+    // ...and straight in the database, with no server involved.
+    let (ok, out, err) = imreport(&["app", "list", "--store", &db, "--pg-schema", &schema]);
+    assert!(ok && out.contains(&creds.key), "{out}{err}");
 
     // Ingest through A is visible through B at once.
     let http = reqwest::Client::new();
