@@ -68,6 +68,12 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// A deadlock victim or a lock timeout: the same statement may succeed when run again.
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    matches!(e.code(), Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::LOCK_NOT_AVAILABLE)
+}
+
 fn pool_error(e: PoolError) -> StoreError {
     match e {
         // Every connection busy for the whole wait: the database is the bottleneck; shed load.
@@ -276,9 +282,7 @@ impl PostgresStore {
         if missing_p.is_empty() && missing_c.is_empty() {
             return Ok(());
         }
-        let mut sql = String::from(
-            "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.imreport.partitions'));\n",
-        );
+        let mut statements = Vec::new();
         for &day in &missing_p {
             let (lo, hi) = (
                 self.inner.window.pday_start(day),
@@ -286,23 +290,31 @@ impl PostgresStore {
             );
             for table in schema::MESSAGE_TABLES {
                 let name = schema::partition_name(table, day);
-                sql.push_str(&format!(
-                    "CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} FOR VALUES FROM ({lo}) TO ({hi});\n"
+                statements.push(format!(
+                    "CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} FOR VALUES FROM ({lo}) TO ({hi})"
                 ));
             }
         }
         for &day in &missing_c {
             let table = schema::PRESENCE_TABLE;
             let name = schema::partition_name(table, day);
-            sql.push_str(&format!(
-                "CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} FOR VALUES FROM ({day}) TO ({});\n",
+            statements.push(format!(
+                "CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} FOR VALUES FROM ({day}) TO ({})",
                 day + 1
             ));
         }
+        // One partition per transaction: a transaction holding one parent's lock while it waits
+        // for another's would deadlock with a read that locks them in the other order.
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
-        tx.batch_execute(&sql).await.map_err(pg_error)?;
-        tx.commit().await.map_err(pg_error)?;
+        for sql in statements {
+            let tx = client.transaction().await.map_err(pg_error)?;
+            tx.batch_execute(&format!(
+                "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.imreport.partitions')); {sql}"
+            ))
+            .await
+            .map_err(pg_error)?;
+            tx.commit().await.map_err(pg_error)?;
+        }
         self.inner.pdays.lock().expect("lock").extend(missing_p);
         self.inner.cdays.lock().expect("lock").extend(missing_c);
         Ok(())
@@ -381,13 +393,28 @@ impl PostgresStore {
             // retry on the next pass instead.
             let name = schema::partition_name(table, day);
             let sql = format!("SET LOCAL lock_timeout = '1s'; DROP TABLE IF EXISTS {name}");
-            let dropped = async {
+            for attempt in 1.. {
                 let mut c = self.client().await?;
                 let tx = c.transaction().await.map_err(pg_error)?;
-                tx.batch_execute(&sql).await.map_err(pg_error)?;
-                tx.commit().await.map_err(pg_error)
-            };
-            dropped.await?;
+                let result = match tx.batch_execute(&sql).await {
+                    Ok(()) => tx.commit().await,
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(()) => break,
+                    // Chosen as a deadlock victim, or the parent stayed busy: try again
+                    // shortly, then leave it to the next pass.
+                    Err(e) if retryable(&e) && attempt < 5 => {
+                        tracing::debug!(error = %e, %name, "partition drop will be retried");
+                        tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                    }
+                    Err(e) if retryable(&e) => {
+                        tracing::warn!(error = %e, %name, "partition drop postponed to the next pass");
+                        break;
+                    }
+                    Err(e) => return Err(pg_error(e)),
+                }
+            }
         }
         client
             .execute(
