@@ -235,20 +235,14 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
     let fresh: HashSet<PresenceKey> = if marks.is_empty() {
         HashSet::default()
     } else {
-        let unique: Vec<&PresenceKey> = {
-            let mut set = HashSet::default();
-            marks.iter().filter(|k| set.insert(*k)).collect()
-        };
-        let (d, k, i): (Vec<i32>, Vec<i16>, Vec<&str>) =
-            unique.iter().map(|(d, k, i)| (*d, *k, i.as_str())).fold(
-                (vec![], vec![], vec![]),
-                |(mut a, mut b, mut c), (x, y, z)| {
-                    a.push(x);
-                    b.push(y);
-                    c.push(z);
-                    (a, b, c)
-                },
-            );
+        // Each distinct key once, column by column.
+        let mut unique = HashSet::default();
+        let (mut d, mut k, mut i) = (Vec::new(), Vec::new(), Vec::new());
+        for key in marks.iter().filter(|key| unique.insert(*key)) {
+            d.push(key.0);
+            k.push(key.1);
+            i.push(key.2.as_str());
+        }
         let q = tx
             .prepare_cached(
                 "INSERT INTO presence (app_id, day, kind, id)
