@@ -32,6 +32,19 @@ const APP_COUNT: &str =
 const SCOPE_COUNT: &str = "SELECT count(*) FROM msg_index
     WHERE app_id = $1 AND scope = $4 AND scope_id = $5 AND msg_ctime >= $2 AND msg_ctime <= $3";
 
+/// A read-only transaction whose statements all see one snapshot.
+async fn snapshot(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg_error)
+}
+
 pub(super) async fn page(
     s: &PostgresStore,
     app: &App,
@@ -40,13 +53,7 @@ pub(super) async fn page(
 ) -> Result<Page> {
     let mut client = s.client().await?;
     // One snapshot for the sequence, the total and the page.
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(pg_error)?;
+    let tx = snapshot(&mut client).await?;
     let app_id = app.id as i32;
     let (tag, sid) = (i16::from(scope.tag()), scope.id());
     let (begin, end) = (req.range.begin, req.range.end);
@@ -133,13 +140,7 @@ pub(super) async fn stats_days(
     to: i64,
 ) -> Result<DaysReport> {
     let mut client = s.client().await?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(pg_error)?;
+    let tx = snapshot(&mut client).await?;
     let app_id = app.id as i32;
     let q = tx
         .prepare_cached("SELECT day, v FROM stat_days WHERE app_id = $1 AND day >= $2")
