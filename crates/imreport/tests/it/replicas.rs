@@ -180,3 +180,42 @@ async fn two_servers_over_one_database_answer_as_one() {
         .sum();
     assert_eq!(counted, 2800, "{stats}");
 }
+
+#[tokio::test]
+async fn servers_starting_at_once_migrate_the_schema_once() {
+    let schema = fresh_schema();
+    let clock = imreport_domain::Clock::manual(T0);
+    let open = || postgres_store(&schema, clock.clone(), "Asia/Shanghai", 60);
+    let (a, b, c, d) = tokio::join!(open(), open(), open(), open());
+    // Every one of them works on the same tables.
+    use imreport_store::Store;
+    let app = a
+        .create_app(
+            "app",
+            "app",
+            imreport_domain::app::SecretHash::new("secret-secret"),
+        )
+        .await
+        .unwrap();
+    for s in [&b, &c, &d] {
+        assert_eq!(s.app("app").await.unwrap().unwrap().id, app.id);
+    }
+    let (client, conn) = tokio_postgres::connect(&test_database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let applied: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM {schema}.imreport_migrations"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        applied as usize,
+        imreport_store::postgres::schema::MIGRATIONS.len()
+    );
+    drop((a, b, c, d));
+    drop_schema(schema);
+}
