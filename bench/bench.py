@@ -305,6 +305,9 @@ class Postgres(Sql):
 
     def close(self):
         self.conn.close()
+        import psycopg
+        with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+            c.execute("DROP DATABASE IF EXISTS imreport_bench")
 
 
 class Duck(Sql):
