@@ -64,7 +64,36 @@ pub enum Event {
     },
 }
 
+/// A user or group lifecycle event, in the form the stores record it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifecycle<'a> {
+    /// A user (`true`) or a group.
+    pub user: bool,
+    pub id: &'a str,
+    /// [`crate::stats::CREATED`] or [`crate::stats::REMOVED`].
+    pub what: u8,
+    pub time: Millis,
+}
+
 impl Event {
+    /// The registration, deletion, creation or removal this event records, if it is one.
+    pub fn lifecycle(&self) -> Option<Lifecycle<'_>> {
+        use crate::stats::{CREATED, REMOVED};
+        let (user, id, what, time) = match self {
+            Event::UserRegistered { username, time } => (true, username, CREATED, *time),
+            Event::UserDeleted { username, time } => (true, username, REMOVED, *time),
+            Event::GroupCreated { gid, time } => (false, gid, CREATED, *time),
+            Event::GroupDeleted { gid, time } => (false, gid, REMOVED, *time),
+            Event::Message(_) | Event::UserLogin { .. } => return None,
+        };
+        Some(Lifecycle {
+            user,
+            id,
+            what,
+            time,
+        })
+    }
+
     /// The instant the event happened (`msg_ctime` for messages).
     pub fn time(&self) -> Millis {
         match self {

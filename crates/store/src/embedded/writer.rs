@@ -13,8 +13,8 @@ use imreport_domain::event::Event;
 use imreport_domain::message::{FromType, Message, TargetType, encode_record};
 use imreport_domain::scope::Scope;
 use imreport_domain::stats::{
-    CREATED, DayStats, MsgCounts, REMOVED, apply_lifecycle, decode_counts, decode_history,
-    encode_counts, encode_history, msg_class, target_index,
+    DayStats, MsgCounts, apply_lifecycle, decode_counts, decode_history, encode_counts,
+    encode_history, msg_class, target_index,
 };
 use imreport_domain::time::MILLIS_PER_HOUR;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -351,18 +351,6 @@ impl Writer {
             for ev in events {
                 let changed = match ev {
                     Event::Message(m) => self.message(&mut g, &app, m)?,
-                    Event::UserRegistered { username, time } => {
-                        self.lifecycle(&mut g, app.id, USER, &username, CREATED, time)?
-                    }
-                    Event::UserDeleted { username, time } => {
-                        self.lifecycle(&mut g, app.id, USER, &username, REMOVED, time)?
-                    }
-                    Event::GroupCreated { gid, time } => {
-                        self.lifecycle(&mut g, app.id, GROUP, &gid, CREATED, time)?
-                    }
-                    Event::GroupDeleted { gid, time } => {
-                        self.lifecycle(&mut g, app.id, GROUP, &gid, REMOVED, time)?
-                    }
                     Event::UserLogin { username, time } => {
                         if inner.pday(time) < g.horizon {
                             None
@@ -375,6 +363,13 @@ impl Writer {
                             }
                             Some(fresh)
                         }
+                    }
+                    _ => {
+                        let l = ev
+                            .lifecycle()
+                            .expect("every other event is a lifecycle event");
+                        let kind = if l.user { USER } else { GROUP };
+                        self.lifecycle(&mut g, app.id, kind, l.id, l.what, l.time)?
                     }
                 };
                 match changed {

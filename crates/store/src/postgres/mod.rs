@@ -263,22 +263,12 @@ impl PostgresStore {
         pdays: &BTreeSet<i64>,
         cdays: &BTreeSet<i64>,
     ) -> Result<()> {
-        let missing_p: Vec<i64> = {
-            let known = self.inner.pdays.lock().expect("lock");
-            pdays
-                .iter()
-                .filter(|d| !known.contains(d))
-                .copied()
-                .collect()
+        let missing = |known: &Mutex<BTreeSet<i64>>, wanted: &BTreeSet<i64>| -> Vec<i64> {
+            let known = known.lock().expect("lock");
+            wanted.difference(&known).copied().collect()
         };
-        let missing_c: Vec<i64> = {
-            let known = self.inner.cdays.lock().expect("lock");
-            cdays
-                .iter()
-                .filter(|d| !known.contains(d))
-                .copied()
-                .collect()
-        };
+        let missing_p = missing(&self.inner.pdays, pdays);
+        let missing_c = missing(&self.inner.cdays, cdays);
         if missing_p.is_empty() && missing_c.is_empty() {
             return Ok(());
         }

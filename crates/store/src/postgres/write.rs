@@ -8,8 +8,7 @@ use imreport_domain::app::App;
 use imreport_domain::event::Event;
 use imreport_domain::message::{FromType, TargetType, encode_record};
 use imreport_domain::stats::{
-    CREATED, DayStats, MsgCounts, REMOVED, apply_lifecycle, decode_history, encode_history,
-    msg_class, target_index,
+    DayStats, MsgCounts, apply_lifecycle, decode_history, encode_history, msg_class, target_index,
 };
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::BTreeSet;
@@ -187,20 +186,11 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
                     Fate::Login
                 }
             }
-            Event::UserRegistered { username, time } => {
-                lifecycle.push((USER, username, CREATED, *time));
-                Fate::Lifecycle
-            }
-            Event::UserDeleted { username, time } => {
-                lifecycle.push((USER, username, REMOVED, *time));
-                Fate::Lifecycle
-            }
-            Event::GroupCreated { gid, time } => {
-                lifecycle.push((GROUP, gid, CREATED, *time));
-                Fate::Lifecycle
-            }
-            Event::GroupDeleted { gid, time } => {
-                lifecycle.push((GROUP, gid, REMOVED, *time));
+            _ => {
+                let l = ev
+                    .lifecycle()
+                    .expect("every other event is a lifecycle event");
+                lifecycle.push((if l.user { USER } else { GROUP }, l.id, l.what, l.time));
                 Fate::Lifecycle
             }
         };
