@@ -2,6 +2,7 @@
 //! group-commits ingest batches (one fsync for every request waiting), and reads on tokio's
 //! blocking pool so that storage work never stalls the async workers.
 
+mod fresh;
 mod keys;
 mod read;
 mod stale;

@@ -4,9 +4,10 @@
 //! answers them all. One thread owning every write also makes read-modify-write of counters and
 //! rollups race-free, so history and statistics can never disagree.
 
+use super::fresh::Fresh;
 use super::{Inner, keys};
 use crate::{IngestOutcome, Result, StoreError};
-use fjall::{Keyspace, OwnedWriteBatch, PersistMode};
+use fjall::{Keyspace, OwnedWriteBatch, PersistMode, Slice};
 use imreport_domain::Millis;
 use imreport_domain::app::App;
 use imreport_domain::event::Event;
@@ -64,6 +65,7 @@ impl Handle {
             inner,
             seq,
             next_ids: HashMap::default(),
+            fresh: HashMap::default(),
             present: HashMap::default(),
         };
         std::thread::Builder::new()
@@ -118,6 +120,8 @@ struct Writer {
     /// Next server-assigned msgid per app (loaded on first use): above every msgid the app
     /// ever stored, so a message at or above it needs no duplicate lookup.
     next_ids: HashMap<u32, u64>,
+    /// Per app, the msgids stored since its watermark was loaded (see `fresh`).
+    fresh: HashMap<u32, Fresh>,
     /// Presence-set keys known to be stored, for the latest few civil days: most messages come
     /// from someone already active that day, and this saves a store lookup for each.
     present: HashMap<i64, HashSet<Vec<u8>>>,
@@ -135,6 +139,9 @@ struct Group {
     stats_horizon: i64,
     seq: u64,
     batch: OwnedWriteBatch,
+    /// The high-volume writes (messages, indexes, counters, duplicate index, presence), per
+    /// keyspace; sorted before they join `batch` (see `Staged`).
+    staged: Staged,
     seen: HashSet<(u32, u64)>,
     counters: HashMap<(i64, Vec<u8>), u64>,
     partitions: HashMap<i64, Keyspace>,
@@ -302,6 +309,7 @@ impl Writer {
                 tracing::error!(error = %e, "ingest commit failed; nothing of the group was stored");
                 // What is cached may be ahead of what is on disk: forget it.
                 self.next_ids.clear();
+                self.fresh.clear();
                 self.present.clear();
                 for reply in replies {
                     let _ = reply.send(Err(StoreError::Storage(e.to_string())));
@@ -321,6 +329,7 @@ impl Writer {
             .map(|v| keys::u64_value(&v))
             .unwrap_or(1);
         self.next_ids.insert(app, n);
+        self.fresh.insert(app, Fresh::new(n));
         Ok(n)
     }
 
@@ -334,6 +343,7 @@ impl Writer {
             stats_horizon: inner.stats_horizon_day(now),
             seq: self.seq + 1,
             batch: inner.db.batch(),
+            staged: Staged::default(),
             seen: HashSet::default(),
             counters: HashMap::default(),
             partitions: HashMap::default(),
@@ -395,7 +405,12 @@ impl Writer {
         if m.msgid == 0 {
             m.msgid = next;
         } else if m.msgid < next
-            && (g.seen.contains(&(app.id, m.msgid)) || self.stored(app, m.msgid, g.horizon)?)
+            && (g.seen.contains(&(app.id, m.msgid))
+                || (!self
+                    .fresh
+                    .get(&app.id)
+                    .is_some_and(|f| f.certainly_new(m.msgid))
+                    && self.stored(app, m.msgid, g.horizon)?))
         {
             return Ok(Some(false));
         }
@@ -411,13 +426,13 @@ impl Writer {
         };
         g.rec.clear();
         encode_record(&m, &app.key, g.seq, &mut g.rec);
-        g.batch.insert(
+        g.staged.put(
             &ks,
             keys::msg_key(app.id, m.msg_ctime, m.msgid),
             g.rec.as_slice(),
         );
-        g.batch
-            .insert(&inner.ids, keys::id_key(app.id, m.msgid), day.to_be_bytes());
+        g.staged
+            .put(&inner.ids, keys::id_key(app.id, m.msgid), day.to_be_bytes());
         let hour = (m.msg_ctime / MILLIS_PER_HOUR) as u32;
         *g.counters
             .entry((
@@ -427,7 +442,7 @@ impl Writer {
             .or_default() += 1;
         for scope in m.scopes() {
             let idx = keys::scope_prefix(keys::IDX, app.id, &scope);
-            g.batch.insert(
+            g.staged.put(
                 &ks,
                 keys::with_position(&idx, m.msg_ctime, m.msgid),
                 b"".as_slice(),
@@ -474,7 +489,7 @@ impl Writer {
             g.presence.insert((day, key));
             return Ok(false);
         }
-        g.batch.insert(&ks, key.clone(), b"".as_slice());
+        g.staged.put(&ks, key.clone(), b"".as_slice());
         g.presence.insert((day, key));
         Ok(true)
     }
@@ -547,7 +562,7 @@ impl Writer {
         for ((day, key), delta) in g.counters.drain() {
             let ks = &g.partitions[&day];
             let current = ks.get(&key)?.map(|v| keys::u64_value(&v)).unwrap_or(0);
-            g.batch.insert(ks, key, (current + delta).to_be_bytes());
+            g.staged.put(ks, key, (current + delta).to_be_bytes());
         }
         for ((app, day), delta) in g.days.drain() {
             let key = keys::stat_key(app, keys::STAT_DAY, day);
@@ -587,11 +602,21 @@ impl Writer {
                 .insert(&inner.meta, next_id_key(*app), next.to_be_bytes());
         }
         g.batch.insert(&inner.meta, SEQ_KEY, g.seq.to_be_bytes());
+        g.staged.drain_into(&mut g.batch);
         let _ = g.now;
         g.batch.commit()?;
         inner.db.persist(PersistMode::SyncAll)?;
         self.seq = g.seq;
         self.next_ids.extend(g.next_ids);
+        let mut by_app: HashMap<u32, Vec<u64>> = HashMap::default();
+        for (app, id) in g.seen {
+            by_app.entry(app).or_default().push(id);
+        }
+        for (app, mut ids) in by_app {
+            if let Some(f) = self.fresh.get_mut(&app) {
+                f.extend(&mut ids);
+            }
+        }
         for (day, key) in g.presence {
             self.present.entry(day).or_default().insert(key);
         }
@@ -599,6 +624,43 @@ impl Writer {
             self.present.retain(|d, _| *d > newest - PRESENT_DAYS);
         }
         Ok(())
+    }
+}
+
+/// Writes gathered per keyspace and put into the batch in key order. A memtable is a skiplist,
+/// and an insert costs a search from its top; inserts in key order walk nearly the same path each
+/// time, from cache, where scattered ones (a message's index entries land all over the day)
+/// miss it at almost every level. Measured: most of the writer's time was those misses.
+#[derive(Default)]
+struct Staged(HashMap<Keyspace, Vec<(u128, Slice, Slice)>>);
+
+/// A key's first 16 bytes as a number: compares as the key does, in one instruction, and the
+/// keys of one group mostly differ there (app and ctime, or app, scope and the id's start).
+fn sort_prefix(key: &[u8]) -> u128 {
+    let mut b = [0u8; 16];
+    let n = key.len().min(16);
+    b[..n].copy_from_slice(&key[..n]);
+    u128::from_be_bytes(b)
+}
+
+impl Staged {
+    fn put(&mut self, ks: &Keyspace, key: impl Into<Slice>, value: impl Into<Slice>) {
+        let puts = match self.0.get_mut(ks) {
+            Some(p) => p,
+            None => self.0.entry(ks.clone()).or_default(),
+        };
+        let key = key.into();
+        puts.push((sort_prefix(&key), key, value.into()));
+    }
+
+    fn drain_into(&mut self, batch: &mut OwnedWriteBatch) {
+        for (ks, mut puts) in self.0.drain() {
+            // Each key is written once per group, so the order among equal keys is moot.
+            puts.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+            for (_, k, v) in puts {
+                batch.insert(&ks, k, v);
+            }
+        }
     }
 }
 
