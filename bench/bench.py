@@ -379,7 +379,12 @@ def run_size(n, work):
     subprocess.run([BIN, "loadgen", *w.loadgen_args(), "--format", "csv", "--out", prefix], check=True)
     log(f"generated CSV in {time.perf_counter() - t:.1f} s")
     results = {}
+    # BENCH_SYSTEMS=imreport (comma-separated names) measures only those, for quick iteration;
+    # such a run still writes only the log, never BENCHMARKS.md.
+    only = [x for x in os.environ.get("BENCH_SYSTEMS", "").split(",") if x]
     for cls in (Imreport, ImreportPg, Postgres, Duck):
+        if only and cls.name not in only:
+            continue
         s = cls(w, work)
         try:
             log(f"-- {s.name}: loading")
@@ -484,6 +489,10 @@ def main():
                                                 "bytes": v["bytes_per_message"]} for k, v in res.items()}}))
     if SMOKE:
         log("smoke run: every system loaded and answered; no figures written")
+        return
+    if os.environ.get("BENCH_SYSTEMS"):
+        log(json.dumps([{"messages": w.n, "results": r} for w, r in runs]))
+        log("partial run (BENCH_SYSTEMS): BENCHMARKS.md left as it was")
         return
     report(runs, "bench/run.sh " + " ".join(sys.argv[1:]))
     log("wrote BENCHMARKS.md")

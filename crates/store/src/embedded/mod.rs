@@ -129,7 +129,7 @@ impl Inner {
         if let Some(ks) = self.day(day) {
             return Ok(ks);
         }
-        let ks = self.db.keyspace(&keys::day_name(day), ks_options)?;
+        let ks = self.db.keyspace(&keys::day_name(day), day_options)?;
         self.days.write().expect("lock").insert(day, ks.clone());
         Ok(ks)
     }
@@ -144,7 +144,7 @@ pub struct EmbeddedStore {
 
 const APP_PREFIX: &str = "app/";
 const APP_SEQ: &str = "app_seq";
-const WRITE_BUFFER_BYTES: u64 = 96 * 1024 * 1024;
+const WRITE_BUFFER_BYTES: u64 = 48 * 1024 * 1024;
 const JOURNAL_BYTES: u64 = 128 * 1024 * 1024;
 const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -152,12 +152,23 @@ const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
 /// every level LZ4-compressed in 16 KiB blocks (fjall leaves the first two levels uncompressed,
 /// which is where a week of messages lives), for the bytes-per-message budget.
 fn ks_options() -> KeyspaceCreateOptions {
-    use fjall::config::{BlockSizePolicy, CompressionPolicy};
+    use fjall::config::{BlockSizePolicy, CompressionPolicy, PinningPolicy};
     KeyspaceCreateOptions::default()
         .max_memtable_size(MEMTABLE_BYTES)
+        .filter_block_pinning_policy(PinningPolicy::all(false))
+        .index_block_pinning_policy(PinningPolicy::all(false))
         .data_block_compression_policy(CompressionPolicy::all(fjall::CompressionType::Lz4))
         .data_block_size_policy(BlockSizePolicy::all(16 * 1024))
 }
+/// Day partitions take a whole day's index entries in random key order, so every flushed
+/// memtable overlaps all of level 1: letting more tables gather in level 0 before they are
+/// merged divides how often the day is rewritten.
+fn day_options() -> KeyspaceCreateOptions {
+    ks_options().compaction_strategy(Arc::new(
+        fjall::compaction::Leveled::default().with_l0_threshold(L0_TABLES),
+    ))
+}
+const L0_TABLES: u8 = 16;
 const PARTITION_OFFSET: &str = "partition_offset_ms";
 
 impl EmbeddedStore {
@@ -196,7 +207,7 @@ impl EmbeddedStore {
         let (mut days, mut acts) = (BTreeMap::new(), BTreeMap::new());
         for name in db.list_keyspace_names() {
             if let Some(day) = keys::parse_day_name(&name) {
-                days.insert(day, db.keyspace(&name, ks_options)?);
+                days.insert(day, db.keyspace(&name, day_options)?);
             } else if let Some(day) = keys::parse_act_name(&name) {
                 acts.insert(day, db.keyspace(&name, ks_options)?);
             }
@@ -454,5 +465,74 @@ mod tests {
             store.inner.ids.get(key).unwrap().is_none(),
             "the stale entry is gone after compaction"
         );
+    }
+
+    fn message(msgid: u64, from: &str, group: &str) -> String {
+        format!(
+            r#"{{"event":"message","msgid":{msgid},"msg_ctime":{},"target_type":"group","target_id":"{group}","from_id":"{from}","msg_type":"text","msg_body":{{}}}}"#,
+            T0 - 1000 + msgid as i64
+        )
+    }
+
+    async fn ingest(store: &EmbeddedStore, app: &App, lines: &[String]) -> IngestOutcome {
+        let body = lines.join("\n");
+        let events = decode_batch(body.as_bytes(), "app", T0, &IngestLimits::default()).unwrap();
+        store.ingest(app, events).await.unwrap()
+    }
+
+    /// The writer's caches (msgids stored since start, presence sets it created) start empty
+    /// after a restart: what it stored before must still count as stored.
+    #[tokio::test]
+    async fn a_restarted_writer_still_sees_what_was_stored_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || EmbeddedConfig {
+            clock: Clock::manual(T0),
+            min_free_disk_bytes: 0,
+            ..Default::default()
+        };
+        let store = EmbeddedStore::open(dir.path(), config()).unwrap();
+        let app = store
+            .create_app("app", "app", SecretHash::new("secret-secret"))
+            .await
+            .unwrap();
+        let first = [message(10, "a", "g1"), message(5, "b", "g1")];
+        let out = ingest(&store, &app, &first).await;
+        assert_eq!((out.accepted, out.duplicates), (2, 0));
+        // Below the watermark, stored in this run: a duplicate without a restart too.
+        let out = ingest(
+            &store,
+            &app,
+            &[message(5, "b", "g1"), message(7, "b", "g2")],
+        )
+        .await;
+        assert_eq!((out.accepted, out.duplicates), (1, 1));
+        drop(store);
+
+        let store = loop {
+            match EmbeddedStore::open(dir.path(), config()) {
+                Err(StoreError::Locked(_)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                other => break other.unwrap(),
+            }
+        };
+        let again = [
+            message(5, "b", "g1"),
+            message(7, "b", "g2"),
+            message(6, "c", "g1"),
+            message(11, "a", "g3"),
+        ];
+        let out = ingest(&store, &app, &again).await;
+        assert_eq!(
+            (out.accepted, out.duplicates),
+            (2, 2),
+            "5 and 7 were stored before the restart"
+        );
+        let day = store.inner.config.tz.civil_day(T0);
+        let report = store.stats_days(&app, day, day + 1).await.unwrap();
+        let row = &report.days[0];
+        assert_eq!(row.active_users, 3, "a, b and c, each once");
+        assert_eq!(row.send_msg_users, 3);
+        assert_eq!(row.active_groups, 3, "g1, g2, g3");
     }
 }

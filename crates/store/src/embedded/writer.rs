@@ -67,6 +67,7 @@ impl Handle {
             next_ids: HashMap::default(),
             fresh: HashMap::default(),
             present: HashMap::default(),
+            complete: HashSet::default(),
         };
         std::thread::Builder::new()
             .name("imreport-writer".into())
@@ -125,6 +126,9 @@ struct Writer {
     /// Presence-set keys known to be stored, for the latest few civil days: most messages come
     /// from someone already active that day, and this saves a store lookup for each.
     present: HashMap<i64, HashSet<Vec<u8>>>,
+    /// Civil days whose presence set this writer created, so `present` holds all of it and a
+    /// key missing there is missing from the store too: no lookup needed.
+    complete: HashSet<i64>,
 }
 
 /// Civil days of presence keys kept in memory, counting back from the newest.
@@ -134,7 +138,6 @@ type IngestJob = (App, Vec<Event>, oneshot::Sender<Result<IngestOutcome>>);
 
 /// Everything one commit group changes, gathered before it is written.
 struct Group {
-    now: Millis,
     horizon: i64,
     stats_horizon: i64,
     seq: u64,
@@ -176,6 +179,7 @@ impl Writer {
             match job {
                 Job::Retention { reply } => {
                     let _ = reply.send(self.retention());
+                    self.forget();
                 }
                 Job::Ping { reply } => {
                     let _ = reply.send(self.ping());
@@ -308,14 +312,21 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "ingest commit failed; nothing of the group was stored");
                 // What is cached may be ahead of what is on disk: forget it.
-                self.next_ids.clear();
-                self.fresh.clear();
-                self.present.clear();
+                self.forget();
                 for reply in replies {
                     let _ = reply.send(Err(StoreError::Storage(e.to_string())));
                 }
             }
         }
+    }
+
+    /// Drops every cache of what is stored, after a failed commit (the caches may be ahead of
+    /// the disk) or a retention pass (they may hold dropped days).
+    fn forget(&mut self) {
+        self.next_ids.clear();
+        self.fresh.clear();
+        self.present.clear();
+        self.complete.clear();
     }
 
     fn next_id(&mut self, g: &Group, app: u32) -> Result<u64> {
@@ -338,7 +349,6 @@ impl Writer {
         inner.check_free_space()?;
         let now = inner.config.clock.now_ms();
         let mut g = Group {
-            now,
             horizon: inner.horizon_day(now),
             stats_horizon: inner.stats_horizon_day(now),
             seq: self.seq + 1,
@@ -477,21 +487,31 @@ impl Writer {
 
     /// Adds `id` to a day's presence set; `true` if it was not there yet. (`g.presence` holds the
     /// keys this group found or added; they join the cache once the group is committed.)
-    fn mark(&self, g: &mut Group, day: i64, app: u32, kind: u8, id: &str) -> Result<bool> {
+    fn mark(&mut self, g: &mut Group, day: i64, app: u32, kind: u8, id: &str) -> Result<bool> {
         let key = keys::entity_key(app, kind, id);
         if self.present.get(&day).is_some_and(|s| s.contains(&key))
             || g.presence.contains(&(day, key.clone()))
         {
             return Ok(false);
         }
-        let ks = self.inner.act(day)?;
-        if ks.contains_key(&key)? {
+        let ks = self.act(day)?;
+        if !self.complete.contains(&day) && ks.contains_key(&key)? {
             g.presence.insert((day, key));
             return Ok(false);
         }
         g.staged.put(&ks, key.clone(), b"".as_slice());
         g.presence.insert((day, key));
         Ok(true)
+    }
+
+    /// The day's presence keyspace; one this writer creates starts out complete in `present`.
+    fn act(&mut self, day: i64) -> Result<Keyspace> {
+        if let Some(ks) = self.inner.acts.read().expect("lock").get(&day) {
+            return Ok(ks.clone());
+        }
+        let ks = self.inner.act(day)?;
+        self.complete.insert(day);
+        Ok(ks)
     }
 
     /// Whether the app already holds a message with this id (in a day still retained).
@@ -603,7 +623,6 @@ impl Writer {
         }
         g.batch.insert(&inner.meta, SEQ_KEY, g.seq.to_be_bytes());
         g.staged.drain_into(&mut g.batch);
-        let _ = g.now;
         g.batch.commit()?;
         inner.db.persist(PersistMode::SyncAll)?;
         self.seq = g.seq;
@@ -622,6 +641,8 @@ impl Writer {
         }
         if let Some(&newest) = self.present.keys().max() {
             self.present.retain(|d, _| *d > newest - PRESENT_DAYS);
+            let present = &self.present;
+            self.complete.retain(|d| present.contains_key(d));
         }
         Ok(())
     }
