@@ -17,6 +17,9 @@ use imreport_domain::scope::Scope;
 pub const MSG: u8 = b'm';
 pub const IDX: u8 = b'x';
 pub const CNT: u8 = b'c';
+/// Written (as a tombstone) by the tidy thread after merging a day partition; no scan reaches
+/// it, since every read is under one of the tags above.
+pub const TIDY: &[u8] = b"~tidy";
 
 pub fn msg_key(app: u32, ctime: Millis, msgid: u64) -> [u8; 21] {
     let mut k = [0u8; 21];

@@ -37,6 +37,9 @@ pub struct EmbeddedConfig {
     /// Ingest is refused (`DiskFull`) rather than written when the disk has less free space:
     /// a write that fails for lack of space would leave the database unusable until restart.
     pub min_free_disk_bytes: u64,
+    /// A day partition left unwritten this long is merged into one level in the background,
+    /// which makes its point reads cheap (see `writer::tidy`).
+    pub tidy_after: std::time::Duration,
 }
 
 impl Default for EmbeddedConfig {
@@ -48,6 +51,7 @@ impl Default for EmbeddedConfig {
             clock: Clock::System,
             tz: ReportTz::new("Asia/Shanghai").expect("bundled zone"),
             min_free_disk_bytes: 256 * 1024 * 1024,
+            tidy_after: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -534,5 +538,73 @@ mod tests {
         assert_eq!(row.active_users, 3, "a, b and c, each once");
         assert_eq!(row.send_msg_users, 3);
         assert_eq!(row.active_groups, 3, "g1, g2, g3");
+    }
+
+    /// A day partition that goes quiet is merged into one level, and the tables it had are
+    /// deleted from disk, its messages all still there.
+    #[tokio::test]
+    async fn a_quiet_day_partition_is_merged_and_its_old_tables_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EmbeddedConfig {
+            clock: Clock::manual(T0),
+            min_free_disk_bytes: 0,
+            tidy_after: std::time::Duration::from_secs(1),
+            ..Default::default()
+        };
+        let store = EmbeddedStore::open(dir.path(), config).unwrap();
+        let app = store
+            .create_app("app", "app", SecretHash::new("secret-secret"))
+            .await
+            .unwrap();
+        for id in 1..=3 {
+            ingest(&store, &app, &[message(id, "a", "g1")]).await;
+            let day = *store.inner.days.read().unwrap().keys().next().unwrap();
+            store
+                .inner
+                .day(day)
+                .unwrap()
+                .rotate_memtable_and_wait()
+                .unwrap();
+        }
+        let (day, ks) = {
+            let days = store.inner.days.read().unwrap();
+            let (d, ks) = days.iter().next().unwrap();
+            (*d, ks.clone())
+        };
+        // (Within `tidy_after` of the start: not merged yet.)
+        assert_eq!(ks.table_count(), 3, "one table per flush");
+        assert_eq!(ks.l0_table_count(), 2, "(the first went below level 0)");
+        let files = || std::fs::read_dir(ks.path().join("tables")).unwrap().count();
+        assert_eq!(files(), 3);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while ks.table_count() > 2 || files() != ks.table_count() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "day {day} never merged"
+            );
+            store.check_ready().await.unwrap(); // wakes the writer, which hands the day over
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(ks.l0_table_count() <= 1, "at most the flushed tombstone");
+        let range = imreport_domain::time::TimeRange {
+            begin: T0 - 10_000,
+            end: T0,
+        };
+        let page = store
+            .page(
+                &app,
+                &Scope::App,
+                PageRequest {
+                    range,
+                    count: 100,
+                    after: None,
+                    snapshot: 0,
+                    total: 0,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.total, 3);
+        assert_eq!(page.count, 3);
     }
 }

@@ -23,10 +23,12 @@ use std::sync::Arc;
 use std::sync::mpsc::{
     Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
 };
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// A writer idle this long seals its memtables (see `flush_memtables`).
 const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Most events folded into one commit; bounds the memory and latency of a group.
 const MAX_GROUP_EVENTS: usize = 100_000;
 const SEQ_KEY: &str = "seq";
@@ -61,8 +63,36 @@ impl Handle {
             .get(SEQ_KEY)?
             .map(|v| keys::u64_value(&v))
             .unwrap_or(0);
+        let (tidy, tidy_rx) = std::sync::mpsc::channel::<(i64, Keyspace)>();
+        std::thread::Builder::new()
+            .name("imreport-tidy".into())
+            .spawn(move || {
+                for (day, ks) in tidy_rx {
+                    match merge(&ks) {
+                        Ok(()) => tracing::debug!(day, "merged a quiet day partition"),
+                        Err(e) => {
+                            tracing::warn!(day, error = %e, "could not merge a day partition")
+                        }
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Storage(format!("cannot start the tidy thread: {e}")))?;
+        // Partitions from before this start are checked once, at the first tidy pass.
+        let long_ago = Instant::now()
+            .checked_sub(inner.config.tidy_after)
+            .unwrap_or_else(Instant::now);
+        let written = inner
+            .days
+            .read()
+            .expect("lock")
+            .keys()
+            .map(|d| (*d, long_ago))
+            .collect();
         let mut w = Writer {
             inner,
+            tidy,
+            written,
+            last_tidy: Instant::now(),
             seq,
             next_ids: HashMap::default(),
             fresh: HashMap::default(),
@@ -116,6 +146,11 @@ impl Handle {
 
 struct Writer {
     inner: Arc<Inner>,
+    /// Day partitions to merge into one level, for the tidy thread.
+    tidy: std::sync::mpsc::Sender<(i64, Keyspace)>,
+    /// When each day partition was last written, until it is handed to `tidy`.
+    written: HashMap<i64, Instant>,
+    last_tidy: Instant,
     /// Last committed sequence.
     seq: u64,
     /// Next server-assigned msgid per app (loaded on first use): above every msgid the app
@@ -162,6 +197,7 @@ impl Writer {
         let mut carry: Option<Job> = None;
         let mut dirty = false;
         loop {
+            self.tidy();
             let job = match carry.take() {
                 Some(j) => j,
                 None => match rx.recv_timeout(IDLE_FLUSH) {
@@ -205,6 +241,33 @@ impl Writer {
                     }
                     self.commit_group(group);
                 }
+            }
+        }
+    }
+
+    /// Hands the day partitions unwritten for `tidy_after` with more than one level-0 table to
+    /// the tidy thread (checked at most once per `tidy_after`; each day once per spell of
+    /// writes). Day partitions let 16 tables gather in level 0 before merging (cheap writes),
+    /// and a point read checks every one of them; once a day goes quiet (live traffic moves on
+    /// to the next day, or a bulk load ends) one merge makes its reads cheap for good.
+    fn tidy(&mut self) {
+        let quiet_for = self.inner.config.tidy_after;
+        if self.last_tidy.elapsed() < quiet_for {
+            return;
+        }
+        self.last_tidy = Instant::now();
+        let quiet: Vec<i64> = self
+            .written
+            .iter()
+            .filter(|(_, t)| t.elapsed() >= quiet_for)
+            .map(|(d, _)| *d)
+            .collect();
+        for day in quiet {
+            self.written.remove(&day);
+            if let Some(ks) = self.inner.day(day)
+                && ks.l0_table_count() > 1
+            {
+                let _ = self.tidy.send((day, ks));
             }
         }
     }
@@ -626,6 +689,10 @@ impl Writer {
         g.batch.commit()?;
         inner.db.persist(PersistMode::SyncAll)?;
         self.seq = g.seq;
+        let now = Instant::now();
+        for day in g.partitions.keys() {
+            self.written.insert(*day, now);
+        }
         self.next_ids.extend(g.next_ids);
         let mut by_app: HashMap<u32, Vec<u64>> = HashMap::default();
         for (app, id) in g.seen {
@@ -683,6 +750,15 @@ impl Staged {
             }
         }
     }
+}
+
+/// Merges a day partition into one level and frees the tables it replaced. fjall deletes those
+/// at the partition's next flush or compaction after the merge, which a quiet partition would
+/// not have: a tombstone for a key no reader asks for, flushed, is that next flush.
+fn merge(ks: &Keyspace) -> fjall::Result<()> {
+    ks.major_compact()?;
+    ks.remove(keys::TIDY)?;
+    ks.rotate_memtable_and_wait()
 }
 
 pub(crate) fn decode_totals(v: &[u8]) -> (i64, i64) {
