@@ -260,12 +260,14 @@ impl Writer {
             return;
         }
         self.last_tidy = Instant::now();
-        let quiet: Vec<i64> = self
+        let mut quiet: Vec<i64> = self
             .written
             .iter()
             .filter(|(_, t)| t.elapsed() >= quiet_for)
             .map(|(d, _)| *d)
             .collect();
+        // Newest first: recent days are the ones read most.
+        quiet.sort_unstable_by(|a, b| b.cmp(a));
         for day in quiet {
             self.written.remove(&day);
             if let Some(ks) = self.inner.day(day)
