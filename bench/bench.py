@@ -456,7 +456,8 @@ def report(runs, cmd):
                 row(f"statistics {k} ({p}, ms)", [res[n]["stats"][k][p] for n in names], False)
         row("disk (bytes/message)", [res[n]["bytes_per_message"] for n in names], False)
         row("peak RSS (MB)", [(res[n]["rss_peak"] or 0) / 2**20 or "n/a" for n in names], False)
-        lines += ["", f"`total` of each first page (identical across systems): "
+        same = all(res[n].get("totals") == res[imr].get("totals") for n in names)
+        lines += ["", f"`total` of each first page ({'identical across systems' if same else 'imreport; the other columns differ, see the note under What limits each figure'}): "
                   + ", ".join(f"{k} {v:,}" for k, v in res[imr]["totals"].items()), ""]
     if len(runs) > 1:
         a, b = runs[0][1][imr], runs[-1][1][imr]

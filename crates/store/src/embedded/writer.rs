@@ -67,10 +67,6 @@ impl Handle {
         std::thread::Builder::new()
             .name("imreport-tidy".into())
             .spawn(move || {
-                // Merging is upkeep: at the lowest CPU priority it takes only what queries and
-                // ingest leave over, so a merge after a bulk load does not show in query latency.
-                // (On Linux a thread id names just this thread.)
-                let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19);
                 for (day, ks) in tidy_rx {
                     match merge(&ks) {
                         Ok(()) => tracing::debug!(day, "merged a quiet day partition"),
