@@ -434,6 +434,15 @@ mod tests {
 
     const T0: i64 = 1_795_176_000_000;
 
+    async fn store_with_app(dir: &Path, config: EmbeddedConfig) -> (EmbeddedStore, App) {
+        let store = EmbeddedStore::open(dir, config).unwrap();
+        let app = store
+            .create_app("app", "app", SecretHash::new("secret-secret"))
+            .await
+            .unwrap();
+        (store, app)
+    }
+
     #[tokio::test]
     async fn retention_also_clears_the_duplicate_index_at_compaction() {
         let dir = tempfile::tempdir().unwrap();
@@ -444,11 +453,7 @@ mod tests {
             min_free_disk_bytes: 0,
             ..Default::default()
         };
-        let store = EmbeddedStore::open(dir.path(), config).unwrap();
-        let app = store
-            .create_app("app", "app", SecretHash::new("secret-secret"))
-            .await
-            .unwrap();
+        let (store, app) = store_with_app(dir.path(), config).await;
         let line = format!(
             r#"{{"event":"message","msgid":7,"msg_ctime":{},"target_type":"single","target_id":"a","from_id":"b","msg_type":"text","msg_body":{{}}}}"#,
             T0 - 1000
@@ -494,11 +499,7 @@ mod tests {
             min_free_disk_bytes: 0,
             ..Default::default()
         };
-        let store = EmbeddedStore::open(dir.path(), config()).unwrap();
-        let app = store
-            .create_app("app", "app", SecretHash::new("secret-secret"))
-            .await
-            .unwrap();
+        let (store, app) = store_with_app(dir.path(), config()).await;
         let first = [message(10, "a", "g1"), message(5, "b", "g1")];
         let out = ingest(&store, &app, &first).await;
         assert_eq!((out.accepted, out.duplicates), (2, 0));
@@ -551,11 +552,7 @@ mod tests {
             tidy_after: std::time::Duration::from_secs(1),
             ..Default::default()
         };
-        let store = EmbeddedStore::open(dir.path(), config).unwrap();
-        let app = store
-            .create_app("app", "app", SecretHash::new("secret-secret"))
-            .await
-            .unwrap();
+        let (store, app) = store_with_app(dir.path(), config).await;
         for id in 1..=3 {
             ingest(&store, &app, &[message(id, "a", "g1")]).await;
             let day = *store.inner.days.read().unwrap().keys().next().unwrap();
