@@ -724,7 +724,8 @@ impl Writer {
 #[derive(Default)]
 struct Staged(HashMap<Keyspace, Vec<(u128, Slice, Slice)>>);
 
-/// A key's first 16 bytes as a number: compares as the key does, in one instruction, and the
+/// A key's first 16 bytes (zero-padded) as a number: never orders two keys against their byte
+/// order, only ties some (then the whole keys decide), and compares in one instruction. The
 /// keys of one group mostly differ there (app and ctime, or app, scope and the id's start).
 fn sort_prefix(key: &[u8]) -> u128 {
     let mut b = [0u8; 16];
