@@ -40,6 +40,9 @@ pub struct EmbeddedConfig {
     /// A day partition left unwritten this long is merged into one level in the background,
     /// which makes its point reads cheap (see `writer::tidy`).
     pub tidy_after: std::time::Duration,
+    /// Most per-hour scope counters the writer keeps in memory (see `writer::Counters`); the
+    /// oldest hours are dropped beyond it and read from the store again when written.
+    pub counter_cache_keys: usize,
 }
 
 impl Default for EmbeddedConfig {
@@ -52,6 +55,7 @@ impl Default for EmbeddedConfig {
             tz: ReportTz::new("Asia/Shanghai").expect("bundled zone"),
             min_free_disk_bytes: 256 * 1024 * 1024,
             tidy_after: std::time::Duration::from_secs(5),
+            counter_cache_keys: 256 * 1024,
         }
     }
 }
@@ -430,7 +434,7 @@ impl Store for EmbeddedStore {
 mod tests {
     use super::*;
     use imreport_domain::event::{IngestLimits, decode_batch};
-    use imreport_domain::time::MILLIS_PER_DAY;
+    use imreport_domain::time::{MILLIS_PER_DAY, MILLIS_PER_HOUR};
 
     const T0: i64 = 1_795_176_000_000;
 
@@ -603,5 +607,94 @@ mod tests {
             .unwrap();
         assert_eq!(page.total, 3);
         assert_eq!(page.count, 3);
+    }
+
+    async fn reopen(dir: &Path, config: EmbeddedConfig) -> EmbeddedStore {
+        loop {
+            match EmbeddedStore::open(dir, config.clone()) {
+                Err(StoreError::Locked(_)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                other => break other.unwrap(),
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
+        /// Whatever the writer keeps of the per-hour scope counters in memory (down to nothing),
+        /// each stored counter equals the count of the stored messages, through batches in any
+        /// time order and a restart.
+        #[test]
+        fn every_scope_counter_counts_its_messages(
+            msgs in proptest::collection::vec((0i64..60, 0u8..4, 0u8..3, 0u8..3), 1..160),
+            cuts in proptest::collection::vec(1usize..40, 1..8),
+            cache in 0usize..12,
+            restart_after in proptest::option::of(0usize..8),
+        ) {
+            tokio::runtime::Runtime::new().unwrap().block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let config = EmbeddedConfig {
+                    clock: Clock::manual(T0),
+                    min_free_disk_bytes: 0,
+                    counter_cache_keys: cache,
+                    ..Default::default()
+                };
+                let (mut store, app) = store_with_app(dir.path(), config.clone()).await;
+                let lines: Vec<String> = msgs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (hour, from, kind, to))| {
+                        let (tt, target) = match kind {
+                            0 => ("single", format!("u{to}")),
+                            1 => ("group", format!("g{to}")),
+                            _ => ("chatroom", format!("c{to}")),
+                        };
+                        format!(
+                            r#"{{"event":"message","msgid":{},"msg_ctime":{},"target_type":"{tt}","target_id":"{target}","from_id":"u{from}","msg_type":"text","msg_body":{{}}}}"#,
+                            i + 1,
+                            T0 - 61 * MILLIS_PER_HOUR + hour * MILLIS_PER_HOUR + i as i64
+                        )
+                    })
+                    .collect();
+                let mut model: std::collections::HashMap<(i64, Vec<u8>), u64> = Default::default();
+                let events =
+                    decode_batch(lines.join("\n").as_bytes(), "app", T0, &IngestLimits::default())
+                        .unwrap();
+                for ev in events {
+                    let imreport_domain::event::Event::Message(m) = ev else { unreachable!() };
+                    let day = store.inner.pday(m.msg_ctime);
+                    let hour = (m.msg_ctime / MILLIS_PER_HOUR) as u32;
+                    for scope in std::iter::once(Scope::App).chain(m.scopes()) {
+                        let key = keys::counter_key(&keys::scope_prefix(keys::CNT, app.id, &scope), hour);
+                        *model.entry((day, key)).or_default() += 1;
+                    }
+                }
+                let (mut at, mut batch) = (0, 0);
+                while at < lines.len() {
+                    let n = cuts[batch % cuts.len()].min(lines.len() - at);
+                    assert_eq!(ingest(&store, &app, &lines[at..at + n]).await.accepted, n as u64);
+                    at += n;
+                    if restart_after == Some(batch) {
+                        drop(store);
+                        store = reopen(dir.path(), config.clone()).await;
+                    }
+                    batch += 1;
+                }
+                for ((day, key), n) in &model {
+                    let stored = store.inner.day(*day).unwrap().get(key).unwrap();
+                    assert_eq!(stored.map(|v| keys::u64_value(&v)), Some(*n));
+                }
+                let stored: usize = store
+                    .inner
+                    .days
+                    .read()
+                    .unwrap()
+                    .values()
+                    .map(|ks| ks.prefix([keys::CNT]).count())
+                    .sum();
+                assert_eq!(stored, model.len(), "no counter beyond the model's");
+            });
+        }
     }
 }
