@@ -201,6 +201,9 @@ impl EmbeddedStore {
         let builder = Database::builder(&path)
             .with_compaction_filter_factories(assigner)
             .cache_size(config.cache_bytes)
+            // fjall 3.1.13 takes this cap but does not enforce it yet; what bounds memtable
+            // memory is the per-keyspace size above (one active, at most 4 sealed awaiting
+            // flush before fjall stalls writes) and the journal cap below.
             .max_write_buffer_size(Some(WRITE_BUFFER_BYTES))
             .max_journaling_size(JOURNAL_BYTES)
             .journal_compression(fjall::CompressionType::Lz4);
