@@ -8,6 +8,7 @@ use jiff::{Timestamp, ToSpan};
 
 pub const MILLIS_PER_DAY: i64 = 86_400_000;
 pub const MILLIS_PER_HOUR: i64 = 3_600_000;
+pub const MILLIS_PER_MINUTE: i64 = 60_000;
 
 /// The zone in which clients write times and statistics are bucketed.
 #[derive(Debug, Clone)]

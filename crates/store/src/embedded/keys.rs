@@ -5,6 +5,9 @@
 //! - `m | app u32 | ctime u64 | msgid u64` → message record (the app scope reads these directly)
 //! - `x | app u32 | scope u8 | len u8 | id | ctime u64 | msgid u64` → empty (user, group, chatroom)
 //! - `c | app u32 | scope u8 | len u8 | id | hour u32` → u64 count of the scope's messages that hour
+//! - `n | app u32 | minute u32` → u64 count of the app's messages that minute (in partitions
+//!   holding [`MINUTES`]): a `total`'s partial hours cost minute counters and at most two
+//!   partial minutes of records, not up to two hours of them
 //!
 //! Global keyspaces:
 //! - `ids`: `app u32 | msgid u64` → UTC day (i64) of the stored message, for idempotency
@@ -17,6 +20,10 @@ use imreport_domain::scope::Scope;
 pub const MSG: u8 = b'm';
 pub const IDX: u8 = b'x';
 pub const CNT: u8 = b'c';
+pub const MIN_CNT: u8 = b'n';
+/// Written when a day partition is created by a version that keeps minute counters; older
+/// partitions (without it) count their partial hours by scanning.
+pub const MINUTES: &[u8] = b"~minutes";
 /// Written (as a tombstone) by the tidy thread after merging a day partition; no scan reaches
 /// it, since every read is under one of the tags above.
 pub const TIDY: &[u8] = b"~tidy";
@@ -75,6 +82,14 @@ pub fn counter_key(prefix: &[u8], hour: u32) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + 4);
     k.extend_from_slice(prefix);
     k.extend_from_slice(&hour.to_be_bytes());
+    k
+}
+
+pub fn minute_counter_key(app: u32, minute: u32) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = MIN_CNT;
+    k[1..5].copy_from_slice(&app.to_be_bytes());
+    k[5..].copy_from_slice(&minute.to_be_bytes());
     k
 }
 

@@ -68,6 +68,8 @@ pub(crate) struct Inner {
     stats: Keyspace,
     /// Message partitions by partition day (see [`Inner::pday`]).
     days: RwLock<BTreeMap<i64, Keyspace>>,
+    /// The partitions holding per-minute app counters (all created since they exist).
+    minutes: RwLock<std::collections::HashSet<i64>>,
     /// Presence sets (active users, senders, active groups) by civil day.
     acts: RwLock<BTreeMap<i64, Keyspace>>,
     /// Partition days and retention horizons; the partition offset is the report zone's offset
@@ -129,6 +131,13 @@ impl Inner {
         Ok(ks)
     }
 
+    /// Whether every partition that `from..=to` touches holds minute counters.
+    fn has_minutes(&self, from: Millis, to: Millis) -> bool {
+        let minutes = self.minutes.read().expect("lock");
+        let days = self.days.read().expect("lock");
+        (self.pday(from)..=self.pday(to)).all(|d| minutes.contains(&d) || !days.contains_key(&d))
+    }
+
     fn day(&self, day: i64) -> Option<Keyspace> {
         self.days.read().expect("lock").get(&day).cloned()
     }
@@ -138,6 +147,8 @@ impl Inner {
             return Ok(ks);
         }
         let ks = self.db.keyspace(&keys::day_name(day), day_options)?;
+        ks.insert(keys::MINUTES, b"")?;
+        self.minutes.write().expect("lock").insert(day);
         self.days.write().expect("lock").insert(day, ks.clone());
         Ok(ks)
     }
@@ -216,9 +227,14 @@ impl EmbeddedStore {
         let entities = db.keyspace("entities", ks_options)?;
         let stats = db.keyspace("stats", ks_options)?;
         let (mut days, mut acts) = (BTreeMap::new(), BTreeMap::new());
+        let mut minutes = std::collections::HashSet::new();
         for name in db.list_keyspace_names() {
             if let Some(day) = keys::parse_day_name(&name) {
-                days.insert(day, db.keyspace(&name, day_options)?);
+                let ks = db.keyspace(&name, day_options)?;
+                if ks.contains_key(keys::MINUTES)? {
+                    minutes.insert(day);
+                }
+                days.insert(day, ks);
             } else if let Some(day) = keys::parse_act_name(&name) {
                 acts.insert(day, db.keyspace(&name, ks_options)?);
             }
@@ -245,6 +261,7 @@ impl EmbeddedStore {
             entities,
             stats,
             days: RwLock::new(days),
+            minutes: RwLock::new(minutes),
             acts: RwLock::new(acts),
             window: Window {
                 retention_days: config.retention_days,
@@ -437,7 +454,7 @@ impl Store for EmbeddedStore {
 mod tests {
     use super::*;
     use imreport_domain::event::{IngestLimits, decode_batch};
-    use imreport_domain::time::{MILLIS_PER_DAY, MILLIS_PER_HOUR};
+    use imreport_domain::time::{MILLIS_PER_DAY, MILLIS_PER_HOUR, MILLIS_PER_MINUTE};
 
     const T0: i64 = 1_795_176_000_000;
 
@@ -672,6 +689,10 @@ mod tests {
                         let key = keys::counter_key(&keys::scope_prefix(keys::CNT, app.id, &scope), hour);
                         *model.entry((day, key)).or_default() += 1;
                     }
+                    let minute = (m.msg_ctime / MILLIS_PER_MINUTE) as u32;
+                    *model
+                        .entry((day, keys::minute_counter_key(app.id, minute).to_vec()))
+                        .or_default() += 1;
                 }
                 let (mut at, mut batch) = (0, 0);
                 while at < lines.len() {
@@ -694,10 +715,89 @@ mod tests {
                     .read()
                     .unwrap()
                     .values()
-                    .map(|ks| ks.prefix([keys::CNT]).count())
+                    .map(|ks| ks.prefix([keys::CNT]).count() + ks.prefix([keys::MIN_CNT]).count())
                     .sum();
                 assert_eq!(stored, model.len(), "no counter beyond the model's");
             });
+        }
+    }
+
+    async fn app_total(store: &EmbeddedStore, app: &App, begin: Millis, end: Millis) -> u64 {
+        let req = PageRequest {
+            range: imreport_domain::time::TimeRange { begin, end },
+            count: 1,
+            after: None,
+            snapshot: 0,
+            total: 0,
+        };
+        store.page(app, &Scope::App, req).await.unwrap().total
+    }
+
+    /// A window's partial hours are counted from minute counters where a partition has them,
+    /// and by scanning in partitions from before they existed: the same totals either way.
+    #[tokio::test]
+    async fn partial_hours_count_the_same_with_or_without_minute_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EmbeddedConfig {
+            clock: Clock::manual(T0),
+            min_free_disk_bytes: 0,
+            ..Default::default()
+        };
+        let (store, app) = store_with_app(dir.path(), config.clone()).await;
+        let base = T0 - 3 * MILLIS_PER_HOUR;
+        // Spread over three hours, plus messages on each side of some minute boundaries.
+        let mut times: Vec<Millis> = (0..400)
+            .map(|i| base + i * 25_013 % (3 * MILLIS_PER_HOUR))
+            .collect();
+        for k in [1, 2, 3, 30, 50, 51, 59, 60, 61, 70, 119, 120, 150] {
+            let edge = base + k * MILLIS_PER_MINUTE;
+            times.extend([edge - 1, edge, edge + 999, edge + 1000]);
+        }
+        let lines: Vec<String> = times
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                format!(
+                    r#"{{"event":"message","msgid":{},"msg_ctime":{t},"target_type":"single","target_id":"a","from_id":"b","msg_type":"text","msg_body":{{}}}}"#,
+                    i + 1
+                )
+            })
+            .collect();
+        ingest(&store, &app, &lines).await;
+        // Second-aligned windows, as the API takes them: inside one minute, across minutes,
+        // across an hour boundary, and over whole hours with partial edges.
+        let windows: Vec<(Millis, Millis)> = [
+            (61, 119),
+            (60, 179),
+            (61, 1799),
+            (120, 3599),
+            (3001, 4200),
+            (3540, 7259),
+            (59, 3 * 3600 - 61),
+            (0, 3 * 3600 - 1),
+        ]
+        .iter()
+        .map(|(b, e)| (base + b * 1000, base + e * 1000 + 999))
+        .collect();
+        let want: Vec<u64> = windows
+            .iter()
+            .map(|(b, e)| times.iter().filter(|t| (b..=e).contains(t)).count() as u64)
+            .collect();
+        assert!(store.inner.has_minutes(base, T0 - 1));
+        for ((b, e), want) in windows.iter().zip(&want) {
+            assert_eq!(app_total(&store, &app, *b, *e).await, *want, "{b}..={e}");
+        }
+        for ks in store.inner.days.read().unwrap().values() {
+            ks.remove(keys::MINUTES).unwrap();
+        }
+        drop(store);
+        let store = reopen(dir.path(), config).await;
+        assert!(
+            !store.inner.has_minutes(base, T0 - 1),
+            "as a partition from before"
+        );
+        for ((b, e), want) in windows.iter().zip(&want) {
+            assert_eq!(app_total(&store, &app, *b, *e).await, *want, "{b}..={e}");
         }
     }
 }

@@ -9,7 +9,7 @@ use imreport_domain::cursor::Position;
 use imreport_domain::message::view_record;
 use imreport_domain::scope::Scope;
 use imreport_domain::stats::{DayStats, MsgCounts, decode_counts};
-use imreport_domain::time::{MILLIS_PER_HOUR, TimeRange};
+use imreport_domain::time::{MILLIS_PER_HOUR, MILLIS_PER_MINUTE, TimeRange};
 
 impl Inner {
     /// The day partitions that exist between two instants, oldest first.
@@ -85,16 +85,16 @@ pub(crate) fn page(inner: &Inner, app: &App, scope: &Scope, req: PageRequest) ->
 }
 
 /// Messages of a scope in a range: whole hours from the counters, the partial hours at either
-/// edge by counting keys. Costs O(hours + messages in two partial hours), never O(range).
+/// edge from [`count_within_hour`]. Costs O(hours + two partial hours), never O(range).
 fn count(inner: &Inner, snap: &Snapshot, app: u32, scope: &Scope, range: TimeRange) -> Result<u64> {
     let h = MILLIS_PER_HOUR;
     let first_full = (range.begin + h - 1).div_euclid(h);
     let end_full = (range.end + 1).div_euclid(h);
     if first_full >= end_full {
-        return scan_count(inner, snap, app, scope, range.begin, range.end);
+        return count_within_hour(inner, snap, app, scope, range.begin, range.end);
     }
-    let mut total = scan_count(inner, snap, app, scope, range.begin, first_full * h - 1)?
-        + scan_count(inner, snap, app, scope, end_full * h, range.end)?;
+    let mut total = count_within_hour(inner, snap, app, scope, range.begin, first_full * h - 1)?
+        + count_within_hour(inner, snap, app, scope, end_full * h, range.end)?;
     let prefix = keys::scope_prefix(keys::CNT, app, scope);
     let lo = keys::counter_key(&prefix, first_full as u32);
     let hi = keys::counter_key(&prefix, end_full as u32);
@@ -105,6 +105,36 @@ fn count(inner: &Inner, snap: &Snapshot, app: u32, scope: &Scope, range: TimeRan
         }
     }
     Ok(total)
+}
+
+/// Messages of a scope in `from..=to` (under two hours): for the app scope, whose hour can be a
+/// hundred thousand records, whole minutes from the minute counters and the partial minutes
+/// at either edge by scanning; for other scopes (an hour of one user's index keys) by scanning.
+fn count_within_hour(
+    inner: &Inner,
+    snap: &Snapshot,
+    app: u32,
+    scope: &Scope,
+    from: Millis,
+    to: Millis,
+) -> Result<u64> {
+    let m = MILLIS_PER_MINUTE;
+    let first_full = (from + m - 1).div_euclid(m);
+    let end_full = (to + 1).div_euclid(m);
+    if from > to || *scope != Scope::App || first_full >= end_full || !inner.has_minutes(from, to) {
+        return scan_count(inner, snap, app, scope, from, to);
+    }
+    let mut n = scan_count(inner, snap, app, scope, from, first_full * m - 1)?
+        + scan_count(inner, snap, app, scope, end_full * m, to)?;
+    let lo = keys::minute_counter_key(app, first_full as u32);
+    let hi = keys::minute_counter_key(app, end_full as u32);
+    for (_, ks) in inner.partitions(first_full * m, end_full * m - 1) {
+        for kv in snap.range(&ks, lo.as_slice()..hi.as_slice()) {
+            let (_, v) = kv.into_inner()?;
+            n += keys::u64_value(&v);
+        }
+    }
+    Ok(n)
 }
 
 fn scan_count(

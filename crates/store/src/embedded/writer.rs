@@ -17,7 +17,7 @@ use imreport_domain::stats::{
     DayStats, MsgCounts, apply_lifecycle, decode_counts, decode_history, encode_counts,
     encode_history, msg_class, target_index,
 };
-use imreport_domain::time::MILLIS_PER_HOUR;
+use imreport_domain::time::{MILLIS_PER_HOUR, MILLIS_PER_MINUTE};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
 use std::sync::mpsc::{
@@ -246,9 +246,10 @@ impl Counters {
     }
 }
 
-/// The hour a counter key ends with.
+/// The hour of a counter key (hour counters end with it, minute counters with the minute).
 fn counter_hour(key: &[u8]) -> u32 {
-    u32::from_be_bytes(key[key.len() - 4..].try_into().expect("4 bytes"))
+    let n = u32::from_be_bytes(key[key.len() - 4..].try_into().expect("4 bytes"));
+    if key[0] == keys::MIN_CNT { n / 60 } else { n }
 }
 
 /// Civil days of presence keys kept in memory, counting back from the newest.
@@ -268,6 +269,8 @@ struct Group {
     seen: HashSet<(u32, u64)>,
     counters: HashMap<(i64, Vec<u8>), u64>,
     partitions: HashMap<i64, Keyspace>,
+    /// Those of `partitions` that keep minute counters.
+    minutes: HashSet<i64>,
     entities: HashMap<Vec<u8>, Vec<(Millis, u8)>>,
     next_ids: HashMap<u32, u64>,
     days: HashMap<(u32, i64), DayStats>,
@@ -510,6 +513,7 @@ impl Writer {
             seen: HashSet::default(),
             counters: HashMap::default(),
             partitions: HashMap::default(),
+            minutes: HashSet::default(),
             entities: HashMap::default(),
             next_ids: HashMap::default(),
             days: HashMap::default(),
@@ -590,6 +594,9 @@ impl Writer {
                         ks
                     }
                 };
+                if inner.minutes.read().expect("lock").contains(&day) {
+                    g.minutes.insert(day);
+                }
                 g.partitions.insert(day, ks.clone());
                 ks
             }
@@ -610,6 +617,12 @@ impl Writer {
                 keys::counter_key(&keys::scope_prefix(keys::CNT, app.id, &Scope::App), hour),
             ))
             .or_default() += 1;
+        if g.minutes.contains(&day) {
+            let minute = (m.msg_ctime / MILLIS_PER_MINUTE) as u32;
+            *g.counters
+                .entry((day, keys::minute_counter_key(app.id, minute).to_vec()))
+                .or_default() += 1;
+        }
         for scope in m.scopes() {
             let idx = keys::scope_prefix(keys::IDX, app.id, &scope);
             g.staged.put(
