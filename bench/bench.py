@@ -99,7 +99,11 @@ class Imreport:
                         "--master-secret", SECRET], check=True, capture_output=True)
         self.proc = subprocess.Popen([BIN, "serve", "--data-dir", self.dir, *self.store, "--listen", "127.0.0.1:0",
                                       "--queue-depth", "1024", "--ingest-concurrency", "8"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                     stdout=subprocess.PIPE, text=True,
+                                     # BENCH_SERVER_LOG=FILE keeps the server's log (with
+                                     # IMREPORT_LOG=tower_http=debug: each request's latency).
+                                     stderr=open(os.environ["BENCH_SERVER_LOG"], "a")
+                                     if os.environ.get("BENCH_SERVER_LOG") else subprocess.DEVNULL)
         url = self.proc.stdout.readline().strip().rsplit(" ", 1)[1]
         self.url = url
         self.host = urllib.parse.urlparse(url).netloc
