@@ -216,6 +216,13 @@ class ImreportPg(Imreport):
         import psycopg
         with psycopg.connect(PG_ADMIN, autocommit=True) as c:
             c.execute(f"DROP DATABASE IF EXISTS {self.db}")
+            quiesce(c)
+
+
+def quiesce(c):
+    """Leaves the shared PostgreSQL server idle for the next column: without this, the checkpoint
+    of a column's load and drop lands minutes later, on two cores, in another system's figures."""
+    c.execute("CHECKPOINT")
 
 
 # ---------------------------------------------------------------- SQL systems
@@ -293,6 +300,7 @@ class Postgres(Sql):
         self.w, self.work = w, work
         with psycopg.connect(PG_ADMIN, autocommit=True) as c:
             c.execute("DROP DATABASE IF EXISTS imreport_bench")
+            quiesce(c)
             c.execute("CREATE DATABASE imreport_bench")
         self.conn = psycopg.connect(PG_ADMIN.rsplit("/", 1)[0] + "/imreport_bench", autocommit=True)
         lo, hi = (w.end - 8 * DAY) // DAY, w.end // DAY + 1
@@ -334,6 +342,7 @@ class Postgres(Sql):
         import psycopg
         with psycopg.connect(PG_ADMIN, autocommit=True) as c:
             c.execute("DROP DATABASE IF EXISTS imreport_bench")
+            quiesce(c)
 
 
 class Duck(Sql):
@@ -455,7 +464,8 @@ def report(runs, cmd):
              "- Order: each system loads, then (imreport only) the suite waits until the process has been idle for "
              f"{SETTLE_IDLE_S} s, so that the upkeep the embedded store defers past a load (sealing memtables, merging "
              "each finished day partition) is done; how long that upkeep ran is its own row. Then the queries, the "
-             "walk, the statistics, and disk and memory.",
+             "walk, the statistics, and disk and memory. After each PostgreSQL-backed column its database is dropped "
+             "and PostgreSQL checkpointed, so that its deferred writes do not land in the next column's figures.",
              "- Disk: bytes allocated on disk at the end of the run (`du`, for imreport's data dir and DuckDB's file), "
              "`pg_database_size` for PostgreSQL.",
              "- Ratios: how many times better imreport is (higher is better for imreport; below 1× it is worse).", ""]
