@@ -96,15 +96,32 @@ fn count(inner: &Inner, snap: &Snapshot, app: u32, scope: &Scope, range: TimeRan
     let mut total = count_within_hour(inner, snap, app, scope, range.begin, first_full * h - 1)?
         + count_within_hour(inner, snap, app, scope, end_full * h, range.end)?;
     let prefix = keys::scope_prefix(keys::CNT, app, scope);
-    let lo = keys::counter_key(&prefix, first_full as u32);
-    let hi = keys::counter_key(&prefix, end_full as u32);
-    for (_, ks) in inner.partitions(first_full * h, end_full * h - 1) {
-        for kv in snap.range(&ks, lo.as_slice()..hi.as_slice()) {
+    total += sum_counters(
+        inner,
+        snap,
+        (first_full * h, end_full * h - 1),
+        &keys::counter_key(&prefix, first_full as u32),
+        &keys::counter_key(&prefix, end_full as u32),
+    )?;
+    Ok(total)
+}
+
+/// Sum of the counters keyed `lo..hi` in the partitions covering `span`.
+fn sum_counters(
+    inner: &Inner,
+    snap: &Snapshot,
+    span: (Millis, Millis),
+    lo: &[u8],
+    hi: &[u8],
+) -> Result<u64> {
+    let mut n = 0;
+    for (_, ks) in inner.partitions(span.0, span.1) {
+        for kv in snap.range(&ks, lo..hi) {
             let (_, v) = kv.into_inner()?;
-            total += keys::u64_value(&v);
+            n += keys::u64_value(&v);
         }
     }
-    Ok(total)
+    Ok(n)
 }
 
 /// Messages of a scope in `from..=to` (under two hours): for the app scope, whose hour can be a
@@ -124,17 +141,17 @@ fn count_within_hour(
     if from > to || *scope != Scope::App || first_full >= end_full || !inner.has_minutes(from, to) {
         return scan_count(inner, snap, app, scope, from, to);
     }
-    let mut n = scan_count(inner, snap, app, scope, from, first_full * m - 1)?
-        + scan_count(inner, snap, app, scope, end_full * m, to)?;
-    let lo = keys::minute_counter_key(app, first_full as u32);
-    let hi = keys::minute_counter_key(app, end_full as u32);
-    for (_, ks) in inner.partitions(first_full * m, end_full * m - 1) {
-        for kv in snap.range(&ks, lo.as_slice()..hi.as_slice()) {
-            let (_, v) = kv.into_inner()?;
-            n += keys::u64_value(&v);
-        }
-    }
-    Ok(n)
+    Ok(
+        scan_count(inner, snap, app, scope, from, first_full * m - 1)?
+            + scan_count(inner, snap, app, scope, end_full * m, to)?
+            + sum_counters(
+                inner,
+                snap,
+                (first_full * m, end_full * m - 1),
+                &keys::minute_counter_key(app, first_full as u32),
+                &keys::minute_counter_key(app, end_full as u32),
+            )?,
+    )
 }
 
 fn scan_count(
