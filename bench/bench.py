@@ -7,6 +7,7 @@ import base64
 
 import orjson
 import datetime
+import gc
 import http.client
 import json
 import os
@@ -43,18 +44,34 @@ def pctl(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def timed(fn, reps=REPS, budget_s=8.0):
+def timed(fn, reps=REPS, budget_s=8.0, label=""):
     """Median and p99 of `reps` runs after a warm-up; fewer (at least 5) for a slow system, so
-    that one figure takes at most about `budget_s`."""
+    that one figure takes at most about `budget_s`. The client's garbage collector is paused
+    while sampling, as Python's `timeit` does: one of its full passes took 7-8 ms here, and a p99
+    of 40 samples would charge it to the system measured. Samples far above the median are logged,
+    with when they ran."""
     fn()  # warm
-    ts, started = [], time.perf_counter()
-    for i in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t) * 1000)
-        if i >= 4 and time.perf_counter() - started > budget_s:
-            break
-    return {"p50": statistics.median(ts), "p99": pctl(ts, 99), "runs": len(ts)}
+    gc.collect()
+    gc.disable()
+    ts, started, at = [], time.perf_counter(), []
+    try:
+        for i in range(reps):
+            t = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t) * 1000)
+            at.append(t)
+            if i >= 4 and time.perf_counter() - started > budget_s:
+                break
+    finally:
+        gc.enable()
+    med = statistics.median(ts)
+    for i, (ms, t) in enumerate(zip(ts, at)):
+        if ms > 3 * med and ms > 2:
+            log(f"   slow sample {label} #{i}: {ms:.1f} ms (median {med:.1f}; at +{t - T0:.1f} s)")
+    return {"p50": med, "p99": pctl(ts, 99), "runs": len(ts)}
+
+
+T0 = time.perf_counter()
 
 
 def sh(ms):
@@ -387,7 +404,8 @@ def measure(sys_, w):
     for scope, sid in w.scopes.items():
         for win, (b, e) in w.windows.items():
             totals = set()
-            r["first_page"][f"{scope} {win}"] = timed(lambda: totals.add(sys_.first_page(scope, sid, b, e)))
+            r["first_page"][f"{scope} {win}"] = timed(lambda: totals.add(sys_.first_page(scope, sid, b, e)),
+                                                     label=f"{sys_.name} {scope} {win}")
             r["first_page"][f"{scope} {win}"]["total"] = max(totals)
     b, e = w.windows["7d"]
     t = time.perf_counter()
@@ -399,7 +417,7 @@ def measure(sys_, w):
                         ("messages 24 HOUR", ("messages", "HOUR", last + " 00", 24)),
                         ("messages 60 DAY", ("messages", "DAY", day0, 60)),
                         ("messages 2 MONTH", ("messages", "MONTH", w.month0.strftime("%Y-%m"), 2))]:
-        r["stats"][label] = timed(lambda: sys_.stats(*args))
+        r["stats"][label] = timed(lambda: sys_.stats(*args), label=f"{sys_.name} {label}")
     r["disk_bytes"] = sys_.disk()
     r["bytes_per_message"] = r["disk_bytes"] / w.n
     r["rss_peak"] = sys_.rss_peak()
@@ -456,7 +474,8 @@ def report(runs, cmd):
              f"{platform.platform()}", f"- Command: `{cmd}`", f"- Date: {datetime.date.today().isoformat()}",
              f"- Latencies: median and p99 of {REPS} runs after one warm-up (fewer, at least 5, where one figure would "
              "take over 8 s), measured by a Python client on the same machine: HTTP with keep-alive and orjson for "
-             "imreport, psycopg 3 and the duckdb module for the others. Each figure includes the client's decoding "
+             "imreport, psycopg 3 and the duckdb module for the others, with the client's garbage collector paused "
+             "while sampling (as Python's `timeit` does). Each figure includes the client's decoding "
              "of the answer (1000 messages for a first page).",
              f"- Full walk: pages of 1000 through the whole 7-day window; for imreport with `imreport export` (a Rust "
              f"client that parses each page for its cursor only), for the others with keyset SQL from Python, for at "
