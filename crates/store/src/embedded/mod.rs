@@ -723,6 +723,16 @@ mod tests {
     }
 
     async fn app_total(store: &EmbeddedStore, app: &App, begin: Millis, end: Millis) -> u64 {
+        scope_total(store, app, &Scope::App, begin, end).await
+    }
+
+    async fn scope_total(
+        store: &EmbeddedStore,
+        app: &App,
+        scope: &Scope,
+        begin: Millis,
+        end: Millis,
+    ) -> u64 {
         let req = PageRequest {
             range: imreport_domain::time::TimeRange { begin, end },
             count: 1,
@@ -730,11 +740,14 @@ mod tests {
             snapshot: 0,
             total: 0,
         };
-        store.page(app, &Scope::App, req).await.unwrap().total
+        store.page(app, scope, req).await.unwrap().total
     }
 
     /// A window's partial hours are counted from minute counters where a partition has them,
-    /// and by scanning in partitions from before they existed: the same totals either way.
+    /// and by scanning in partitions from before they existed: the same totals either way. A
+    /// user's partial hours (no minute counters) are scanned when short and counted as the
+    /// hour's counter minus the rest of the hour when long: the same totals as the app's here,
+    /// where the user is in every message.
     #[tokio::test]
     async fn partial_hours_count_the_same_with_or_without_minute_counters() {
         let dir = tempfile::tempdir().unwrap();
@@ -775,6 +788,11 @@ mod tests {
             (3540, 7259),
             (59, 3 * 3600 - 61),
             (0, 3 * 3600 - 1),
+            (1, 3598),
+            (1800, 5000),
+            (1799, 3600),
+            (3599, 3600),
+            (3599, 7201),
         ]
         .iter()
         .map(|(b, e)| (base + b * 1000, base + e * 1000 + 999))
@@ -784,8 +802,14 @@ mod tests {
             .map(|(b, e)| times.iter().filter(|t| (b..=e).contains(t)).count() as u64)
             .collect();
         assert!(store.inner.has_minutes(base, T0 - 1));
+        let user = Scope::User("b".into());
         for ((b, e), want) in windows.iter().zip(&want) {
             assert_eq!(app_total(&store, &app, *b, *e).await, *want, "{b}..={e}");
+            assert_eq!(
+                scope_total(&store, &app, &user, *b, *e).await,
+                *want,
+                "user {b}..={e}"
+            );
         }
         for ks in store.inner.days.read().unwrap().values() {
             ks.remove(keys::MINUTES).unwrap();
