@@ -13,6 +13,21 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc.h's `mi_option_e` (libmimalloc-sys names no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+/// Milliseconds mimalloc keeps freed memory before returning it to the OS. Its default (1000 ms
+/// in mimalloc 3) kept the memtables fjall had just flushed resident for a second: peak RSS of a
+/// 10M-message load ~350 MB, against ~285 MB at 100 ms with the same ingest rate (10 ms: ~260 MB,
+/// but ~10% slower ingest). `MIMALLOC_PURGE_DELAY` in the environment still wins.
+const PURGE_DELAY_MS: std::ffi::c_long = 100;
+
+fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a plain integer option; mimalloc reads options atomically.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "imreport",
@@ -94,6 +109,7 @@ pub enum AppAction {
 }
 
 fn main() -> anyhow::Result<()> {
+    tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Command::Config {
@@ -121,5 +137,24 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(apps::run(action)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Index 15 is mimalloc's purge delay: the only option whose default is 1000 (ms), and
+    /// `tune_allocator` sets it (unless the environment chose a value).
+    #[test]
+    fn the_purge_delay_option_is_the_one_set() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // SAFETY: reads a plain integer option.
+        let get = || unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        assert_eq!(get(), 1000, "mimalloc 3's default purge delay");
+        tune_allocator();
+        assert_eq!(get(), PURGE_DELAY_MS);
     }
 }
