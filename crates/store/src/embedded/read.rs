@@ -34,7 +34,13 @@ pub(crate) fn page(inner: &Inner, app: &App, scope: &Scope, req: PageRequest) ->
                 .get(&inner.meta, "seq")?
                 .map(|v| keys::u64_value(&v))
                 .unwrap_or(0);
-            (seq, count(inner, &snap, app.id, scope, req.range)?)
+            let tally = Tally {
+                inner,
+                snap: &snap,
+                app: app.id,
+                scope,
+            };
+            (seq, tally.range(req.range)?)
         }
         Some(_) => (req.snapshot, req.total),
     };
@@ -84,143 +90,118 @@ pub(crate) fn page(inner: &Inner, app: &App, scope: &Scope, req: PageRequest) ->
     })
 }
 
-/// Messages of a scope in a range: whole hours from the counters, the partial hours at either
-/// edge from [`count_within_hour`]. Costs O(hours + two partial hours), never O(range).
-fn count(inner: &Inner, snap: &Snapshot, app: u32, scope: &Scope, range: TimeRange) -> Result<u64> {
-    let h = MILLIS_PER_HOUR;
-    let first_full = (range.begin + h - 1).div_euclid(h);
-    let end_full = (range.end + 1).div_euclid(h);
-    if first_full >= end_full {
-        return count_within_hour(inner, snap, app, scope, range.begin, range.end);
-    }
-    let mut total = count_within_hour(inner, snap, app, scope, range.begin, first_full * h - 1)?
-        + count_within_hour(inner, snap, app, scope, end_full * h, range.end)?;
-    let prefix = keys::scope_prefix(keys::CNT, app, scope);
-    total += sum_counters(
-        inner,
-        snap,
-        (first_full * h, end_full * h - 1),
-        &keys::counter_key(&prefix, first_full as u32),
-        &keys::counter_key(&prefix, end_full as u32),
-    )?;
-    Ok(total)
-}
-
-/// Sum of the counters keyed `lo..hi` in the partitions covering `span`.
-fn sum_counters(
-    inner: &Inner,
-    snap: &Snapshot,
-    span: (Millis, Millis),
-    lo: &[u8],
-    hi: &[u8],
-) -> Result<u64> {
-    let mut n = 0;
-    for (_, ks) in inner.partitions(span.0, span.1) {
-        for kv in snap.range(&ks, lo..hi) {
-            let (_, v) = kv.into_inner()?;
-            n += keys::u64_value(&v);
-        }
-    }
-    Ok(n)
-}
-
-/// Messages of a scope in `from..=to` (under two hours): for the app scope, whose hour can be a
-/// hundred thousand records, whole minutes from the minute counters and the partial minutes
-/// at either edge by scanning; for other scopes (an hour of one user's index keys), and
-/// partitions older than the minute counters, by [`count_by_hour_pieces`].
-fn count_within_hour(
-    inner: &Inner,
-    snap: &Snapshot,
+/// Counts one scope's messages in one snapshot.
+struct Tally<'a> {
+    inner: &'a Inner,
+    snap: &'a Snapshot,
     app: u32,
-    scope: &Scope,
-    from: Millis,
-    to: Millis,
-) -> Result<u64> {
-    let m = MILLIS_PER_MINUTE;
-    let first_full = (from + m - 1).div_euclid(m);
-    let end_full = (to + 1).div_euclid(m);
-    if from > to {
-        return Ok(0);
+    scope: &'a Scope,
+}
+
+impl Tally<'_> {
+    /// Messages in a range: whole hours from the counters, the partial hours at either edge
+    /// from [`Tally::within_hour`]. Costs O(hours + two partial hours), never O(range).
+    fn range(&self, range: TimeRange) -> Result<u64> {
+        let h = MILLIS_PER_HOUR;
+        let first_full = (range.begin + h - 1).div_euclid(h);
+        let end_full = (range.end + 1).div_euclid(h);
+        if first_full >= end_full {
+            return self.within_hour(range.begin, range.end);
+        }
+        let prefix = keys::scope_prefix(keys::CNT, self.app, self.scope);
+        Ok(self.within_hour(range.begin, first_full * h - 1)?
+            + self.within_hour(end_full * h, range.end)?
+            + self.counters(
+                (first_full * h, end_full * h - 1),
+                &keys::counter_key(&prefix, first_full as u32),
+                &keys::counter_key(&prefix, end_full as u32),
+            )?)
     }
-    if *scope != Scope::App || first_full >= end_full || !inner.has_minutes(from, to) {
-        return count_by_hour_pieces(inner, snap, app, scope, from, to);
+
+    /// Sum of the counters keyed `lo..hi` in the partitions covering `span`.
+    fn counters(&self, span: (Millis, Millis), lo: &[u8], hi: &[u8]) -> Result<u64> {
+        let mut n = 0;
+        for (_, ks) in self.inner.partitions(span.0, span.1) {
+            for kv in self.snap.range(&ks, lo..hi) {
+                let (_, v) = kv.into_inner()?;
+                n += keys::u64_value(&v);
+            }
+        }
+        Ok(n)
     }
-    Ok(
-        scan_count(inner, snap, app, scope, from, first_full * m - 1)?
-            + scan_count(inner, snap, app, scope, end_full * m, to)?
-            + sum_counters(
-                inner,
-                snap,
+
+    /// Messages in `from..=to` (under two hours): for the app scope, whose hour can be a
+    /// hundred thousand records, whole minutes from the minute counters and the partial
+    /// minutes at either edge by scanning; for other scopes (an hour of one user's index keys),
+    /// and partitions older than the minute counters, by [`Tally::hour_pieces`].
+    fn within_hour(&self, from: Millis, to: Millis) -> Result<u64> {
+        let m = MILLIS_PER_MINUTE;
+        let first_full = (from + m - 1).div_euclid(m);
+        let end_full = (to + 1).div_euclid(m);
+        if from > to {
+            return Ok(0);
+        }
+        if *self.scope != Scope::App || first_full >= end_full || !self.inner.has_minutes(from, to)
+        {
+            return self.hour_pieces(from, to);
+        }
+        Ok(self.scan(from, first_full * m - 1)?
+            + self.scan(end_full * m, to)?
+            + self.counters(
                 (first_full * m, end_full * m - 1),
-                &keys::minute_counter_key(app, first_full as u32),
-                &keys::minute_counter_key(app, end_full as u32),
-            )?,
-    )
-}
+                &keys::minute_counter_key(self.app, first_full as u32),
+                &keys::minute_counter_key(self.app, end_full as u32),
+            )?)
+    }
 
-/// Messages of a scope in `from..=to`, split at hour boundaries: a piece covering less than
-/// half its hour is scanned; a larger one is its hour's counter minus a scan of the rest of the
-/// hour, so a window starting a second past the hour (a busy user's hour is ~12k index keys at
-/// 10M messages) scans a second's keys, not the hour's.
-fn count_by_hour_pieces(
-    inner: &Inner,
-    snap: &Snapshot,
-    app: u32,
-    scope: &Scope,
-    from: Millis,
-    to: Millis,
-) -> Result<u64> {
-    let h = MILLIS_PER_HOUR;
-    let prefix = keys::scope_prefix(keys::CNT, app, scope);
-    let mut n = 0;
-    let mut t = from;
-    while t <= to {
-        let hour = t.div_euclid(h);
-        let (start, end) = (hour * h, hour * h + h - 1);
-        let b = to.min(end);
-        if (b - t + 1) * 2 <= h {
-            n += scan_count(inner, snap, app, scope, t, b)?;
-        } else {
-            let whole = sum_counters(
-                inner,
-                snap,
-                (start, end),
-                &keys::counter_key(&prefix, hour as u32),
-                &keys::counter_key(&prefix, hour as u32 + 1),
-            )?;
-            let rest = scan_count(inner, snap, app, scope, start, t - 1)?
-                + scan_count(inner, snap, app, scope, b + 1, end)?;
-            n += whole.checked_sub(rest).ok_or_else(|| {
-                StoreError::Storage(format!("hour {hour}: counter below its index keys"))
-            })?;
+    /// Messages in `from..=to`, split at hour boundaries: a piece covering less than half its
+    /// hour is scanned; a larger one is its hour's counter minus a scan of the rest of the
+    /// hour, so a window starting a second past the hour (a busy user's hour is ~12k index
+    /// keys at 10M messages) scans a second's keys, not the hour's.
+    fn hour_pieces(&self, from: Millis, to: Millis) -> Result<u64> {
+        let h = MILLIS_PER_HOUR;
+        let prefix = keys::scope_prefix(keys::CNT, self.app, self.scope);
+        let mut n = 0;
+        let mut t = from;
+        while t <= to {
+            let hour = t.div_euclid(h);
+            let (start, end) = (hour * h, hour * h + h - 1);
+            let b = to.min(end);
+            if (b - t + 1) * 2 <= h {
+                n += self.scan(t, b)?;
+            } else {
+                let whole = self.counters(
+                    (start, end),
+                    &keys::counter_key(&prefix, hour as u32),
+                    &keys::counter_key(&prefix, hour as u32 + 1),
+                )?;
+                let rest = self.scan(start, t - 1)? + self.scan(b + 1, end)?;
+                n += whole.checked_sub(rest).ok_or_else(|| {
+                    StoreError::Storage(format!("hour {hour}: counter below its index keys"))
+                })?;
+            }
+            t = end + 1;
         }
-        t = end + 1;
+        Ok(n)
     }
-    Ok(n)
-}
 
-fn scan_count(
-    inner: &Inner,
-    snap: &Snapshot,
-    app: u32,
-    scope: &Scope,
-    from: Millis,
-    to: Millis,
-) -> Result<u64> {
-    if from > to {
-        return Ok(0);
-    }
-    let prefix = keys::order_prefix(app, scope);
-    let lo = keys::with_position(&prefix, from, 0);
-    let hi = keys::with_position(&prefix, to, u64::MAX);
-    let mut n = 0;
-    for (_, ks) in inner.partitions(from, to) {
-        for kv in snap.range(&ks, lo.as_slice()..=hi.as_slice()) {
-            kv.key()?;
-            n += 1;
+    /// Messages in `from..=to` by counting their keys.
+    fn scan(&self, from: Millis, to: Millis) -> Result<u64> {
+        if from > to {
+            return Ok(0);
         }
+        let prefix = keys::order_prefix(self.app, self.scope);
+        let lo = keys::with_position(&prefix, from, 0);
+        let hi = keys::with_position(&prefix, to, u64::MAX);
+        let mut n = 0;
+        for (_, ks) in self.inner.partitions(from, to) {
+            for kv in self.snap.range(&ks, lo.as_slice()..=hi.as_slice()) {
+                kv.key()?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
-    Ok(n)
 }
 
 /// Day rows `from..=to`, and the totals at the end of `from - 1`: the all-time totals minus the
