@@ -458,6 +458,16 @@ mod tests {
 
     const T0: i64 = 1_795_176_000_000;
 
+    /// The tests' base settings: a manual clock at `T0`, and no free-disk reserve (temp dirs
+    /// may sit on small disks).
+    fn test_config() -> EmbeddedConfig {
+        EmbeddedConfig {
+            clock: Clock::manual(T0),
+            min_free_disk_bytes: 0,
+            ..Default::default()
+        }
+    }
+
     async fn store_with_app(dir: &Path, config: EmbeddedConfig) -> (EmbeddedStore, App) {
         let store = EmbeddedStore::open(dir, config).unwrap();
         let app = store
@@ -474,8 +484,7 @@ mod tests {
         let config = EmbeddedConfig {
             retention_days: 2,
             clock: clock.clone(),
-            min_free_disk_bytes: 0,
-            ..Default::default()
+            ..test_config()
         };
         let (store, app) = store_with_app(dir.path(), config).await;
         let line = format!(
@@ -518,12 +527,7 @@ mod tests {
     #[tokio::test]
     async fn a_restarted_writer_still_sees_what_was_stored_before() {
         let dir = tempfile::tempdir().unwrap();
-        let config = || EmbeddedConfig {
-            clock: Clock::manual(T0),
-            min_free_disk_bytes: 0,
-            ..Default::default()
-        };
-        let (store, app) = store_with_app(dir.path(), config()).await;
+        let (store, app) = store_with_app(dir.path(), test_config()).await;
         let first = [message(10, "a", "g1"), message(5, "b", "g1")];
         let out = ingest(&store, &app, &first).await;
         assert_eq!((out.accepted, out.duplicates), (2, 0));
@@ -538,7 +542,7 @@ mod tests {
         drop(store);
 
         let store = loop {
-            match EmbeddedStore::open(dir.path(), config()) {
+            match EmbeddedStore::open(dir.path(), test_config()) {
                 Err(StoreError::Locked(_)) => {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await
                 }
@@ -571,10 +575,8 @@ mod tests {
     async fn a_quiet_day_partition_is_merged_and_its_old_tables_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let config = EmbeddedConfig {
-            clock: Clock::manual(T0),
-            min_free_disk_bytes: 0,
             tidy_after: std::time::Duration::from_secs(1),
-            ..Default::default()
+            ..test_config()
         };
         let (store, app) = store_with_app(dir.path(), config).await;
         for id in 1..=3 {
@@ -655,10 +657,8 @@ mod tests {
             tokio::runtime::Runtime::new().unwrap().block_on(async {
                 let dir = tempfile::tempdir().unwrap();
                 let config = EmbeddedConfig {
-                    clock: Clock::manual(T0),
-                    min_free_disk_bytes: 0,
                     counter_cache_keys: cache,
-                    ..Default::default()
+                    ..test_config()
                 };
                 let (mut store, app) = store_with_app(dir.path(), config.clone()).await;
                 let lines: Vec<String> = msgs
@@ -751,11 +751,7 @@ mod tests {
     #[tokio::test]
     async fn partial_hours_count_the_same_with_or_without_minute_counters() {
         let dir = tempfile::tempdir().unwrap();
-        let config = EmbeddedConfig {
-            clock: Clock::manual(T0),
-            min_free_disk_bytes: 0,
-            ..Default::default()
-        };
+        let config = test_config();
         let (store, app) = store_with_app(dir.path(), config.clone()).await;
         let base = T0 - 3 * MILLIS_PER_HOUR;
         // Spread over three hours, plus messages on each side of some minute boundaries.
