@@ -43,6 +43,10 @@ pub struct EmbeddedConfig {
     /// Most per-hour scope counters the writer keeps in memory (see `writer::Counters`); the
     /// oldest hours are dropped beyond it and read from the store again when written.
     pub counter_cache_keys: usize,
+    /// Creates day partitions in the format from before index chunks (one index key per
+    /// message): only for tests of reading and writing such partitions.
+    #[doc(hidden)]
+    pub per_message_index: bool,
 }
 
 impl Default for EmbeddedConfig {
@@ -56,6 +60,7 @@ impl Default for EmbeddedConfig {
             min_free_disk_bytes: 256 * 1024 * 1024,
             tidy_after: std::time::Duration::from_secs(5),
             counter_cache_keys: 256 * 1024,
+            per_message_index: false,
         }
     }
 }
@@ -70,6 +75,8 @@ pub(crate) struct Inner {
     days: RwLock<BTreeMap<i64, Keyspace>>,
     /// The partitions holding per-minute app counters (all created since they exist).
     minutes: RwLock<std::collections::HashSet<i64>>,
+    /// The partitions whose scope index is in chunks (all created since they exist).
+    chunked: RwLock<std::collections::HashSet<i64>>,
     /// Presence sets (active users, senders, active groups) by civil day.
     acts: RwLock<BTreeMap<i64, Keyspace>>,
     /// Partition days and retention horizons; the partition offset is the report zone's offset
@@ -138,6 +145,17 @@ impl Inner {
         (self.pday(from)..=self.pday(to)).all(|d| minutes.contains(&d) || !days.contains_key(&d))
     }
 
+    /// Whether every partition that `from..=to` touches keeps its scope index in chunks.
+    fn has_chunks(&self, from: Millis, to: Millis) -> bool {
+        let chunked = self.chunked.read().expect("lock");
+        let days = self.days.read().expect("lock");
+        (self.pday(from)..=self.pday(to)).all(|d| chunked.contains(&d) || !days.contains_key(&d))
+    }
+
+    fn is_chunked(&self, day: i64) -> bool {
+        self.chunked.read().expect("lock").contains(&day)
+    }
+
     fn day(&self, day: i64) -> Option<Keyspace> {
         self.days.read().expect("lock").get(&day).cloned()
     }
@@ -149,6 +167,10 @@ impl Inner {
         let ks = self.db.keyspace(&keys::day_name(day), day_options)?;
         ks.insert(keys::MINUTES, b"")?;
         self.minutes.write().expect("lock").insert(day);
+        if !self.config.per_message_index {
+            ks.insert(keys::CHUNKS, b"")?;
+            self.chunked.write().expect("lock").insert(day);
+        }
         self.days.write().expect("lock").insert(day, ks.clone());
         Ok(ks)
     }
@@ -228,11 +250,15 @@ impl EmbeddedStore {
         let stats = db.keyspace("stats", ks_options)?;
         let (mut days, mut acts) = (BTreeMap::new(), BTreeMap::new());
         let mut minutes = std::collections::HashSet::new();
+        let mut chunked = std::collections::HashSet::new();
         for name in db.list_keyspace_names() {
             if let Some(day) = keys::parse_day_name(&name) {
                 let ks = db.keyspace(&name, day_options)?;
                 if ks.contains_key(keys::MINUTES)? {
                     minutes.insert(day);
+                }
+                if ks.contains_key(keys::CHUNKS)? {
+                    chunked.insert(day);
                 }
                 days.insert(day, ks);
             } else if let Some(day) = keys::parse_act_name(&name) {
@@ -262,6 +288,7 @@ impl EmbeddedStore {
             stats,
             days: RwLock::new(days),
             minutes: RwLock::new(minutes),
+            chunked: RwLock::new(chunked),
             acts: RwLock::new(acts),
             window: Window {
                 retention_days: config.retention_days,
@@ -653,11 +680,13 @@ mod tests {
             cuts in proptest::collection::vec(1usize..40, 1..8),
             cache in 0usize..12,
             restart_after in proptest::option::of(0usize..8),
+            per_message_index in proptest::bool::ANY,
         ) {
             tokio::runtime::Runtime::new().unwrap().block_on(async {
                 let dir = tempfile::tempdir().unwrap();
                 let config = EmbeddedConfig {
                     counter_cache_keys: cache,
+                    per_message_index,
                     ..test_config()
                 };
                 let (mut store, app) = store_with_app(dir.path(), config.clone()).await;
@@ -818,6 +847,114 @@ mod tests {
         );
         for ((b, e), want) in windows.iter().zip(&want) {
             assert_eq!(app_total(&store, &app, *b, *e).await, *want, "{b}..={e}");
+        }
+    }
+
+    /// A walk of a user's messages across a partition from before index chunks (one index key
+    /// per message) and one with chunks, in pages of every size: every message once, in order,
+    /// with the right total, whether the window's edges cut hours or not.
+    #[tokio::test]
+    async fn a_scope_walk_reads_partitions_with_and_without_index_chunks_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = EmbeddedConfig {
+            per_message_index: true,
+            ..test_config()
+        };
+        let (store, app) = store_with_app(dir.path(), legacy).await;
+        // Two partition days; several messages share a millisecond; msgids out of time order.
+        let old_day: Vec<Millis> = (0..40)
+            .map(|i| T0 - 2 * MILLIS_PER_DAY + (i / 3) * 977_011)
+            .collect();
+        let new_day: Vec<Millis> = (0..40)
+            .map(|i| T0 - MILLIS_PER_DAY + (i / 3) * 977_011)
+            .collect();
+        let line = |msgid: usize, t: Millis, from: &str| {
+            format!(
+                r#"{{"event":"message","msgid":{msgid},"msg_ctime":{t},"target_type":"single","target_id":"x","from_id":"{from}","msg_type":"text","msg_body":{{}}}}"#
+            )
+        };
+        let first: Vec<String> = old_day
+            .iter()
+            .enumerate()
+            .map(|(i, t)| line(100 - i, *t, if i % 4 == 0 { "other" } else { "b" }))
+            .collect();
+        ingest(&store, &app, &first).await;
+        assert!(store.inner.chunked.read().unwrap().is_empty());
+        drop(store);
+        let store = reopen(dir.path(), test_config()).await;
+        let second: Vec<String> = new_day
+            .iter()
+            .enumerate()
+            .map(|(i, t)| line(1000 - i, *t, if i % 4 == 0 { "other" } else { "b" }))
+            .collect();
+        // In two commits, so that hours hold more than one chunk.
+        ingest(&store, &app, &second[..25]).await;
+        ingest(&store, &app, &second[25..]).await;
+        assert_eq!(store.inner.chunked.read().unwrap().len(), 1);
+        let mut all: Vec<(Millis, u64, bool)> = old_day
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (*t, 100 - i as u64, i % 4 != 0))
+            .chain(
+                new_day
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (*t, 1000 - i as u64, i % 4 != 0)),
+            )
+            .collect();
+        all.sort();
+        let user = Scope::User("b".into());
+        for (begin, end) in [
+            (T0 - 3 * MILLIS_PER_DAY, T0),
+            (old_day[7] + 1, new_day[30] - 1),
+            (old_day[20], new_day[2]),
+        ] {
+            let want: Vec<(Millis, u64)> = all
+                .iter()
+                .filter(|(t, _, b)| *b && (begin..=end).contains(t))
+                .map(|(t, m, _)| (*t, *m))
+                .collect();
+            for scope in [user.clone(), Scope::User("x".into())] {
+                let want: Vec<(Millis, u64)> = if scope == user {
+                    want.clone()
+                } else {
+                    all.iter()
+                        .filter(|(t, _, _)| (begin..=end).contains(t))
+                        .map(|(t, m, _)| (*t, *m))
+                        .collect()
+                };
+                for count in [1u16, 4, 1000] {
+                    let mut got = Vec::new();
+                    let mut req = PageRequest {
+                        range: imreport_domain::time::TimeRange { begin, end },
+                        count,
+                        after: None,
+                        snapshot: 0,
+                        total: 0,
+                    };
+                    loop {
+                        let page = store.page(&app, &scope, req).await.unwrap();
+                        assert_eq!(page.total, want.len() as u64, "{scope:?} {begin}..={end}");
+                        let json: Vec<serde_json::Value> =
+                            serde_json::from_slice(&[b"[", &page.json[..], b"]"].concat()).unwrap();
+                        got.extend(json.iter().map(|m| {
+                            (
+                                m["msg_ctime"].as_i64().unwrap(),
+                                m["msgid"].as_u64().unwrap(),
+                            )
+                        }));
+                        match page.next {
+                            Some(p) => {
+                                req.after = Some(p);
+                                req.snapshot = page.snapshot;
+                                req.total = page.total;
+                            }
+                            None => break,
+                        }
+                    }
+                    assert_eq!(got, want, "{scope:?} {begin}..={end} by {count}");
+                }
+            }
         }
     }
 }

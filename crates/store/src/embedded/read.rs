@@ -48,46 +48,148 @@ pub(crate) fn page(inner: &Inner, app: &App, scope: &Scope, req: PageRequest) ->
         Some(p) => (p.ctime, p.msgid.saturating_add(1)),
         None => (req.range.begin, 0),
     };
-    let want = usize::from(req.count);
+    let mut out = Out {
+        key: &app.key,
+        snapshot,
+        want: usize::from(req.count),
+        json: Vec::with_capacity(usize::from(req.count) * 384),
+        n: 0,
+        last: None,
+        more: false,
+    };
+    let from = (start_ctime, start_msgid);
     let prefix = keys::order_prefix(app.id, scope);
-    let lo = keys::with_position(&prefix, start_ctime, start_msgid);
-    let hi = keys::with_position(&prefix, req.range.end, u64::MAX);
-    let mut json = Vec::with_capacity(want * 384);
-    let (mut n, mut last, mut more) = (0usize, None, false);
-    'walk: for (_, ks) in inner.partitions(start_ctime, req.range.end) {
-        for kv in snap.range(&ks, lo.as_slice()..=hi.as_slice()) {
-            let (k, v) = kv.into_inner()?;
-            let (ctime, msgid) = keys::position_of(&k);
-            let rec = match scope {
-                Scope::App => v,
-                _ => match snap.get(&ks, keys::msg_key(app.id, ctime, msgid))? {
-                    Some(rec) => rec,
-                    None => continue,
-                },
-            };
-            let view = view_record(&rec).map_err(corrupt)?;
-            if view.seq > snapshot {
-                continue; // committed after the walk began
-            }
-            if n == want {
-                more = true;
-                break 'walk;
-            }
-            if n > 0 {
-                json.push(b',');
-            }
-            view.write_json(msgid, ctime, &app.key, &mut json);
-            n += 1;
-            last = Some(Position { ctime, msgid });
+    for (day, ks) in inner.partitions(start_ctime, req.range.end) {
+        let go_on = if *scope != Scope::App && inner.is_chunked(day) {
+            walk_chunks(&snap, &ks, app.id, scope, from, req.range.end, &mut out)?
+        } else {
+            walk_keys(&snap, &ks, app.id, &prefix, from, req.range.end, &mut out)?
+        };
+        if !go_on {
+            break;
         }
     }
     Ok(Page {
         total,
         snapshot,
-        count: n,
-        json,
-        next: if more { last } else { None },
+        count: out.n,
+        json: out.json,
+        next: if out.more { out.last } else { None },
     })
+}
+
+/// A page being assembled.
+struct Out<'a> {
+    key: &'a str,
+    snapshot: u64,
+    want: usize,
+    json: Vec<u8>,
+    n: usize,
+    last: Option<Position>,
+    more: bool,
+}
+
+impl Out<'_> {
+    /// Adds a message to the page; `false` once the page is full and another message follows.
+    fn push(&mut self, ctime: Millis, msgid: u64, rec: &[u8]) -> Result<bool> {
+        let view = view_record(rec).map_err(corrupt)?;
+        if view.seq > self.snapshot {
+            return Ok(true); // committed after the walk began
+        }
+        if self.n == self.want {
+            self.more = true;
+            return Ok(false);
+        }
+        if self.n > 0 {
+            self.json.push(b',');
+        }
+        view.write_json(msgid, ctime, self.key, &mut self.json);
+        self.n += 1;
+        self.last = Some(Position { ctime, msgid });
+        Ok(true)
+    }
+}
+
+/// One partition's part of a page from ordering keys: the app's records, or (in partitions
+/// from before index chunks) a scope's index keys. `false` once the page is full.
+fn walk_keys(
+    snap: &Snapshot,
+    ks: &Keyspace,
+    app: u32,
+    prefix: &[u8],
+    from: (Millis, u64),
+    to: Millis,
+    out: &mut Out,
+) -> Result<bool> {
+    let lo = keys::with_position(prefix, from.0, from.1);
+    let hi = keys::with_position(prefix, to, u64::MAX);
+    for kv in snap.range(ks, lo.as_slice()..=hi.as_slice()) {
+        let (k, v) = kv.into_inner()?;
+        let (ctime, msgid) = keys::position_of(&k);
+        let rec = if k[0] == keys::MSG {
+            v
+        } else {
+            match snap.get(ks, keys::msg_key(app, ctime, msgid))? {
+                Some(rec) => rec,
+                None => continue,
+            }
+        };
+        if !out.push(ctime, msgid, &rec)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// One partition's part of a scope's page from its index chunks: the positions of each hour
+/// (from every commit that wrote to it), sorted, then their records. `false` once the page is
+/// full.
+fn walk_chunks(
+    snap: &Snapshot,
+    ks: &Keyspace,
+    app: u32,
+    scope: &Scope,
+    from: (Millis, u64),
+    to: Millis,
+    out: &mut Out,
+) -> Result<bool> {
+    let prefix = keys::scope_prefix(keys::CHUNK, app, scope);
+    let lo = keys::chunk_key(&prefix, hour_of(from.0), 0);
+    let hi = keys::chunk_key(&prefix, hour_of(to), u64::MAX);
+    let mut hour = None;
+    let mut positions: Vec<(Millis, u64)> = Vec::new();
+    let emit = |positions: &mut Vec<(Millis, u64)>, out: &mut Out| -> Result<bool> {
+        positions.sort_unstable();
+        for &(ctime, msgid) in positions.iter() {
+            if let Some(rec) = snap.get(ks, keys::msg_key(app, ctime, msgid))?
+                && !out.push(ctime, msgid, &rec)?
+            {
+                return Ok(false);
+            }
+        }
+        positions.clear();
+        Ok(true)
+    };
+    for kv in snap.range(ks, lo.as_slice()..=hi.as_slice()) {
+        let (k, v) = kv.into_inner()?;
+        let (h, seq) = keys::chunk_hour_seq(&k);
+        if hour != Some(h) {
+            if !emit(&mut positions, out)? {
+                return Ok(false);
+            }
+            hour = Some(h);
+        }
+        if seq > out.snapshot {
+            continue; // committed after the walk began
+        }
+        positions.extend(keys::chunk_positions(h, &v).filter(|p| *p >= from && p.0 <= to));
+    }
+    emit(&mut positions, out)
+}
+
+/// The hour of an instant, as counters and index chunks number it.
+fn hour_of(t: Millis) -> u32 {
+    t.div_euclid(MILLIS_PER_HOUR) as u32
 }
 
 /// Counts one scope's messages in one snapshot.
@@ -132,8 +234,9 @@ impl Tally<'_> {
 
     /// Messages in `from..=to` (under two hours): for the app scope, whose hour can be a
     /// hundred thousand records, whole minutes from the minute counters and the partial
-    /// minutes at either edge by scanning; for other scopes (an hour of one user's index keys),
-    /// and partitions older than the minute counters, by [`Tally::hour_pieces`].
+    /// minutes at either edge by scanning; for other scopes, by counting the positions in the
+    /// index chunks of those hours; in partitions from before minute counters or chunks, by
+    /// [`Tally::hour_pieces`].
     fn within_hour(&self, from: Millis, to: Millis) -> Result<u64> {
         let m = MILLIS_PER_MINUTE;
         let first_full = (from + m - 1).div_euclid(m);
@@ -141,8 +244,15 @@ impl Tally<'_> {
         if from > to {
             return Ok(0);
         }
-        if *self.scope != Scope::App || first_full >= end_full || !self.inner.has_minutes(from, to)
-        {
+        if *self.scope != Scope::App {
+            // Counting an hour's chunks is one short range read however the hour is cut.
+            return if self.inner.has_chunks(from, to) {
+                self.scan(from, to)
+            } else {
+                self.hour_pieces(from, to)
+            };
+        }
+        if first_full >= end_full || !self.inner.has_minutes(from, to) {
             return self.hour_pieces(from, to);
         }
         Ok(self.scan(from, first_full * m - 1)?
@@ -185,7 +295,8 @@ impl Tally<'_> {
         Ok(n)
     }
 
-    /// Messages in `from..=to` by counting their keys.
+    /// Messages in `from..=to` by counting their keys, or the positions in the index chunks
+    /// of the hours they fall in.
     fn scan(&self, from: Millis, to: Millis) -> Result<u64> {
         if from > to {
             return Ok(0);
@@ -193,11 +304,26 @@ impl Tally<'_> {
         let prefix = keys::order_prefix(self.app, self.scope);
         let lo = keys::with_position(&prefix, from, 0);
         let hi = keys::with_position(&prefix, to, u64::MAX);
+        let chunk = keys::scope_prefix(keys::CHUNK, self.app, self.scope);
+        let (clo, chi) = (
+            keys::chunk_key(&chunk, hour_of(from), 0),
+            keys::chunk_key(&chunk, hour_of(to), u64::MAX),
+        );
         let mut n = 0;
-        for (_, ks) in self.inner.partitions(from, to) {
-            for kv in self.snap.range(&ks, lo.as_slice()..=hi.as_slice()) {
-                kv.key()?;
-                n += 1;
+        for (day, ks) in self.inner.partitions(from, to) {
+            if *self.scope != Scope::App && self.inner.is_chunked(day) {
+                for kv in self.snap.range(&ks, clo.as_slice()..=chi.as_slice()) {
+                    let (k, v) = kv.into_inner()?;
+                    let (hour, _) = keys::chunk_hour_seq(&k);
+                    n += keys::chunk_positions(hour, &v)
+                        .filter(|(ctime, _)| (from..=to).contains(ctime))
+                        .count() as u64;
+                }
+            } else {
+                for kv in self.snap.range(&ks, lo.as_slice()..=hi.as_slice()) {
+                    kv.key()?;
+                    n += 1;
+                }
             }
         }
         Ok(n)

@@ -252,6 +252,9 @@ fn counter_hour(key: &[u8]) -> u32 {
     if key[0] == keys::MIN_CNT { n / 60 } else { n }
 }
 
+/// A message's place in its scope's order: `(msg_ctime, msgid)`.
+type Position = (Millis, u64);
+
 /// Civil days of presence keys kept in memory, counting back from the newest.
 const PRESENT_DAYS: i64 = 2;
 
@@ -271,6 +274,11 @@ struct Group {
     partitions: HashMap<i64, Keyspace>,
     /// Those of `partitions` that keep minute counters.
     minutes: HashSet<i64>,
+    /// Those of `partitions` that keep their scope index in chunks.
+    chunked: HashSet<i64>,
+    /// The positions of each scope's messages, by partition day, hour and scope index prefix
+    /// (`scope_prefix(IDX, ..)`): one index chunk and one counter delta each at `flush`.
+    scopes: HashMap<(i64, u32, Vec<u8>), Vec<Position>>,
     entities: HashMap<Vec<u8>, Vec<(Millis, u8)>>,
     next_ids: HashMap<u32, u64>,
     days: HashMap<(u32, i64), DayStats>,
@@ -514,6 +522,8 @@ impl Writer {
             counters: HashMap::default(),
             partitions: HashMap::default(),
             minutes: HashSet::default(),
+            chunked: HashSet::default(),
+            scopes: HashMap::default(),
             entities: HashMap::default(),
             next_ids: HashMap::default(),
             days: HashMap::default(),
@@ -597,6 +607,9 @@ impl Writer {
                 if inner.minutes.read().expect("lock").contains(&day) {
                     g.minutes.insert(day);
                 }
+                if inner.is_chunked(day) {
+                    g.chunked.insert(day);
+                }
                 g.partitions.insert(day, ks.clone());
                 ks
             }
@@ -624,16 +637,10 @@ impl Writer {
                 .or_default() += 1;
         }
         for scope in m.scopes() {
-            let idx = keys::scope_prefix(keys::IDX, app.id, &scope);
-            g.staged.put(
-                &ks,
-                keys::with_position(&idx, m.msg_ctime, m.msgid),
-                b"".as_slice(),
-            );
-            let cnt = keys::scope_prefix(keys::CNT, app.id, &scope);
-            *g.counters
-                .entry((day, keys::counter_key(&cnt, hour)))
-                .or_default() += 1;
+            g.scopes
+                .entry((day, hour, keys::scope_prefix(keys::IDX, app.id, &scope)))
+                .or_default()
+                .push((m.msg_ctime, m.msgid));
         }
 
         // Statistics rollups, in the same batch.
@@ -752,6 +759,30 @@ impl Writer {
     /// Adds the gathered deltas to what is stored and commits everything at once.
     fn flush(&mut self, mut g: Group) -> Result<()> {
         let inner = self.inner.clone();
+        for ((day, hour, mut prefix), mut positions) in g.scopes.drain() {
+            let ks = &g.partitions[&day];
+            if g.chunked.contains(&day) {
+                positions.sort_unstable();
+                prefix[0] = keys::CHUNK;
+                g.staged.put(
+                    ks,
+                    keys::chunk_key(&prefix, hour, g.seq),
+                    keys::encode_chunk(hour, &positions),
+                );
+            } else {
+                for (ctime, msgid) in &positions {
+                    g.staged.put(
+                        ks,
+                        keys::with_position(&prefix, *ctime, *msgid),
+                        b"".as_slice(),
+                    );
+                }
+            }
+            prefix[0] = keys::CNT;
+            *g.counters
+                .entry((day, keys::counter_key(&prefix, hour)))
+                .or_default() += positions.len() as u64;
+        }
         let mut counted = Vec::with_capacity(g.counters.len());
         for ((day, key), delta) in g.counters.drain() {
             let ks = &g.partitions[&day];
