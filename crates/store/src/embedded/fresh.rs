@@ -39,6 +39,17 @@ impl Fresh {
                 .is_none_or(|(_, &end)| msgid >= end)
     }
 
+    /// `true` when no msgid in `lo..hi` is stored (a duplicate-index block covering them holds
+    /// nothing yet); `false` when the store must be asked.
+    pub(crate) fn certainly_none_in(&self, lo: u64, hi: u64) -> bool {
+        lo >= self.floor
+            && self
+                .runs
+                .range(..hi)
+                .next_back()
+                .is_none_or(|(_, &end)| end <= lo)
+    }
+
     /// Records ids stored by a commit (any order; duplicates allowed).
     pub(crate) fn extend(&mut self, ids: &mut [u64]) {
         ids.sort_unstable();
@@ -100,6 +111,17 @@ mod tests {
                 fresh.extend(&mut ids);
                 for w in fresh.runs.iter().collect::<Vec<_>>().windows(2) {
                     prop_assert!(w[0].1 < w[1].0, "runs stay disjoint and apart: {:?}", w);
+                }
+            }
+            for lo in (0..320).step_by(7) {
+                for len in [1, 5, 64] {
+                    let any = (lo..lo + len).any(|id| stored.contains(&id));
+                    let sure = fresh.certainly_none_in(lo, lo + len);
+                    if any || lo < watermark {
+                        prop_assert!(!sure, "{}..{} holds a stored id or is below the watermark", lo, lo + len);
+                    } else {
+                        prop_assert!(sure, "nothing in {}..{} was stored", lo, lo + len);
+                    }
                 }
             }
             for id in probes.into_iter().chain(0..320) {

@@ -15,7 +15,11 @@
 //!   partial minutes of records, not up to two hours of them
 //!
 //! Global keyspaces:
-//! - `ids`: `app u32 | msgid u64` → UTC day (i64) of the stored message, for idempotency
+//! - `id-blocks`: `app u32 | msgid >> 6` → the block's stored msgids as `(partition day i64,
+//!   mask u64)` pairs, bit `msgid & 63` of a day's mask set for each msgid stored in that day's
+//!   partition: the duplicate index, one key per 64 consecutive ids (see [`id_block_pairs`])
+//! - `ids`: `app u32 | msgid u64` → partition day (i64): the same index one key per message, as
+//!   written before the blocks; still read, and emptied by retention
 //! - `entities`: `app u32 | kind u8 | id` → state byte and time, for user and group lifecycle
 //! - `meta`: apps, sequences
 
@@ -164,6 +168,34 @@ pub fn id_key(app: u32, msgid: u64) -> [u8; 12] {
     k[..4].copy_from_slice(&app.to_be_bytes());
     k[4..].copy_from_slice(&msgid.to_be_bytes());
     k
+}
+
+/// Msgids per duplicate-index block.
+pub const ID_BLOCK: u64 = 64;
+
+/// The `id-blocks` key of a msgid's block, and the msgid's bit in a mask.
+pub fn id_block(app: u32, msgid: u64) -> ([u8; 12], u64) {
+    (id_key(app, msgid / ID_BLOCK), 1 << (msgid % ID_BLOCK))
+}
+
+/// The `(day, mask)` pairs of a duplicate-index block (a trailing partial pair, which no writer
+/// makes, is ignored).
+pub fn id_block_pairs(v: &[u8]) -> impl Iterator<Item = (i64, u64)> + '_ {
+    v.chunks_exact(16).map(|p| {
+        (
+            i64::from_be_bytes(p[..8].try_into().expect("8 bytes")),
+            u64::from_be_bytes(p[8..].try_into().expect("8 bytes")),
+        )
+    })
+}
+
+pub fn encode_id_block(pairs: &[(i64, u64)]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(pairs.len() * 16);
+    for (day, mask) in pairs {
+        v.extend_from_slice(&day.to_be_bytes());
+        v.extend_from_slice(&mask.to_be_bytes());
+    }
+    v
 }
 
 pub fn entity_key(app: u32, kind: u8, id: &str) -> Vec<u8> {

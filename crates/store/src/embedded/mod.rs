@@ -68,7 +68,9 @@ impl Default for EmbeddedConfig {
 pub(crate) struct Inner {
     db: Database,
     meta: Keyspace,
+    /// The duplicate index from before `id_blocks`: read, no longer written.
     ids: Keyspace,
+    id_blocks: Keyspace,
     entities: Keyspace,
     stats: Keyspace,
     /// Message partitions by partition day (see [`Inner::pday`]).
@@ -225,10 +227,12 @@ impl EmbeddedStore {
         type Assigner =
             Arc<dyn Fn(&str) -> Option<Arc<dyn fjall::compaction::filter::Factory>> + Send + Sync>;
         let assigner: Assigner = Arc::new(move |name: &str| {
-            (name == "ids").then(|| {
-                Arc::new(stale::StaleIds(filter_horizon.clone()))
-                    as Arc<dyn fjall::compaction::filter::Factory>
-            })
+            let horizon = filter_horizon.clone();
+            match name {
+                "ids" => Some(Arc::new(stale::StaleIds(horizon)) as _),
+                "id-blocks" => Some(Arc::new(stale::StaleIdBlocks(horizon)) as _),
+                _ => None,
+            }
         });
         #[allow(deprecated)]
         let builder = Database::builder(&path)
@@ -246,6 +250,7 @@ impl EmbeddedStore {
         };
         let meta = db.keyspace("meta", ks_options)?;
         let ids = db.keyspace("ids", ks_options)?;
+        let id_blocks = db.keyspace("id-blocks", ks_options)?;
         let entities = db.keyspace("entities", ks_options)?;
         let stats = db.keyspace("stats", ks_options)?;
         let (mut days, mut acts) = (BTreeMap::new(), BTreeMap::new());
@@ -284,6 +289,7 @@ impl EmbeddedStore {
             db,
             meta,
             ids,
+            id_blocks,
             entities,
             stats,
             days: RwLock::new(days),
@@ -520,20 +526,106 @@ mod tests {
         );
         let events = decode_batch(line.as_bytes(), "app", T0, &IngestLimits::default()).unwrap();
         assert_eq!(store.ingest(&app, events).await.unwrap().accepted, 1);
-        let key = keys::id_key(app.id, 7);
-        store.inner.ids.major_compact().unwrap();
+        let (block, _) = keys::id_block(app.id, 7);
+        // And an entry in the index from before the blocks, of a message in the same day.
+        let day = store.inner.pday(T0 - 1000);
+        let legacy = keys::id_key(app.id, 9);
+        store.inner.ids.insert(legacy, day.to_be_bytes()).unwrap();
+        for ks in [&store.inner.id_blocks, &store.inner.ids] {
+            ks.rotate_memtable_and_wait().unwrap();
+            ks.major_compact().unwrap();
+        }
         assert!(
-            store.inner.ids.get(key).unwrap().is_some(),
+            store.inner.id_blocks.get(block).unwrap().is_some(),
             "a retained message keeps its entry"
         );
+        assert!(store.inner.ids.get(legacy).unwrap().is_some());
         clock.set(T0 + 5 * MILLIS_PER_DAY);
         assert_eq!(store.enforce_retention().await.unwrap(), 1);
-        store.inner.ids.rotate_memtable_and_wait().unwrap();
-        store.inner.ids.major_compact().unwrap();
+        for ks in [&store.inner.id_blocks, &store.inner.ids] {
+            ks.rotate_memtable_and_wait().unwrap();
+            ks.major_compact().unwrap();
+        }
         assert!(
-            store.inner.ids.get(key).unwrap().is_none(),
-            "the stale entry is gone after compaction"
+            store.inner.id_blocks.get(block).unwrap().is_none(),
+            "the stale block is gone after compaction"
         );
+        assert!(
+            store.inner.ids.get(legacy).unwrap().is_none(),
+            "so is the stale entry"
+        );
+    }
+
+    /// A block holding msgids of a dropped day and of a retained one keeps only the retained
+    /// day's pair at compaction; the dropped msgid can be stored again, the retained one not.
+    #[tokio::test]
+    async fn a_duplicate_index_block_loses_only_the_days_retention_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::manual(T0);
+        let config = EmbeddedConfig {
+            retention_days: 2,
+            clock: clock.clone(),
+            ..test_config()
+        };
+        let (store, app) = store_with_app(dir.path(), config).await;
+        // Decoded at the clock's time (`ingest` decodes at `T0`).
+        let ingest = async |lines: &[String]| {
+            let events = decode_batch(
+                lines.join("\n").as_bytes(),
+                "app",
+                clock.now_ms(),
+                &IngestLimits::default(),
+            )
+            .unwrap();
+            store.ingest(&app, events).await.unwrap()
+        };
+        let at = |msgid: u64, t: Millis| {
+            format!(
+                r#"{{"event":"message","msgid":{msgid},"msg_ctime":{t},"target_type":"single","target_id":"a","from_id":"b","msg_type":"text","msg_body":{{}}}}"#
+            )
+        };
+        assert_eq!(ingest(&[at(1, T0 - 1000)]).await.accepted, 1);
+        // Both days retained here: the block gets a second pair.
+        clock.set(T0 + MILLIS_PER_DAY);
+        let late = T0 + MILLIS_PER_DAY - 1000;
+        assert_eq!(ingest(&[at(2, late)]).await.accepted, 1);
+        clock.set(T0 + 3 * MILLIS_PER_DAY);
+        assert_eq!(store.enforce_retention().await.unwrap(), 1);
+        let (block, _) = keys::id_block(app.id, 1);
+        let pairs = |v: fjall::Slice| keys::id_block_pairs(&v).count();
+        assert_eq!(pairs(store.inner.id_blocks.get(block).unwrap().unwrap()), 2);
+        store.inner.id_blocks.rotate_memtable_and_wait().unwrap();
+        store.inner.id_blocks.major_compact().unwrap();
+        let pairs: Vec<(i64, u64)> =
+            keys::id_block_pairs(&store.inner.id_blocks.get(block).unwrap().unwrap()).collect();
+        assert_eq!(pairs, vec![(store.inner.pday(late), 1 << 2)]);
+        let out = ingest(&[at(1, late), at(2, late)]).await;
+        assert_eq!((out.accepted, out.duplicates), (1, 1));
+    }
+
+    /// A message whose duplicate-index entry was written before the blocks (one `ids` key per
+    /// message) is still a duplicate, after a restart too.
+    #[tokio::test]
+    async fn an_entry_in_the_index_from_before_the_blocks_still_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, app) = store_with_app(dir.path(), test_config()).await;
+        assert_eq!(
+            ingest(&store, &app, &[message(5, "a", "g")]).await.accepted,
+            1
+        );
+        // Rewrite its entry in the old form.
+        let (block, _) = keys::id_block(app.id, 5);
+        let day = store.inner.pday(T0 - 1000 + 5);
+        store.inner.id_blocks.remove(block).unwrap();
+        store
+            .inner
+            .ids
+            .insert(keys::id_key(app.id, 5), day.to_be_bytes())
+            .unwrap();
+        drop(store);
+        let store = reopen(dir.path(), test_config()).await;
+        let out = ingest(&store, &app, &[message(5, "a", "g"), message(4, "a", "g")]).await;
+        assert_eq!((out.accepted, out.duplicates), (1, 1));
     }
 
     fn message(msgid: u64, from: &str, group: &str) -> String {

@@ -279,6 +279,8 @@ struct Group {
     /// The positions of each scope's messages, by partition day, hour and scope index prefix
     /// (`scope_prefix(IDX, ..)`): one index chunk and one counter delta each at `flush`.
     scopes: HashMap<(i64, u32, Vec<u8>), Vec<Position>>,
+    /// The msgids stored, as `(day, mask)` pairs by duplicate-index block key.
+    id_blocks: HashMap<[u8; 12], Vec<(i64, u64)>>,
     entities: HashMap<Vec<u8>, Vec<(Millis, u8)>>,
     next_ids: HashMap<u32, u64>,
     days: HashMap<(u32, i64), DayStats>,
@@ -380,6 +382,7 @@ impl Writer {
         let mut all = vec![
             inner.meta.clone(),
             inner.ids.clone(),
+            inner.id_blocks.clone(),
             inner.entities.clone(),
             inner.stats.clone(),
         ];
@@ -524,6 +527,7 @@ impl Writer {
             minutes: HashSet::default(),
             chunked: HashSet::default(),
             scopes: HashMap::default(),
+            id_blocks: HashMap::default(),
             entities: HashMap::default(),
             next_ids: HashMap::default(),
             days: HashMap::default(),
@@ -621,8 +625,12 @@ impl Writer {
             keys::msg_key(app.id, m.msg_ctime, m.msgid),
             g.rec.as_slice(),
         );
-        g.staged
-            .put(&inner.ids, keys::id_key(app.id, m.msgid), day.to_be_bytes());
+        let (block, bit) = keys::id_block(app.id, m.msgid);
+        let pairs = g.id_blocks.entry(block).or_default();
+        match pairs.iter_mut().find(|(d, _)| *d == day) {
+            Some((_, mask)) => *mask |= bit,
+            None => pairs.push((day, bit)),
+        }
         let hour = (m.msg_ctime / MILLIS_PER_HOUR) as u32;
         *g.counters
             .entry((
@@ -696,6 +704,15 @@ impl Writer {
 
     /// Whether the app already holds a message with this id (in a day still retained).
     fn stored(&self, app: &App, msgid: u64, horizon: i64) -> Result<bool> {
+        // An entry whose day was dropped by retention is stale: that message is gone.
+        let live = |day: i64| day >= horizon && self.inner.day(day).is_some();
+        let (block, bit) = keys::id_block(app.id, msgid);
+        if let Some(v) = self.inner.id_blocks.get(block)?
+            && let Some((day, _)) = keys::id_block_pairs(&v).find(|(_, m)| m & bit != 0)
+        {
+            return Ok(live(day));
+        }
+        // Stored before the blocks, if at all.
         let Some(v) = self.inner.ids.get(keys::id_key(app.id, msgid))? else {
             return Ok(false);
         };
@@ -704,8 +721,41 @@ impl Writer {
             .try_into()
             .map(i64::from_be_bytes)
             .unwrap_or(i64::MIN);
-        // An entry whose day was dropped by retention is stale: that message is gone.
-        Ok(day >= horizon && self.inner.day(day).is_some())
+        Ok(live(day))
+    }
+
+    /// A duplicate-index block with a commit's msgids added: read-modify-write, but a block of
+    /// ids none of which is stored yet (ids mostly come in runs: most blocks are new) needs no
+    /// read. Pairs of days retention dropped go on the way.
+    fn merge_id_block(
+        &self,
+        block: &[u8; 12],
+        new: Vec<(i64, u64)>,
+        horizon: i64,
+    ) -> Result<Vec<(i64, u64)>> {
+        let app = u32::from_be_bytes(block[..4].try_into().expect("4 bytes"));
+        let lo = u64::from_be_bytes(block[4..].try_into().expect("8 bytes")) * keys::ID_BLOCK;
+        let unread = self
+            .fresh
+            .get(&app)
+            .is_some_and(|f| f.certainly_none_in(lo, lo.saturating_add(keys::ID_BLOCK)));
+        let mut pairs: Vec<(i64, u64)> = match unread {
+            true => Vec::new(),
+            false => match self.inner.id_blocks.get(block)? {
+                Some(v) => keys::id_block_pairs(&v)
+                    .filter(|(d, _)| *d >= horizon)
+                    .collect(),
+                None => Vec::new(),
+            },
+        };
+        for (day, mask) in new {
+            match pairs.iter_mut().find(|(d, _)| *d == day) {
+                Some((_, m)) => *m |= mask,
+                None => pairs.push((day, mask)),
+            }
+        }
+        pairs.sort_unstable();
+        Ok(pairs)
     }
 
     /// Records a user or group lifecycle event in the entity's history and applies the change
@@ -782,6 +832,13 @@ impl Writer {
             *g.counters
                 .entry((day, keys::counter_key(&prefix, hour)))
                 .or_default() += positions.len() as u64;
+        }
+        for (block, new) in g.id_blocks.drain() {
+            g.staged.put(
+                &inner.id_blocks,
+                block,
+                keys::encode_id_block(&self.merge_id_block(&block, new, g.horizon)?),
+            );
         }
         let mut counted = Vec::with_capacity(g.counters.len());
         for ((day, key), delta) in g.counters.drain() {
