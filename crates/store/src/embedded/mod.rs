@@ -513,19 +513,13 @@ mod tests {
     #[tokio::test]
     async fn retention_also_clears_the_duplicate_index_at_compaction() {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Clock::manual(T0);
-        let config = EmbeddedConfig {
-            retention_days: 2,
-            clock: clock.clone(),
-            ..test_config()
-        };
-        let (store, app) = store_with_app(dir.path(), config).await;
-        let line = format!(
-            r#"{{"event":"message","msgid":7,"msg_ctime":{},"target_type":"single","target_id":"a","from_id":"b","msg_type":"text","msg_body":{{}}}}"#,
-            T0 - 1000
+        let (store, app, clock) = two_day_store(dir.path()).await;
+        assert_eq!(
+            ingest(&store, &app, &[single(7, T0 - 1000, "b")])
+                .await
+                .accepted,
+            1
         );
-        let events = decode_batch(line.as_bytes(), "app", T0, &IngestLimits::default()).unwrap();
-        assert_eq!(store.ingest(&app, events).await.unwrap().accepted, 1);
         let (block, _) = keys::id_block(app.id, 7);
         // And an entry in the index from before the blocks, of a message in the same day.
         let day = store.inner.pday(T0 - 1000);
@@ -561,29 +555,9 @@ mod tests {
     #[tokio::test]
     async fn a_duplicate_index_block_loses_only_the_days_retention_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Clock::manual(T0);
-        let config = EmbeddedConfig {
-            retention_days: 2,
-            clock: clock.clone(),
-            ..test_config()
-        };
-        let (store, app) = store_with_app(dir.path(), config).await;
-        // Decoded at the clock's time (`ingest` decodes at `T0`).
-        let ingest = async |lines: &[String]| {
-            let events = decode_batch(
-                lines.join("\n").as_bytes(),
-                "app",
-                clock.now_ms(),
-                &IngestLimits::default(),
-            )
-            .unwrap();
-            store.ingest(&app, events).await.unwrap()
-        };
-        let at = |msgid: u64, t: Millis| {
-            format!(
-                r#"{{"event":"message","msgid":{msgid},"msg_ctime":{t},"target_type":"single","target_id":"a","from_id":"b","msg_type":"text","msg_body":{{}}}}"#
-            )
-        };
+        let (store, app, clock) = two_day_store(dir.path()).await;
+        let ingest = async |lines: &[String]| ingest_at(&store, &app, clock.now_ms(), lines).await;
+        let at = |msgid: u64, t: Millis| single(msgid, t, "b");
         assert_eq!(ingest(&[at(1, T0 - 1000)]).await.accepted, 1);
         // Both days retained here: the block gets a second pair.
         clock.set(T0 + MILLIS_PER_DAY);
@@ -636,9 +610,38 @@ mod tests {
     }
 
     async fn ingest(store: &EmbeddedStore, app: &App, lines: &[String]) -> IngestOutcome {
+        ingest_at(store, app, T0, lines).await
+    }
+
+    /// Ingests as the server would at `now` (events more than 5 minutes ahead are refused).
+    async fn ingest_at(
+        store: &EmbeddedStore,
+        app: &App,
+        now: Millis,
+        lines: &[String],
+    ) -> IngestOutcome {
         let body = lines.join("\n");
-        let events = decode_batch(body.as_bytes(), "app", T0, &IngestLimits::default()).unwrap();
+        let events = decode_batch(body.as_bytes(), "app", now, &IngestLimits::default()).unwrap();
         store.ingest(app, events).await.unwrap()
+    }
+
+    /// A one-to-one message from `from` to `a` at `t`.
+    fn single(msgid: u64, t: Millis, from: &str) -> String {
+        format!(
+            r#"{{"event":"message","msgid":{msgid},"msg_ctime":{t},"target_type":"single","target_id":"a","from_id":"{from}","msg_type":"text","msg_body":{{}}}}"#
+        )
+    }
+
+    /// A store keeping 2 days, on a manual clock at `T0`.
+    async fn two_day_store(dir: &Path) -> (EmbeddedStore, App, Clock) {
+        let clock = Clock::manual(T0);
+        let config = EmbeddedConfig {
+            retention_days: 2,
+            clock: clock.clone(),
+            ..test_config()
+        };
+        let (store, app) = store_with_app(dir, config).await;
+        (store, app, clock)
     }
 
     /// The writer's caches (msgids stored since start, presence sets it created) start empty
@@ -960,11 +963,7 @@ mod tests {
         let new_day: Vec<Millis> = (0..40)
             .map(|i| T0 - MILLIS_PER_DAY + (i / 3) * 977_011)
             .collect();
-        let line = |msgid: usize, t: Millis, from: &str| {
-            format!(
-                r#"{{"event":"message","msgid":{msgid},"msg_ctime":{t},"target_type":"single","target_id":"x","from_id":"{from}","msg_type":"text","msg_body":{{}}}}"#
-            )
-        };
+        let line = |msgid: usize, t: Millis, from: &str| single(msgid as u64, t, from);
         let first: Vec<String> = old_day
             .iter()
             .enumerate()
@@ -1006,7 +1005,7 @@ mod tests {
                 .filter(|(t, _, b)| *b && (begin..=end).contains(t))
                 .map(|(t, m, _)| (*t, *m))
                 .collect();
-            for scope in [user.clone(), Scope::User("x".into())] {
+            for scope in [user.clone(), Scope::User("a".into())] {
                 let want: Vec<(Millis, u64)> = if scope == user {
                     want.clone()
                 } else {
