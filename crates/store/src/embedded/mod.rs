@@ -71,6 +71,9 @@ pub(crate) struct Inner {
     /// The duplicate index from before `id_blocks`: read, no longer written.
     ids: Keyspace,
     id_blocks: Keyspace,
+    /// Whether `ids` held anything at open: if not, a msgid missing from `id_blocks` needs no
+    /// second lookup (`ids` is no longer written).
+    legacy_ids: bool,
     entities: Keyspace,
     stats: Keyspace,
     /// Message partitions by partition day (see [`Inner::pday`]).
@@ -251,6 +254,7 @@ impl EmbeddedStore {
         let meta = db.keyspace("meta", ks_options)?;
         let ids = db.keyspace("ids", ks_options)?;
         let id_blocks = db.keyspace("id-blocks", ks_options)?;
+        let legacy_ids = ids.first_key_value().is_some();
         let entities = db.keyspace("entities", ks_options)?;
         let stats = db.keyspace("stats", ks_options)?;
         let (mut days, mut acts) = (BTreeMap::new(), BTreeMap::new());
@@ -290,6 +294,7 @@ impl EmbeddedStore {
             meta,
             ids,
             id_blocks,
+            legacy_ids,
             entities,
             stats,
             days: RwLock::new(days),

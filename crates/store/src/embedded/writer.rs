@@ -713,6 +713,9 @@ impl Writer {
             return Ok(live(day));
         }
         // Stored before the blocks, if at all.
+        if !self.inner.legacy_ids {
+            return Ok(false);
+        }
         let Some(v) = self.inner.ids.get(keys::id_key(app.id, msgid))? else {
             return Ok(false);
         };
