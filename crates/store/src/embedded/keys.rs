@@ -2,10 +2,14 @@
 //! order and one page is one range scan.
 //!
 //! Day partitions (one fjall keyspace per UTC day of `msg_ctime`, so retention drops whole days):
-//! - `m | app u32 | ctime u64 | msgid u64` → message record (the app scope reads these directly)
+//! - `m | app u32 | ctime u64 | msgid u64` → a run of message records: up to [`RUN_MAX`]
+//!   consecutive records of one commit, the first at the key's position (see [`encode_run`]),
+//!   in partitions holding [`RUNS`]; in older partitions, one record per key (the app scope
+//!   reads these directly)
 //! - `k | app u32 | scope u8 | len u8 | id | hour u32 | seq u64` → the positions (`ctime`,
 //!   `msgid`) of the scope's messages that hour written by commit `seq`, sorted (user, group,
-//!   chatroom; see [`encode_chunk`]): one key per scope, hour and commit instead of one per
+//!   chatroom; see [`encode_chunk`]), each with the position of the run holding its record in
+//!   partitions holding [`RUNS`]: one key per scope, hour and commit instead of one per
 //!   message, in partitions holding [`CHUNKS`]
 //! - `x | app u32 | scope u8 | len u8 | id | ctime u64 | msgid u64` → empty: the same index one
 //!   key per message, in partitions from before the chunks
@@ -37,6 +41,9 @@ pub const MINUTES: &[u8] = b"~minutes";
 /// Written when a day partition is created by a version that keeps its scope index in chunks;
 /// older partitions (without it) keep one index key per message, and are written and read so.
 pub const CHUNKS: &[u8] = b"~chunks";
+/// Written when a day partition is created by a version that keeps message records in runs;
+/// older partitions (without it) keep one record per key.
+pub const RUNS: &[u8] = b"~runs";
 /// Written (as a tombstone) by the tidy thread after merging a day partition; no scan reaches
 /// it, since every read is under one of the tags above.
 pub const TIDY: &[u8] = b"~tidy";
@@ -109,28 +116,37 @@ pub fn chunk_hour_seq(key: &[u8]) -> (u32, u64) {
     (hour, seq)
 }
 
+/// A position and the position of the run holding its record (itself, where each record has a
+/// key of its own).
+pub type Entry = ((Millis, u64), (Millis, u64));
+
 /// A chunk's value: its positions (sorted, all within `hour`) as varints, each the step in
 /// milliseconds from the previous position (the first: from the hour's start) and the zigzag
-/// step in msgid from the previous msgid (the first: from zero). Messages close in time have
-/// close msgids, so a position takes 3-5 bytes where fixed width took 12, and LZ4 on disk
-/// found little to take out of those.
-pub fn encode_chunk(hour: u32, positions: &[(Millis, u64)]) -> Vec<u8> {
+/// step in msgid from the previous msgid (the first: from zero); with `runs`, each followed by
+/// the steps back to its run's first position (milliseconds, zigzag msgid). Messages close in
+/// time have close msgids, so a position takes 3-5 bytes where fixed width took 12 (and its run
+/// 2-3 more), and LZ4 on disk found little to take out of those.
+pub fn encode_chunk(hour: u32, entries: &[Entry], runs: bool) -> Vec<u8> {
     use varint_rs::VarintWriter;
     let base = i64::from(hour) * imreport_domain::time::MILLIS_PER_HOUR;
-    let mut v = Vec::with_capacity(positions.len() * 5);
+    let mut v = Vec::with_capacity(entries.len() * if runs { 8 } else { 5 });
     let (mut at, mut prev) = (base, 0u64);
-    for &(ctime, msgid) in positions {
+    for &((ctime, msgid), (run_ctime, run_msgid)) in entries {
         // Writing to a Vec cannot fail.
         let _ = v.write_u64_varint((ctime - at) as u64);
         let _ = v.write_i64_varint(msgid.wrapping_sub(prev) as i64);
+        if runs {
+            let _ = v.write_u64_varint((ctime - run_ctime) as u64);
+            let _ = v.write_i64_varint(msgid.wrapping_sub(run_msgid) as i64);
+        }
         (at, prev) = (ctime, msgid);
     }
     v
 }
 
-/// The positions of a chunk of `hour`, in the order written (a truncated last entry, which no
-/// writer makes, ends them).
-pub fn chunk_positions(hour: u32, mut v: &[u8]) -> impl Iterator<Item = (Millis, u64)> + '_ {
+/// The entries of a chunk of `hour`, in the order written (a truncated last entry, which no
+/// writer makes, ends them); without `runs`, each position is its own run.
+pub fn chunk_entries(hour: u32, mut v: &[u8], runs: bool) -> impl Iterator<Item = Entry> + '_ {
     use varint_rs::VarintReader;
     let (mut at, mut prev) = (
         i64::from(hour) * imreport_domain::time::MILLIS_PER_HOUR,
@@ -144,7 +160,67 @@ pub fn chunk_positions(hour: u32, mut v: &[u8]) -> impl Iterator<Item = (Millis,
         let id_step = v.read_i64_varint().ok()?;
         at = at.wrapping_add(step as i64);
         prev = prev.wrapping_add(id_step as u64);
-        Some((at, prev))
+        let run = if runs {
+            let back = v.read_u64_varint().ok()?;
+            let id_back = v.read_i64_varint().ok()?;
+            (
+                at.wrapping_sub(back as i64),
+                prev.wrapping_sub(id_back as u64),
+            )
+        } else {
+            (at, prev)
+        };
+        Some(((at, prev), run))
+    })
+}
+
+/// Most records in one run.
+pub const RUN_MAX: usize = 32;
+/// A run's records lie within this many milliseconds of its first: a walk from instant `t`
+/// finds every run holding a record at or after `t` by starting `RUN_SPAN - 1` ms before it.
+pub const RUN_SPAN: Millis = 30_000;
+
+/// Appends a run's value: each record (sorted, the first at the run key's position `first`) as
+/// the step back to `first` (milliseconds, zigzag msgid), its length, and its bytes.
+pub fn encode_run<'a>(
+    first: (Millis, u64),
+    records: impl Iterator<Item = ((Millis, u64), &'a [u8])>,
+    v: &mut Vec<u8>,
+) {
+    use varint_rs::VarintWriter;
+    for ((ctime, msgid), rec) in records {
+        let _ = v.write_u64_varint((ctime - first.0) as u64);
+        let _ = v.write_i64_varint(msgid.wrapping_sub(first.1) as i64);
+        let _ = v.write_usize_varint(rec.len());
+        v.extend_from_slice(rec);
+    }
+}
+
+/// The records of a run whose key holds `first`: each position and where its bytes lie in `v`
+/// (a truncated last record, which no writer makes, ends them).
+pub fn run_records(
+    first: (Millis, u64),
+    v: &[u8],
+) -> impl Iterator<Item = ((Millis, u64), std::ops::Range<usize>)> + '_ {
+    use varint_rs::VarintReader;
+    let mut rest = v;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let back = rest.read_u64_varint().ok()?;
+        let id_back = rest.read_i64_varint().ok()?;
+        let len = rest.read_usize_varint().ok()?;
+        let start = v.len() - rest.len();
+        let end = start.checked_add(len).filter(|e| *e <= v.len())?;
+        rest = &v[end..];
+        Some((
+            (
+                first.0.wrapping_add(back as i64),
+                first.1.wrapping_add(id_back as u64),
+            ),
+            start..end,
+        ))
     })
 }
 
@@ -268,15 +344,47 @@ mod tests {
         fn chunk_positions_decode_to_what_was_encoded(
             hour in 0u32..1_000_000,
             mut raw in proptest::collection::vec((0i64..3_600_000, proptest::num::u64::ANY), 0..300),
+            backs in proptest::collection::vec((0i64..RUN_SPAN, proptest::num::u64::ANY), 1..10),
         ) {
             let base = i64::from(hour) * imreport_domain::time::MILLIS_PER_HOUR;
             for p in raw.iter_mut() {
                 p.0 += base;
             }
             raw.sort_unstable();
-            let v = encode_chunk(hour, &raw);
-            let back: Vec<_> = chunk_positions(hour, &v).collect();
-            proptest::prop_assert_eq!(back, raw);
+            let entries: Vec<Entry> = raw.iter().map(|p| (*p, *p)).collect();
+            let v = encode_chunk(hour, &entries, false);
+            let back: Vec<Entry> = chunk_entries(hour, &v, false).collect();
+            proptest::prop_assert_eq!(&back, &entries);
+            // With runs: each position names a run at or before it, up to RUN_SPAN earlier.
+            let entries: Vec<Entry> = raw
+                .iter()
+                .zip(backs.iter().cycle())
+                .map(|(p, (back, id_back))| (*p, (p.0 - back, p.1.wrapping_sub(*id_back))))
+                .collect();
+            let v = encode_chunk(hour, &entries, true);
+            let back: Vec<Entry> = chunk_entries(hour, &v, true).collect();
+            proptest::prop_assert_eq!(back, entries);
+        }
+
+        /// Whatever records a run holds (empty ones, ties in time, msgids either side of the
+        /// first), they decode to the positions and bytes encoded.
+        #[test]
+        fn run_records_decode_to_what_was_encoded(
+            first in (0i64..1 << 45, proptest::num::u64::ANY),
+            raw in proptest::collection::vec(
+                (0i64..RUN_SPAN, proptest::num::u64::ANY, proptest::collection::vec(proptest::num::u8::ANY, 0..40)),
+                1..RUN_MAX,
+            ),
+        ) {
+            let records: Vec<((Millis, u64), Vec<u8>)> = raw
+                .into_iter()
+                .map(|(dt, id, rec)| ((first.0 + dt, id), rec))
+                .collect();
+            let mut v = Vec::new();
+            encode_run(first, records.iter().map(|(p, r)| (*p, r.as_slice())), &mut v);
+            let back: Vec<((Millis, u64), Vec<u8>)> =
+                run_records(first, &v).map(|(p, r)| (p, v[r].to_vec())).collect();
+            proptest::prop_assert_eq!(back, records);
         }
     }
 }

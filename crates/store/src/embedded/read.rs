@@ -1,6 +1,6 @@
 //! Reads: one page of a scope, and `total` from per-hour counters plus at most two partial hours.
 
-use super::{Inner, keys};
+use super::{Format, Inner, keys};
 use crate::{DaysReport, Page, PageRequest, Result, StoreError};
 use fjall::{Keyspace, Readable, Snapshot};
 use imreport_domain::Millis;
@@ -60,10 +60,16 @@ pub(crate) fn page(inner: &Inner, app: &App, scope: &Scope, req: PageRequest) ->
     let from = (start_ctime, start_msgid);
     let prefix = keys::order_prefix(app.id, scope);
     for (day, ks) in inner.partitions(start_ctime, req.range.end) {
-        let go_on = if *scope != Scope::App && inner.is_chunked(day) {
-            walk_chunks(&snap, &ks, app.id, scope, from, req.range.end, &mut out)?
-        } else {
-            walk_keys(&snap, &ks, app.id, &prefix, from, req.range.end, &mut out)?
+        let (end, format) = (req.range.end, inner.format(day));
+        let go_on = match (scope, format) {
+            (Scope::App, Format::Runs) => walk_runs(&snap, &ks, app.id, from, end, &mut out)?,
+            (Scope::App, _) | (_, Format::Plain | Format::Minutes) => {
+                walk_keys(&snap, &ks, app.id, &prefix, from, end, &mut out)?
+            }
+            _ => {
+                let runs = format >= Format::Runs;
+                walk_chunks(&snap, &ks, app.id, scope, runs, from, end, &mut out)?
+            }
         };
         if !go_on {
             break;
@@ -141,14 +147,88 @@ fn walk_keys(
     Ok(true)
 }
 
+/// A record waiting in [`walk_runs`]: ordered by position only.
+struct Pending {
+    pos: (Millis, u64),
+    run: fjall::Slice,
+    bytes: std::ops::Range<usize>,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.pos == other.pos
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.pos.cmp(&other.pos)
+    }
+}
+
+/// One partition's part of the app's page from its record runs. Runs of different commits can
+/// interleave (a late message, or two clients posting the same minute), so records are merged:
+/// every record at or before position `p` is in a run starting at or before `p`, so the least
+/// waiting record goes out once the next run starts after it. `false` once the page is full.
+fn walk_runs(
+    snap: &Snapshot,
+    ks: &Keyspace,
+    app: u32,
+    from: (Millis, u64),
+    to: Millis,
+    out: &mut Out,
+) -> Result<bool> {
+    let lo = keys::msg_key(app, from.0.saturating_sub(keys::RUN_SPAN - 1), 0);
+    let hi = keys::msg_key(app, to, u64::MAX);
+    let mut runs = snap
+        .range(ks, lo.as_slice()..=hi.as_slice())
+        .map(|kv| kv.into_inner())
+        .peekable();
+    let mut waiting: std::collections::BinaryHeap<std::cmp::Reverse<Pending>> = Default::default();
+    loop {
+        while let Some(next) = runs.peek() {
+            let first = match next {
+                Ok((k, _)) => keys::position_of(k),
+                Err(_) => {
+                    runs.next().expect("peeked")?;
+                    unreachable!("an error was peeked")
+                }
+            };
+            if waiting.peek().is_some_and(|w| w.0.pos < first) {
+                break;
+            }
+            let (_, v) = runs.next().expect("peeked")?;
+            for (pos, bytes) in keys::run_records(first, &v) {
+                if pos >= from && pos.0 <= to {
+                    let run = v.clone();
+                    waiting.push(std::cmp::Reverse(Pending { pos, run, bytes }));
+                }
+            }
+        }
+        let Some(std::cmp::Reverse(p)) = waiting.pop() else {
+            return Ok(true);
+        };
+        if !out.push(p.pos.0, p.pos.1, &p.run[p.bytes])? {
+            return Ok(false);
+        }
+    }
+}
+
 /// One partition's part of a scope's page from its index chunks: the positions of each hour
-/// (from every commit that wrote to it), sorted, then their records. `false` once the page is
-/// full.
+/// (from every commit that wrote to it), sorted, then their records (in their runs, with
+/// `runs`). `false` once the page is full.
+#[allow(clippy::too_many_arguments)]
 fn walk_chunks(
     snap: &Snapshot,
     ks: &Keyspace,
     app: u32,
     scope: &Scope,
+    runs: bool,
     from: (Millis, u64),
     to: Millis,
     out: &mut Out,
@@ -157,12 +237,32 @@ fn walk_chunks(
     let lo = keys::chunk_key(&prefix, hour_of(from.0), 0);
     let hi = keys::chunk_key(&prefix, hour_of(to), u64::MAX);
     let mut hour = None;
-    let mut positions: Vec<(Millis, u64)> = Vec::new();
-    let emit = |positions: &mut Vec<(Millis, u64)>, out: &mut Out| -> Result<bool> {
+    let mut positions: Vec<keys::Entry> = Vec::new();
+    // The run read last: neighbours in a scope's order often share one.
+    let mut last: Option<((Millis, u64), fjall::Slice)> = None;
+    let mut emit = |positions: &mut Vec<keys::Entry>, out: &mut Out| -> Result<bool> {
         positions.sort_unstable();
-        for &(ctime, msgid) in positions.iter() {
-            if let Some(rec) = snap.get(ks, keys::msg_key(app, ctime, msgid))?
-                && !out.push(ctime, msgid, &rec)?
+        for &((ctime, msgid), run) in positions.iter() {
+            if !runs {
+                if let Some(rec) = snap.get(ks, keys::msg_key(app, ctime, msgid))?
+                    && !out.push(ctime, msgid, &rec)?
+                {
+                    return Ok(false);
+                }
+                continue;
+            }
+            let v = match &last {
+                Some((at, v)) if *at == run => v.clone(),
+                _ => match snap.get(ks, keys::msg_key(app, run.0, run.1))? {
+                    Some(v) => {
+                        last = Some((run, v.clone()));
+                        v
+                    }
+                    None => continue,
+                },
+            };
+            if let Some((_, bytes)) = keys::run_records(run, &v).find(|(p, _)| *p == (ctime, msgid))
+                && !out.push(ctime, msgid, &v[bytes])?
             {
                 return Ok(false);
             }
@@ -182,7 +282,7 @@ fn walk_chunks(
         if seq > out.snapshot {
             continue; // committed after the walk began
         }
-        positions.extend(keys::chunk_positions(h, &v).filter(|p| *p >= from && p.0 <= to));
+        positions.extend(keys::chunk_entries(h, &v, runs).filter(|(p, _)| *p >= from && p.0 <= to));
     }
     emit(&mut positions, out)
 }
@@ -246,13 +346,13 @@ impl Tally<'_> {
         }
         if *self.scope != Scope::App {
             // Counting an hour's chunks is one short range read however the hour is cut.
-            return if self.inner.has_chunks(from, to) {
+            return if self.inner.all_at_least(Format::Chunks, from, to) {
                 self.scan(from, to)
             } else {
                 self.hour_pieces(from, to)
             };
         }
-        if first_full >= end_full || !self.inner.has_minutes(from, to) {
+        if first_full >= end_full || !self.inner.all_at_least(Format::Minutes, from, to) {
             return self.hour_pieces(from, to);
         }
         Ok(self.scan(from, first_full * m - 1)?
@@ -311,12 +411,21 @@ impl Tally<'_> {
         );
         let mut n = 0;
         for (day, ks) in self.inner.partitions(from, to) {
-            if *self.scope != Scope::App && self.inner.is_chunked(day) {
+            let format = self.inner.format(day);
+            if *self.scope != Scope::App && format >= Format::Chunks {
                 for kv in self.snap.range(&ks, clo.as_slice()..=chi.as_slice()) {
                     let (k, v) = kv.into_inner()?;
                     let (hour, _) = keys::chunk_hour_seq(&k);
-                    n += keys::chunk_positions(hour, &v)
-                        .filter(|(ctime, _)| (from..=to).contains(ctime))
+                    n += keys::chunk_entries(hour, &v, format >= Format::Runs)
+                        .filter(|((ctime, _), _)| (from..=to).contains(ctime))
+                        .count() as u64;
+                }
+            } else if *self.scope == Scope::App && format >= Format::Runs {
+                let lo = keys::msg_key(self.app, from.saturating_sub(keys::RUN_SPAN - 1), 0);
+                for kv in self.snap.range(&ks, lo.as_slice()..=hi.as_slice()) {
+                    let (k, v) = kv.into_inner()?;
+                    n += keys::run_records(keys::position_of(&k), &v)
+                        .filter(|((ctime, _), _)| (from..=to).contains(ctime))
                         .count() as u64;
                 }
             } else {

@@ -5,7 +5,7 @@
 //! rollups race-free, so history and statistics can never disagree.
 
 use super::fresh::Fresh;
-use super::{Inner, keys};
+use super::{Format, Inner, keys};
 use crate::{IngestOutcome, Result, StoreError};
 use fjall::{Keyspace, OwnedWriteBatch, PersistMode, Slice};
 use imreport_domain::Millis;
@@ -99,6 +99,7 @@ impl Handle {
             present: HashMap::default(),
             complete: HashSet::default(),
             counters: Counters::default(),
+            arena: Vec::new(),
         };
         std::thread::Builder::new()
             .name("imreport-writer".into())
@@ -166,7 +167,12 @@ struct Writer {
     /// key missing there is missing from the store too: no lookup needed.
     complete: HashSet<i64>,
     counters: Counters,
+    /// The last commit's record arena (see `Group::arena`), emptied.
+    arena: Vec<u8>,
 }
+
+/// Largest record arena kept from one commit for the next.
+const ARENA_KEPT: usize = 16 << 20;
 
 /// Per-hour scope counters of the day partitions this writer created, in memory for the latest
 /// hours. Such a partition holds only what this writer wrote, so a counter missing here is zero
@@ -255,6 +261,26 @@ fn counter_hour(key: &[u8]) -> u32 {
 /// A message's place in its scope's order: `(msg_ctime, msgid)`.
 type Position = (Millis, u64);
 
+/// Where an encoded record lies in a commit's arena: start and end offsets.
+type ArenaRange = (u32, u32);
+
+/// A commit's sorted records cut into runs: at [`keys::RUN_MAX`] records, and before a record
+/// lying [`keys::RUN_SPAN`] or more after its run's first.
+fn cut_runs<T>(recs: &[(Position, T)]) -> impl Iterator<Item = &[(Position, T)]> {
+    let mut rest = recs;
+    std::iter::from_fn(move || {
+        let first = rest.first()?.0.0;
+        let n = rest
+            .iter()
+            .take(keys::RUN_MAX)
+            .take_while(|r| r.0.0 - first < keys::RUN_SPAN)
+            .count();
+        let (run, after) = rest.split_at(n);
+        rest = after;
+        Some(run)
+    })
+}
+
 /// Civil days of presence keys kept in memory, counting back from the newest.
 const PRESENT_DAYS: i64 = 2;
 
@@ -271,11 +297,13 @@ struct Group {
     staged: Staged,
     seen: HashSet<(u32, u64)>,
     counters: HashMap<(i64, Vec<u8>), u64>,
-    partitions: HashMap<i64, Keyspace>,
-    /// Those of `partitions` that keep minute counters.
-    minutes: HashSet<i64>,
-    /// Those of `partitions` that keep their scope index in chunks.
-    chunked: HashSet<i64>,
+    /// The partitions written, and their formats.
+    partitions: HashMap<i64, (Keyspace, Format)>,
+    /// The records for partitions that keep them in runs, by partition day and app: each
+    /// message's position and where its encoded record lies in `arena`; cut into runs at
+    /// `flush`.
+    records: HashMap<(i64, u32), Vec<(Position, ArenaRange)>>,
+    arena: Vec<u8>,
     /// The positions of each scope's messages, by partition day, hour and scope index prefix
     /// (`scope_prefix(IDX, ..)`): one index chunk and one counter delta each at `flush`.
     scopes: HashMap<(i64, u32, Vec<u8>), Vec<Position>>,
@@ -524,8 +552,8 @@ impl Writer {
             seen: HashSet::default(),
             counters: HashMap::default(),
             partitions: HashMap::default(),
-            minutes: HashSet::default(),
-            chunked: HashSet::default(),
+            records: HashMap::default(),
+            arena: std::mem::take(&mut self.arena),
             scopes: HashMap::default(),
             id_blocks: HashMap::default(),
             entities: HashMap::default(),
@@ -597,8 +625,8 @@ impl Writer {
         }
         g.seen.insert((app.id, m.msgid));
         g.next_ids.insert(app.id, next.max(m.msgid + 1));
-        let ks = match g.partitions.get(&day) {
-            Some(ks) => ks.clone(),
+        let (ks, format) = match g.partitions.get(&day) {
+            Some(p) => p.clone(),
             None => {
                 let ks = match inner.day(day) {
                     Some(ks) => ks,
@@ -608,23 +636,27 @@ impl Writer {
                         ks
                     }
                 };
-                if inner.minutes.read().expect("lock").contains(&day) {
-                    g.minutes.insert(day);
-                }
-                if inner.is_chunked(day) {
-                    g.chunked.insert(day);
-                }
-                g.partitions.insert(day, ks.clone());
-                ks
+                let p = (ks, inner.format(day));
+                g.partitions.insert(day, p.clone());
+                p
             }
         };
-        g.rec.clear();
-        encode_record(&m, &app.key, g.seq, &mut g.rec);
-        g.staged.put(
-            &ks,
-            keys::msg_key(app.id, m.msg_ctime, m.msgid),
-            g.rec.as_slice(),
-        );
+        if format >= Format::Runs {
+            let start = g.arena.len() as u32;
+            encode_record(&m, &app.key, g.seq, &mut g.arena);
+            g.records
+                .entry((day, app.id))
+                .or_default()
+                .push(((m.msg_ctime, m.msgid), (start, g.arena.len() as u32)));
+        } else {
+            g.rec.clear();
+            encode_record(&m, &app.key, g.seq, &mut g.rec);
+            g.staged.put(
+                &ks,
+                keys::msg_key(app.id, m.msg_ctime, m.msgid),
+                g.rec.as_slice(),
+            );
+        }
         let (block, bit) = keys::id_block(app.id, m.msgid);
         let pairs = g.id_blocks.entry(block).or_default();
         match pairs.iter_mut().find(|(d, _)| *d == day) {
@@ -638,7 +670,7 @@ impl Writer {
                 keys::counter_key(&keys::scope_prefix(keys::CNT, app.id, &Scope::App), hour),
             ))
             .or_default() += 1;
-        if g.minutes.contains(&day) {
+        if format >= Format::Minutes {
             let minute = (m.msg_ctime / MILLIS_PER_MINUTE) as u32;
             *g.counters
                 .entry((day, keys::minute_counter_key(app.id, minute).to_vec()))
@@ -812,15 +844,52 @@ impl Writer {
     /// Adds the gathered deltas to what is stored and commits everything at once.
     fn flush(&mut self, mut g: Group) -> Result<()> {
         let inner = self.inner.clone();
+        // Each partition's records of each app, sorted and cut into runs; the runs' first
+        // positions, for the index chunks to point at.
+        let mut runs: HashMap<(i64, u32), Vec<Position>> = HashMap::default();
+        for ((day, app), mut recs) in g.records.drain() {
+            recs.sort_unstable_by_key(|r| r.0);
+            let ks = &g.partitions[&day].0;
+            let mut firsts = Vec::with_capacity(recs.len() / keys::RUN_MAX + 1);
+            for run in cut_runs(&recs) {
+                let first = run[0].0;
+                let bytes = |(s, e): (u32, u32)| s as usize..e as usize;
+                g.rec.clear();
+                let records = run.iter().map(|r| (r.0, &g.arena[bytes(r.1)]));
+                keys::encode_run(first, records, &mut g.rec);
+                g.staged
+                    .put(ks, keys::msg_key(app, first.0, first.1), g.rec.as_slice());
+                firsts.push(first);
+            }
+            runs.insert((day, app), firsts);
+        }
         for ((day, hour, mut prefix), mut positions) in g.scopes.drain() {
-            let ks = &g.partitions[&day];
-            if g.chunked.contains(&day) {
+            let (ks, format) = &g.partitions[&day];
+            if *format >= Format::Chunks {
                 positions.sort_unstable();
+                let entries: Vec<keys::Entry> = if *format >= Format::Runs {
+                    // Positions and run firsts both ascend, and a commit's runs do not
+                    // overlap: each position's run is the last one starting at or before it.
+                    let app = u32::from_be_bytes(prefix[1..5].try_into().expect("4 bytes"));
+                    let firsts = &runs[&(day, app)];
+                    let mut r = 0;
+                    positions
+                        .iter()
+                        .map(|p| {
+                            while r + 1 < firsts.len() && firsts[r + 1] <= *p {
+                                r += 1;
+                            }
+                            (*p, firsts[r])
+                        })
+                        .collect()
+                } else {
+                    positions.iter().map(|p| (*p, *p)).collect()
+                };
                 prefix[0] = keys::CHUNK;
                 g.staged.put(
                     ks,
                     keys::chunk_key(&prefix, hour, g.seq),
-                    keys::encode_chunk(hour, &positions),
+                    keys::encode_chunk(hour, &entries, *format >= Format::Runs),
                 );
             } else {
                 for (ctime, msgid) in &positions {
@@ -845,7 +914,7 @@ impl Writer {
         }
         let mut counted = Vec::with_capacity(g.counters.len());
         for ((day, key), delta) in g.counters.drain() {
-            let ks = &g.partitions[&day];
+            let ks = &g.partitions[&day].0;
             let hour = counter_hour(&key);
             let current = match self.counters.get(day, hour, &key) {
                 Some(n) => n,
@@ -897,6 +966,11 @@ impl Writer {
         g.batch.commit()?;
         inner.db.persist(PersistMode::SyncAll)?;
         self.seq = g.seq;
+        // The arena's memory serves the next commit, unless an unusually large one grew it.
+        if g.arena.capacity() <= ARENA_KEPT {
+            g.arena.clear();
+            self.arena = g.arena;
+        }
         let now = Instant::now();
         for day in g.partitions.keys() {
             self.written.insert(*day, now);

@@ -1,7 +1,7 @@
-//! Property test: random event streams (ties in one millisecond, out-of-order arrival,
-//! duplicates, two apps) ingested over HTTP; every scope walked with random page sizes and
-//! windows must equal a plain in-memory model: same messages, same order, no repeats, no gaps,
-//! the right total.
+//! Property test: random event streams (ties in one millisecond, crowded minutes, out-of-order
+//! arrival, duplicates, two apps) ingested over HTTP; every scope walked with random page sizes
+//! and windows must equal a plain in-memory model: same messages, same order, no repeats, no
+//! gaps, the right total.
 
 use super::BACKEND;
 use crate::support::*;
@@ -22,12 +22,15 @@ struct Msg {
 const SPAN: i64 = 9 * DAY;
 /// One millisecond many messages share.
 const HOT: i64 = T0 - 2 * DAY - 777;
+/// Two minutes many messages fall in: the embedded store's record runs of different batches
+/// interleave there.
+const WARM: i64 = T0 - 3 * DAY - 120_000;
 
 fn arb_msg() -> impl Strategy<Value = Msg> {
     (
         0usize..2,
         1u64..400,
-        prop_oneof![3 => Just(None), 1 => Just(Some(HOT))],
+        prop_oneof![3 => Just(None), 1 => Just(Some(HOT)), 1 => Just(Some(WARM))],
         0i64..SPAN,
         0usize..3,
         0usize..4,
@@ -43,7 +46,11 @@ fn arb_msg() -> impl Strategy<Value = Msg> {
             Msg {
                 app,
                 msgid,
-                ctime: hot.unwrap_or(T0 - SPAN + off),
+                ctime: match hot {
+                    None => T0 - SPAN + off,
+                    Some(HOT) => HOT,
+                    Some(warm) => warm + off % 120_000,
+                },
                 target_type,
                 target,
                 from: format!("u{from}"),
