@@ -1,7 +1,7 @@
 //! The single writer. Ingest requests queue on a bounded channel; the writer takes every request
 //! waiting (up to a cap), checks idempotency against the store, and writes messages, indexes,
-//! counters, statistics rollups and sequences in one atomic fjall batch, fsyncs once, and
-//! answers them all. One thread owning every write also makes read-modify-write of counters and
+//! counters, statistics rollups and sequences in one atomic fjall batch; a sync thread fsyncs
+//! and only then answers them all, while the writer prepares the next group. One thread owning every write also makes read-modify-write of counters and
 //! rollups race-free, so history and statistics can never disagree.
 
 use super::fresh::Fresh;
@@ -20,6 +20,7 @@ use imreport_domain::stats::{
 use imreport_domain::time::{MILLIS_PER_HOUR, MILLIS_PER_MINUTE};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{
     Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
 };
@@ -88,8 +89,12 @@ impl Handle {
             .keys()
             .map(|d| (*d, long_ago))
             .collect();
+        let sync_failed = Arc::new(AtomicBool::new(false));
+        let sync = spawn_syncer(inner.clone(), sync_failed.clone())?;
         let mut w = Writer {
             inner,
+            sync,
+            sync_failed,
             tidy,
             written,
             last_tidy: Instant::now(),
@@ -148,6 +153,10 @@ impl Handle {
 
 struct Writer {
     inner: Arc<Inner>,
+    /// Committed groups' replies, for the thread that answers them once they are durable.
+    sync: std::sync::mpsc::Sender<Durable>,
+    /// Set by that thread when an fsync failed: the caches may be ahead of the disk.
+    sync_failed: Arc<AtomicBool>,
     /// Day partitions to merge into one level, for the tidy thread.
     tidy: std::sync::mpsc::Sender<(i64, Keyspace)>,
     /// When each day partition was last written, until it is handed to `tidy`.
@@ -491,10 +500,16 @@ impl Writer {
     fn commit_group(&mut self, group: Vec<IngestJob>) {
         let (jobs, replies): (Vec<_>, Vec<_>) =
             group.into_iter().map(|(a, e, r)| ((a, e), r)).unzip();
+        if self.sync_failed.swap(false, Ordering::Relaxed) {
+            self.forget();
+        }
         match self.write(jobs) {
             Ok(outcomes) => {
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
+                let durable = replies.into_iter().zip(outcomes).collect();
+                if let Err(std::sync::mpsc::SendError(durable)) = self.sync.send(durable) {
+                    for (reply, _) in durable {
+                        let _ = reply.send(Err(StoreError::ShuttingDown));
+                    }
                 }
             }
             Err(StoreError::DiskFull(why)) => {
@@ -963,8 +978,8 @@ impl Writer {
         }
         g.batch.insert(&inner.meta, SEQ_KEY, g.seq.to_be_bytes());
         g.staged.drain_into(&mut g.batch);
+        // Visible to readers now, durable at the syncer's next fsync, which answers the group.
         g.batch.commit()?;
-        inner.db.persist(PersistMode::SyncAll)?;
         self.seq = g.seq;
         // The arena's memory serves the next commit, unless an unusually large one grew it.
         if g.arena.capacity() <= ARENA_KEPT {
@@ -999,6 +1014,40 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// A committed group's replies and what each is to be told.
+type Durable = Vec<(oneshot::Sender<Result<IngestOutcome>>, IngestOutcome)>;
+
+/// Starts the thread that makes committed groups durable and only then answers them: one fsync
+/// covers every group committed before it began. The writer goes on preparing the next group
+/// meanwhile, instead of waiting out each fsync (about a fifth of its time when it did).
+fn spawn_syncer(
+    inner: Arc<Inner>,
+    failed: Arc<AtomicBool>,
+) -> Result<std::sync::mpsc::Sender<Durable>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Durable>();
+    std::thread::Builder::new()
+        .name("imreport-sync".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut waiting = vec![first];
+                waiting.extend(rx.try_iter());
+                let synced = inner.db.persist(PersistMode::SyncAll);
+                if let Err(e) = &synced {
+                    tracing::error!(error = %e, "fsync failed; the groups it covered are refused");
+                    failed.store(true, Ordering::Relaxed);
+                }
+                for (reply, outcome) in waiting.into_iter().flatten() {
+                    let _ = reply.send(match &synced {
+                        Ok(()) => Ok(outcome),
+                        Err(e) => Err(StoreError::Storage(e.to_string())),
+                    });
+                }
+            }
+        })
+        .map_err(|e| StoreError::Storage(format!("cannot start the sync thread: {e}")))?;
+    Ok(tx)
 }
 
 /// Writes gathered per keyspace and put into the batch in key order. A memtable is a skiplist,
