@@ -87,6 +87,19 @@ pub struct Message {
 impl Message {
     /// The non-app scopes the message belongs to: its sender, and its target (once, when a
     /// user writes to themself).
+    /// [`Message::scopes`] as `(Scope::tag, id)` pairs, borrowing the ids: for the store's
+    /// writer, which needs only their key bytes.
+    pub fn scope_ids(&self) -> impl Iterator<Item = (u8, &str)> {
+        let target = match self.target_type {
+            TargetType::Single if self.target_id != self.from_id => Some(1),
+            TargetType::Single => None,
+            TargetType::Group => Some(2),
+            TargetType::Chatroom => Some(3),
+        };
+        std::iter::once((1, self.from_id.as_str()))
+            .chain(target.map(|tag| (tag, self.target_id.as_str())))
+    }
+
     pub fn scopes(&self) -> Vec<crate::scope::Scope> {
         use crate::scope::Scope;
         let mut v = vec![Scope::User(self.from_id.clone())];
@@ -449,6 +462,19 @@ mod tests {
     }
 
     proptest! {
+        /// The writer's borrowed scope ids name the same scopes as `scopes`.
+        #[test]
+        fn scope_ids_name_the_scopes(mut m in arb_message(), to_self in any::<bool>()) {
+            if to_self {
+                m.target_id = m.from_id.clone();
+            }
+            let named: Vec<crate::scope::Scope> = m
+                .scope_ids()
+                .map(|(tag, id)| crate::scope::Scope::from_tag(tag, id.to_owned()).unwrap())
+                .collect();
+            prop_assert_eq!(named, m.scopes());
+        }
+
         #[test]
         fn record_round_trips_and_writes_the_same_json_as_serde(m in arb_message(), seq in any::<u64>()) {
             let mut rec = Vec::new();

@@ -59,14 +59,19 @@ pub fn msg_key(app: u32, ctime: Millis, msgid: u64) -> [u8; 21] {
 
 /// `tag | app | scope | len | id`: the common prefix of a scope's index or counter keys.
 pub fn scope_prefix(tag: u8, app: u32, scope: &Scope) -> Vec<u8> {
-    let id = scope.id().as_bytes();
-    let mut k = Vec::with_capacity(7 + id.len() + 16);
+    let mut k = Vec::with_capacity(7 + scope.id().len() + 16);
+    scope_prefix_into(tag, app, scope.tag(), scope.id(), &mut k);
+    k
+}
+
+/// [`scope_prefix`] of a scope given as `(Scope::tag, id)`, written over `k`.
+pub fn scope_prefix_into(tag: u8, app: u32, scope_tag: u8, id: &str, k: &mut Vec<u8>) {
+    k.clear();
     k.push(tag);
     k.extend_from_slice(&app.to_be_bytes());
-    k.push(scope.tag());
+    k.push(scope_tag);
     k.push(id.len() as u8);
-    k.extend_from_slice(id);
-    k
+    k.extend_from_slice(id.as_bytes());
 }
 
 /// Prefix of the keys that order a scope's messages: the primary keys for the whole app, the
@@ -276,10 +281,16 @@ pub fn encode_id_block(pairs: &[(i64, u64)]) -> Vec<u8> {
 
 pub fn entity_key(app: u32, kind: u8, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(5 + id.len());
+    entity_key_into(app, kind, id, &mut k);
+    k
+}
+
+/// [`entity_key`], written over `k`.
+pub fn entity_key_into(app: u32, kind: u8, id: &str, k: &mut Vec<u8>) {
+    k.clear();
     k.extend_from_slice(&app.to_be_bytes());
     k.push(kind);
     k.extend_from_slice(id.as_bytes());
-    k
 }
 
 pub fn u64_value(v: &[u8]) -> u64 {

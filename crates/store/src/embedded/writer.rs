@@ -315,7 +315,7 @@ struct Group {
     arena: Vec<u8>,
     /// The positions of each scope's messages, by partition day, hour and scope index prefix
     /// (`scope_prefix(IDX, ..)`): one index chunk and one counter delta each at `flush`.
-    scopes: HashMap<(i64, u32, Vec<u8>), Vec<Position>>,
+    scopes: HashMap<(i64, u32), HashMap<Vec<u8>, Vec<Position>>>,
     /// The msgids stored, as `(day, mask)` pairs by duplicate-index block key.
     id_blocks: HashMap<[u8; 12], Vec<(i64, u64)>>,
     entities: HashMap<Vec<u8>, Vec<(Millis, u8)>>,
@@ -323,7 +323,14 @@ struct Group {
     days: HashMap<(u32, i64), DayStats>,
     hours: HashMap<(u32, i64), MsgCounts>,
     totals: HashMap<u32, (i64, i64)>,
-    presence: HashSet<(i64, Vec<u8>)>,
+    /// Presence keys this group found or added, by civil day.
+    presence: HashMap<i64, HashSet<Vec<u8>>>,
+    /// Messages per app and hour (`(day, app, hour)`) and per app and minute, in partitions
+    /// keeping minute counters: counter deltas, keyed at `flush`.
+    app_hours: HashMap<(i64, u32, u32), u64>,
+    app_minutes: HashMap<(i64, u32, u32), u64>,
+    /// Scratch space for a key being looked up.
+    key: Vec<u8>,
     rec: Vec<u8>,
 }
 
@@ -576,7 +583,10 @@ impl Writer {
             days: HashMap::default(),
             hours: HashMap::default(),
             totals: HashMap::default(),
-            presence: HashSet::default(),
+            presence: HashMap::default(),
+            app_hours: HashMap::default(),
+            app_minutes: HashMap::default(),
+            key: Vec::with_capacity(64),
             rec: Vec::with_capacity(512),
         };
         let mut outcomes = Vec::with_capacity(jobs.len());
@@ -679,23 +689,21 @@ impl Writer {
             None => pairs.push((day, bit)),
         }
         let hour = (m.msg_ctime / MILLIS_PER_HOUR) as u32;
-        *g.counters
-            .entry((
-                day,
-                keys::counter_key(&keys::scope_prefix(keys::CNT, app.id, &Scope::App), hour),
-            ))
-            .or_default() += 1;
+        *g.app_hours.entry((day, app.id, hour)).or_default() += 1;
         if format >= Format::Minutes {
             let minute = (m.msg_ctime / MILLIS_PER_MINUTE) as u32;
-            *g.counters
-                .entry((day, keys::minute_counter_key(app.id, minute).to_vec()))
-                .or_default() += 1;
+            *g.app_minutes.entry((day, app.id, minute)).or_default() += 1;
         }
-        for scope in m.scopes() {
-            g.scopes
-                .entry((day, hour, keys::scope_prefix(keys::IDX, app.id, &scope)))
-                .or_default()
-                .push((m.msg_ctime, m.msgid));
+        let by_scope = g.scopes.entry((day, hour)).or_default();
+        for (tag, id) in m.scope_ids() {
+            keys::scope_prefix_into(keys::IDX, app.id, tag, id, &mut g.key);
+            let position = (m.msg_ctime, m.msgid);
+            match by_scope.get_mut(g.key.as_slice()) {
+                Some(positions) => positions.push(position),
+                None => {
+                    by_scope.insert(g.key.clone(), vec![position]);
+                }
+            }
         }
 
         // Statistics rollups, in the same batch.
@@ -723,19 +731,21 @@ impl Writer {
     /// Adds `id` to a day's presence set; `true` if it was not there yet. (`g.presence` holds the
     /// keys this group found or added; they join the cache once the group is committed.)
     fn mark(&mut self, g: &mut Group, day: i64, app: u32, kind: u8, id: &str) -> Result<bool> {
-        let key = keys::entity_key(app, kind, id);
-        if self.present.get(&day).is_some_and(|s| s.contains(&key))
-            || g.presence.contains(&(day, key.clone()))
+        keys::entity_key_into(app, kind, id, &mut g.key);
+        let key = g.key.as_slice();
+        if self.present.get(&day).is_some_and(|s| s.contains(key))
+            || g.presence.get(&day).is_some_and(|s| s.contains(key))
         {
             return Ok(false);
         }
+        let key = key.to_vec();
         let ks = self.act(day)?;
         if !self.complete.contains(&day) && ks.contains_key(&key)? {
-            g.presence.insert((day, key));
+            g.presence.entry(day).or_default().insert(key);
             return Ok(false);
         }
-        g.staged.put(&ks, key.clone(), b"".as_slice());
-        g.presence.insert((day, key));
+        g.staged.put(&ks, key.as_slice(), b"".as_slice());
+        g.presence.entry(day).or_default().insert(key);
         Ok(true)
     }
 
@@ -878,7 +888,12 @@ impl Writer {
             }
             runs.insert((day, app), firsts);
         }
-        for ((day, hour, mut prefix), mut positions) in g.scopes.drain() {
+        let scopes = g.scopes.drain().flat_map(|((day, hour), by_scope)| {
+            by_scope
+                .into_iter()
+                .map(move |(prefix, positions)| (day, hour, prefix, positions))
+        });
+        for (day, hour, mut prefix, mut positions) in scopes {
             let (ks, format) = &g.partitions[&day];
             if *format >= Format::Chunks {
                 positions.sort_unstable();
@@ -926,6 +941,16 @@ impl Writer {
                 block,
                 keys::encode_id_block(&self.merge_id_block(&block, new, g.horizon)?),
             );
+        }
+        let app_prefix = |app| keys::scope_prefix(keys::CNT, app, &Scope::App);
+        for ((day, app, hour), n) in g.app_hours.drain() {
+            *g.counters
+                .entry((day, keys::counter_key(&app_prefix(app), hour)))
+                .or_default() += n;
+        }
+        for ((day, app, minute), n) in g.app_minutes.drain() {
+            let key = keys::minute_counter_key(app, minute).to_vec();
+            *g.counters.entry((day, key)).or_default() += n;
         }
         let mut counted = Vec::with_capacity(g.counters.len());
         for ((day, key), delta) in g.counters.drain() {
@@ -1000,8 +1025,8 @@ impl Writer {
                 f.extend(&mut ids);
             }
         }
-        for (day, key) in g.presence {
-            self.present.entry(day).or_default().insert(key);
+        for (day, keys) in g.presence {
+            self.present.entry(day).or_default().extend(keys);
         }
         for (day, hour, key, n) in counted {
             self.counters.set(day, hour, key, n);
