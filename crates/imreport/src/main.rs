@@ -17,9 +17,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Milliseconds mimalloc keeps freed memory before returning it to the OS. Its default (1000 ms
 /// in mimalloc 3) kept the memtables fjall had just flushed resident for a second: peak RSS of a
-/// 10M-message load ~350 MB, against ~285 MB at 100 ms with the same ingest rate (10 ms: ~260 MB,
-/// but ~10% slower ingest). `MIMALLOC_PURGE_DELAY` in the environment still wins.
-const PURGE_DELAY_MS: std::ffi::c_long = 100;
+/// 10M-message load ~350 MB, against ~285 MB at 100 ms (10 ms: ~260 MB, but ~10% slower
+/// ingest: memory returned and faulted in again). Since memtables are 8 MiB, 300 ms peaks at
+/// ~190-220 MB and ingests 1-20% faster than 100 ms (three alternating 1M loads).
+/// `MIMALLOC_PURGE_DELAY` in the environment still wins.
+const PURGE_DELAY_MS: std::ffi::c_long = 300;
 
 fn tune_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
