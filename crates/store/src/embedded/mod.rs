@@ -655,6 +655,17 @@ mod tests {
         store.ingest(app, events).await.unwrap()
     }
 
+    /// Ingests the odd lines, then the even ones: two commits covering the same span, so that
+    /// their record runs and index chunks interleave. Returns how many were accepted.
+    async fn ingest_interleaved(store: &EmbeddedStore, app: &App, lines: &[String]) -> u64 {
+        let mut accepted = 0;
+        for parity in [1, 0] {
+            let part: Vec<String> = lines.iter().skip(parity).step_by(2).cloned().collect();
+            accepted += ingest(store, app, &part).await.accepted;
+        }
+        accepted
+    }
+
     /// A one-to-one message from `from` to `a` at `t`.
     fn single(msgid: u64, t: Millis, from: &str) -> String {
         format!(
@@ -955,16 +966,7 @@ mod tests {
                 ..test_config()
             };
             let (store, app) = store_with_app(dir.path(), config.clone()).await;
-            // Two commits covering the same minutes, so that runs interleave.
-            let (odd, even): (Vec<_>, Vec<_>) = lines
-                .iter()
-                .cloned()
-                .enumerate()
-                .partition(|(i, _)| i % 2 == 1);
-            for part in [odd, even] {
-                let part: Vec<String> = part.into_iter().map(|(_, l)| l).collect();
-                ingest(&store, &app, &part).await;
-            }
+            ingest_interleaved(&store, &app, &lines).await;
             drop(store);
             let store = reopen(dir.path(), config).await;
             assert_eq!(
@@ -1018,16 +1020,8 @@ mod tests {
                 .iter()
                 .map(|(t, m, b)| line(*m, *t, if *b { "b" } else { "other" }))
                 .collect();
-            // Odd then even lines: two commits covering the same hours.
-            let (odd, even): (Vec<_>, Vec<_>) = lines
-                .iter()
-                .cloned()
-                .enumerate()
-                .partition(|(i, _)| i % 2 == 1);
-            for part in [odd, even] {
-                let part: Vec<String> = part.into_iter().map(|(_, l)| l).collect();
-                assert_eq!(ingest(&store, &a, &part).await.accepted, part.len() as u64);
-            }
+            let accepted = ingest_interleaved(&store, &a, &lines).await;
+            assert_eq!(accepted, lines.len() as u64);
             assert_eq!(store.inner.format(store.inner.pday(day)), *format);
             all.extend(msgs);
             app = Some(a);
