@@ -185,6 +185,12 @@ pub const RUN_MAX: usize = 32;
 /// finds every run holding a record at or after `t` by starting `RUN_SPAN - 1` ms before it.
 pub const RUN_SPAN: Millis = 30_000;
 
+/// The first key a reader of the app's runs must look at for records at or after `ctime`: a
+/// run starting up to `RUN_SPAN - 1` ms earlier can hold one.
+pub fn first_run_key(app: u32, ctime: Millis) -> [u8; 21] {
+    msg_key(app, ctime.saturating_sub(RUN_SPAN - 1), 0)
+}
+
 /// Appends a run's value: each record (sorted, the first at the run key's position `first`) as
 /// the step back to `first` (milliseconds, zigzag msgid), its length, and its bytes.
 pub fn encode_run<'a>(

@@ -183,7 +183,7 @@ fn walk_runs(
     to: Millis,
     out: &mut Out,
 ) -> Result<bool> {
-    let lo = keys::msg_key(app, from.0.saturating_sub(keys::RUN_SPAN - 1), 0);
+    let lo = keys::first_run_key(app, from.0);
     let hi = keys::msg_key(app, to, u64::MAX);
     let mut runs = snap
         .range(ks, lo.as_slice()..=hi.as_slice())
@@ -421,7 +421,7 @@ impl Tally<'_> {
                         .count() as u64;
                 }
             } else if *self.scope == Scope::App && format >= Format::Runs {
-                let lo = keys::msg_key(self.app, from.saturating_sub(keys::RUN_SPAN - 1), 0);
+                let lo = keys::first_run_key(self.app, from);
                 for kv in self.snap.range(&ks, lo.as_slice()..=hi.as_slice()) {
                     let (k, v) = kv.into_inner()?;
                     n += keys::run_records(keys::position_of(&k), &v)
