@@ -13,7 +13,9 @@
 //!   message, in partitions holding [`CHUNKS`]
 //! - `x | app u32 | scope u8 | len u8 | id | ctime u64 | msgid u64` → empty: the same index one
 //!   key per message, in partitions from before the chunks
-//! - `c | app u32 | scope u8 | len u8 | id | hour u32` → u64 count of the scope's messages that hour
+//! - `c | app u32 | scope u8 | len u8 | id | hour u32` → u64 count of the scope's messages that
+//!   hour; in partitions holding [`SPARSE_COUNTERS`], for the other scopes than the app only
+//!   once the hour has a few dozen (where there is none, its index chunks are counted)
 //! - `n | app u32 | minute u32` → u64 count of the app's messages that minute (in partitions
 //!   holding [`MINUTES`]): a `total`'s partial hours cost minute counters and at most two
 //!   partial minutes of records, not up to two hours of them
@@ -44,6 +46,9 @@ pub const CHUNKS: &[u8] = b"~chunks";
 /// Written when a day partition is created by a version that keeps message records in runs;
 /// older partitions (without it) keep one record per key.
 pub const RUNS: &[u8] = b"~runs";
+/// Written when a day partition is created by a version that keeps a scope's hour counter only
+/// for busy hours; older partitions (without it) keep one for every scope and hour.
+pub const SPARSE_COUNTERS: &[u8] = b"~sparse-counters";
 /// Written (as a tombstone) by the tidy thread after merging a day partition; no scan reaches
 /// it, since every read is under one of the tags above.
 pub const TIDY: &[u8] = b"~tidy";

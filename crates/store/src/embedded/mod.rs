@@ -47,6 +47,12 @@ pub struct EmbeddedConfig {
     /// and writing partitions left by earlier versions.
     #[doc(hidden)]
     pub partition_format: Format,
+    /// From how many messages a scope's hour gets a counter (in [`Format::SparseCounters`]
+    /// partitions): below it, counting the hour's index chunks is as cheap as reading a
+    /// counter, and most scope-hours (a user in one message) never write one. Any value reads
+    /// right; tests lower it to reach both sides.
+    #[doc(hidden)]
+    pub busy_hour: u64,
 }
 
 /// The layout of a day partition, fixed when it is created (each format's marker key in the
@@ -63,16 +69,21 @@ pub enum Format {
     /// Message records in runs, one key per run of a commit's consecutive records, and index
     /// chunk entries that name their record's run ([`keys::RUNS`]).
     Runs,
+    /// Hour counters of scopes other than the app only for hours of at least
+    /// [`EmbeddedConfig::busy_hour`] messages; the other hours are counted from their index
+    /// chunks ([`keys::SPARSE_COUNTERS`]).
+    SparseCounters,
 }
 
 impl Format {
-    pub const LATEST: Format = Format::Runs;
+    pub const LATEST: Format = Format::SparseCounters;
 
     /// Marker keys, in format order: a partition holds those of its format and the ones before.
-    const MARKERS: [(Format, &'static [u8]); 3] = [
+    const MARKERS: [(Format, &'static [u8]); 4] = [
         (Format::Minutes, keys::MINUTES),
         (Format::Chunks, keys::CHUNKS),
         (Format::Runs, keys::RUNS),
+        (Format::SparseCounters, keys::SPARSE_COUNTERS),
     ];
 }
 
@@ -88,6 +99,7 @@ impl Default for EmbeddedConfig {
             tidy_after: std::time::Duration::from_secs(5),
             counter_cache_keys: 256 * 1024,
             partition_format: Format::LATEST,
+            busy_hour: 32,
         }
     }
 }
@@ -807,22 +819,27 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
-        /// Whatever the writer keeps of the per-hour scope counters in memory (down to nothing),
-        /// each stored counter equals the count of the stored messages, through batches in any
-        /// time order and a restart.
+        /// Whatever the writer keeps of the per-hour scope counts in memory (down to nothing),
+        /// each stored counter equals the count of the stored messages, and each scope's hour
+        /// counts them all, through batches in any time order and a restart; in sparse
+        /// partitions, exactly the hours of `busy` messages or more of scopes other than the
+        /// app have a counter (messages crowd 2 hours or spread over 60).
         #[test]
         fn every_scope_counter_counts_its_messages(
             msgs in proptest::collection::vec((0i64..60, 0u8..4, 0u8..3, 0u8..3), 1..160),
             cuts in proptest::collection::vec(1usize..40, 1..8),
             cache in 0usize..12,
             restart_after in proptest::option::of(0usize..8),
-            format in proptest::sample::select(vec![Format::Minutes, Format::Chunks, Format::Runs]),
+            format in proptest::sample::select(vec![Format::Minutes, Format::Chunks, Format::Runs, Format::SparseCounters]),
+            busy in proptest::sample::select(vec![1u64, 3, 32]),
+            span in proptest::sample::select(vec![2i64, 60]),
         ) {
             tokio::runtime::Runtime::new().unwrap().block_on(async {
                 let dir = tempfile::tempdir().unwrap();
                 let config = EmbeddedConfig {
                     counter_cache_keys: cache,
                     partition_format: format,
+                    busy_hour: busy,
                     ..test_config()
                 };
                 let (mut store, app) = store_with_app(dir.path(), config.clone()).await;
@@ -838,11 +855,13 @@ mod tests {
                         format!(
                             r#"{{"event":"message","msgid":{},"msg_ctime":{},"target_type":"{tt}","target_id":"{target}","from_id":"u{from}","msg_type":"text","msg_body":{{}}}}"#,
                             i + 1,
-                            T0 - 61 * MILLIS_PER_HOUR + hour * MILLIS_PER_HOUR + i as i64
+                            T0 - 61 * MILLIS_PER_HOUR + (hour % span) * MILLIS_PER_HOUR + i as i64
                         )
                     })
                     .collect();
                 let mut model: std::collections::HashMap<(i64, Vec<u8>), u64> = Default::default();
+                // Messages by scope and hour, as `total` must count them.
+                let mut hours: std::collections::HashMap<(Scope, u32), u64> = Default::default();
                 let events =
                     decode_batch(lines.join("\n").as_bytes(), "app", T0, &IngestLimits::default())
                         .unwrap();
@@ -853,6 +872,7 @@ mod tests {
                     for scope in std::iter::once(Scope::App).chain(m.scopes()) {
                         let key = keys::counter_key(&keys::scope_prefix(keys::CNT, app.id, &scope), hour);
                         *model.entry((day, key)).or_default() += 1;
+                        *hours.entry((scope, hour)).or_default() += 1;
                     }
                     let minute = (m.msg_ctime / MILLIS_PER_MINUTE) as u32;
                     *model
@@ -870,9 +890,22 @@ mod tests {
                     }
                     batch += 1;
                 }
+                // In sparse partitions, a scope's hour below `busy` has no counter.
+                let app_scope = keys::scope_prefix(keys::CNT, app.id, &Scope::App);
+                model.retain(|(_, key), n| {
+                    format < Format::SparseCounters
+                        || key[0] == keys::MIN_CNT
+                        || key.starts_with(&app_scope)
+                        || *n >= busy
+                });
                 for ((day, key), n) in &model {
                     let stored = store.inner.day(*day).unwrap().get(key).unwrap();
                     assert_eq!(stored.map(|v| keys::u64_value(&v)), Some(*n));
+                }
+                for ((scope, hour), n) in &hours {
+                    let start = i64::from(*hour) * MILLIS_PER_HOUR;
+                    let total = scope_total(&store, &app, scope, start, start + MILLIS_PER_HOUR - 1);
+                    assert_eq!(total.await, *n, "{scope:?} hour {hour}");
                 }
                 let stored: usize = store
                     .inner
@@ -912,7 +945,8 @@ mod tests {
     /// and by scanning in partitions from before they existed (counting keys, or the records
     /// of runs): the same totals in every format. A user's partial hours (no minute counters)
     /// are scanned when short and counted as the hour's counter minus the rest of the hour
-    /// when long: the same totals as the app's here, where the user is in every message.
+    /// when long (the hour's count read from its last index chunk, in counted partitions): the
+    /// same totals as the app's here, where the user is in every message.
     #[tokio::test]
     async fn partial_hours_count_the_same_in_every_format() {
         let base = T0 - 3 * MILLIS_PER_HOUR;
@@ -959,7 +993,13 @@ mod tests {
             .map(|(b, e)| times.iter().filter(|t| (b..=e).contains(t)).count() as u64)
             .collect();
         let user = Scope::User("b".into());
-        for format in [Format::Plain, Format::Minutes, Format::Chunks, Format::Runs] {
+        for format in [
+            Format::Plain,
+            Format::Minutes,
+            Format::Chunks,
+            Format::Runs,
+            Format::SparseCounters,
+        ] {
             let dir = tempfile::tempdir().unwrap();
             let config = EmbeddedConfig {
                 partition_format: format,
@@ -986,14 +1026,20 @@ mod tests {
     }
 
     /// Walks of the app's and a user's messages across partitions of every format still
-    /// written (one index key and one record per message; index chunks; record runs), in pages
+    /// written (one index key and one record per message; index chunks; record runs; chunks
+    /// carrying counts), in pages
     /// of every size: every message once, in order, with the right total, whether the window's
     /// edges cut hours or not. Each later partition is written in commits that interleave in
     /// time, so that runs and chunks of one hour overlap.
     #[tokio::test]
     async fn walks_read_partitions_of_every_format_alike() {
         let dir = tempfile::tempdir().unwrap();
-        let formats = [Format::Minutes, Format::Chunks, Format::Runs];
+        let formats = [
+            Format::Minutes,
+            Format::Chunks,
+            Format::Runs,
+            Format::SparseCounters,
+        ];
         let line = |msgid: u64, t: Millis, from: &str| single(msgid, t, from);
         // Per format, a partition day: fours of messages 0, 5, 10 and 10 s after the fours'
         // start (the last two sharing a millisecond); msgids out of time order; every fourth
@@ -1009,7 +1055,7 @@ mod tests {
                 None => store_with_app(dir.path(), config).await,
                 Some(a) => (reopen(dir.path(), config).await, a),
             };
-            let day = T0 - (3 - f as i64) * MILLIS_PER_DAY;
+            let day = T0 - (formats.len() - f) as i64 * MILLIS_PER_DAY;
             let msgs: Vec<(Millis, u64, bool)> = (0..90)
                 .map(|i| {
                     let t = day + (i / 4) * 300_007 + [0, 5_000, 10_000, 10_000][i as usize % 4];
@@ -1030,7 +1076,11 @@ mod tests {
         let store = reopen(dir.path(), test_config()).await;
         let app = app.unwrap();
         all.sort();
-        let (d0, d2) = (T0 - 3 * MILLIS_PER_DAY, T0 - MILLIS_PER_DAY);
+        // The first and last partition days.
+        let (d0, d2) = (
+            T0 - formats.len() as i64 * MILLIS_PER_DAY,
+            T0 - MILLIS_PER_DAY,
+        );
         for (begin, end) in [
             (d0 - MILLIS_PER_DAY, T0),
             (d0 + 300_007 * 7 + 1, d2 + 300_007 * 20 - 1),

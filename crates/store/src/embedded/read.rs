@@ -62,14 +62,13 @@ pub(crate) fn page(inner: &Inner, app: &App, scope: &Scope, req: PageRequest) ->
     for (day, ks) in inner.partitions(start_ctime, req.range.end) {
         let (end, format) = (req.range.end, inner.format(day));
         let go_on = match (scope, format) {
-            (Scope::App, Format::Runs) => walk_runs(&snap, &ks, app.id, from, end, &mut out)?,
+            (Scope::App, f) if f >= Format::Runs => {
+                walk_runs(&snap, &ks, app.id, from, end, &mut out)?
+            }
             (Scope::App, _) | (_, Format::Plain | Format::Minutes) => {
                 walk_keys(&snap, &ks, app.id, &prefix, from, end, &mut out)?
             }
-            _ => {
-                let runs = format >= Format::Runs;
-                walk_chunks(&snap, &ks, app.id, scope, runs, from, end, &mut out)?
-            }
+            _ => walk_chunks(&snap, &ks, app.id, scope, format, from, end, &mut out)?,
         };
         if !go_on {
             break;
@@ -228,11 +227,12 @@ fn walk_chunks(
     ks: &Keyspace,
     app: u32,
     scope: &Scope,
-    runs: bool,
+    format: Format,
     from: (Millis, u64),
     to: Millis,
     out: &mut Out,
 ) -> Result<bool> {
+    let runs = format >= Format::Runs;
     let prefix = keys::scope_prefix(keys::CHUNK, app, scope);
     let lo = keys::chunk_key(&prefix, hour_of(from.0), 0);
     let hi = keys::chunk_key(&prefix, hour_of(to), u64::MAX);
@@ -287,6 +287,11 @@ fn walk_chunks(
     emit(&mut positions, out)
 }
 
+/// The hour a scope's hour counter key ends with.
+fn counter_hour(key: &[u8]) -> u32 {
+    u32::from_be_bytes(key[key.len() - 4..].try_into().expect("4 bytes"))
+}
+
 /// The hour of an instant, as counters and index chunks number it.
 fn hour_of(t: Millis) -> u32 {
     t.div_euclid(MILLIS_PER_HOUR) as u32
@@ -301,8 +306,8 @@ struct Tally<'a> {
 }
 
 impl Tally<'_> {
-    /// Messages in a range: whole hours from the counters, the partial hours at either edge
-    /// from [`Tally::within_hour`]. Costs O(hours + two partial hours), never O(range).
+    /// Messages in a range: whole hours from [`Tally::whole_hours`], the partial hours at either
+    /// edge from [`Tally::within_hour`]. Costs O(hours + two partial hours), never O(range).
     fn range(&self, range: TimeRange) -> Result<u64> {
         let h = MILLIS_PER_HOUR;
         let first_full = (range.begin + h - 1).div_euclid(h);
@@ -310,14 +315,58 @@ impl Tally<'_> {
         if first_full >= end_full {
             return self.within_hour(range.begin, range.end);
         }
-        let prefix = keys::scope_prefix(keys::CNT, self.app, self.scope);
         Ok(self.within_hour(range.begin, first_full * h - 1)?
             + self.within_hour(end_full * h, range.end)?
-            + self.counters(
-                (first_full * h, end_full * h - 1),
-                &keys::counter_key(&prefix, first_full as u32),
-                &keys::counter_key(&prefix, end_full as u32),
-            )?)
+            + self.whole_hours(first_full, end_full)?)
+    }
+
+    /// Messages in the whole hours `first..end`: from the hour counters; for scopes other than
+    /// the app in [`Format::SparseCounters`] partitions, where only busy hours have one, the
+    /// other hours by counting their index chunks (a few dozen positions an hour at most), in
+    /// one range read per stretch of hours between busy ones.
+    fn whole_hours(&self, first: i64, end: i64) -> Result<u64> {
+        let h = MILLIS_PER_HOUR;
+        let counter = keys::scope_prefix(keys::CNT, self.app, self.scope);
+        let chunk = keys::scope_prefix(keys::CHUNK, self.app, self.scope);
+        let mut n = 0;
+        for (day, ks) in self.inner.partitions(first * h, end * h - 1) {
+            let format = self.inner.format(day);
+            let sparse = *self.scope != Scope::App && format >= Format::SparseCounters;
+            let lo = keys::counter_key(&counter, first as u32);
+            let hi = keys::counter_key(&counter, end as u32);
+            let mut busy = Vec::new();
+            for kv in self.snap.range(&ks, lo..hi) {
+                let (k, v) = kv.into_inner()?;
+                n += keys::u64_value(&v);
+                if sparse {
+                    busy.push(i64::from(counter_hour(&k)));
+                }
+            }
+            if !sparse {
+                continue;
+            }
+            // The hours this partition holds some of (an hour can straddle two partitions
+            // when they start off the hour; each then counts its own part).
+            let (start, next) = (
+                self.inner.window.pday_start(day),
+                self.inner.window.pday_start(day + 1),
+            );
+            let hours = start.div_euclid(h).max(first)..(next + h - 1).div_euclid(h).min(end);
+            let mut from = hours.start;
+            for stop in busy.into_iter().chain([hours.end]) {
+                if from < stop {
+                    let lo = keys::chunk_key(&chunk, from as u32, 0);
+                    let hi = keys::chunk_key(&chunk, stop as u32 - 1, u64::MAX);
+                    for kv in self.snap.range(&ks, lo..=hi) {
+                        let (k, v) = kv.into_inner()?;
+                        let (hour, _) = keys::chunk_hour_seq(&k);
+                        n += keys::chunk_entries(hour, &v, format >= Format::Runs).count() as u64;
+                    }
+                }
+                from = stop + 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Sum of the counters keyed `lo..hi` in the partitions covering `span`.
@@ -370,7 +419,6 @@ impl Tally<'_> {
     /// keys at 10M messages) scans a second's keys, not the hour's.
     fn hour_pieces(&self, from: Millis, to: Millis) -> Result<u64> {
         let h = MILLIS_PER_HOUR;
-        let prefix = keys::scope_prefix(keys::CNT, self.app, self.scope);
         let mut n = 0;
         let mut t = from;
         while t <= to {
@@ -380,11 +428,7 @@ impl Tally<'_> {
             if (b - t + 1) * 2 <= h {
                 n += self.scan(t, b)?;
             } else {
-                let whole = self.counters(
-                    (start, end),
-                    &keys::counter_key(&prefix, hour as u32),
-                    &keys::counter_key(&prefix, hour as u32 + 1),
-                )?;
+                let whole = self.whole_hours(hour, hour + 1)?;
                 let rest = self.scan(start, t - 1)? + self.scan(b + 1, end)?;
                 n += whole.checked_sub(rest).ok_or_else(|| {
                     StoreError::Storage(format!("hour {hour}: counter below its index keys"))

@@ -183,10 +183,12 @@ struct Writer {
 /// Largest record arena kept from one commit for the next.
 const ARENA_KEPT: usize = 16 << 20;
 
-/// Per-hour scope counters of the day partitions this writer created, in memory for the latest
-/// hours. Such a partition holds only what this writer wrote, so a counter missing here is zero
-/// and a commit adds to it without reading the store (those reads, one per scope and hour a
-/// commit touched, were a tenth of the writer's time and most of its block-cache traffic).
+/// Per-hour scope counts of the day partitions this writer created, in memory for the latest
+/// hours: counter values by key, and in [`Format::SparseCounters`] partitions every scope's
+/// count for the hour by counter prefix (whether or not the hour has a counter yet). Such a
+/// partition holds only what this writer wrote, so a count missing here is zero and a commit
+/// adds to it without reading the store (those reads, one per scope and hour a commit touched,
+/// were a tenth of the writer's time and most of its block-cache traffic).
 #[derive(Default)]
 struct Counters {
     days: HashMap<i64, DayCounters>,
@@ -324,7 +326,8 @@ struct Group {
     records: HashMap<(i64, u32), Vec<(Position, ArenaRange)>>,
     arena: Vec<u8>,
     /// The positions of each scope's messages, by partition day, hour and scope index prefix
-    /// (`scope_prefix(IDX, ..)`): one index chunk and one counter delta each at `flush`.
+    /// (`scope_prefix(IDX, ..)`): one index chunk each at `flush` (and, in partitions from
+    /// before [`Format::SparseCounters`], one counter delta).
     scopes: HashMap<(i64, u32), HashMap<Vec<u8>, Vec<Position>>>,
     /// The msgids stored, as `(day, mask)` pairs by duplicate-index block key.
     id_blocks: HashMap<[u8; 12], Vec<(i64, u64)>>,
@@ -903,6 +906,8 @@ impl Writer {
                 .into_iter()
                 .map(move |(prefix, positions)| (day, hour, prefix, positions))
         });
+        // The counts this commit leaves, to cache once it is committed.
+        let mut counted = Vec::with_capacity(g.counters.len());
         for (day, hour, mut prefix, mut positions) in scopes {
             let (ks, format) = &g.partitions[&day];
             if *format >= Format::Chunks {
@@ -912,7 +917,9 @@ impl Writer {
                     // overlap: each position's run is the last one starting at or before it.
                     let app = u32::from_be_bytes(prefix[1..5].try_into().expect("4 bytes"));
                     let firsts = &runs[&(day, app)];
-                    let mut r = 0;
+                    // A scope's few positions among a commit's hundreds of runs: search for
+                    // the first one's run, then step.
+                    let mut r = firsts.partition_point(|f| *f <= positions[0]).max(1) - 1;
                     positions
                         .iter()
                         .map(|p| {
@@ -931,6 +938,22 @@ impl Writer {
                     keys::chunk_key(&prefix, hour, g.seq),
                     keys::encode_chunk(hour, &entries, *format >= Format::Runs),
                 );
+                if *format >= Format::SparseCounters {
+                    // Only a busy hour has a counter (readers count the chunks of the others);
+                    // the cache holds every hour's count, keyed by the counter prefix.
+                    prefix[0] = keys::CNT;
+                    let before = match self.counters.get(day, hour, &prefix) {
+                        Some(n) => n,
+                        None => stored_hour_count(ks, &prefix, hour)?,
+                    };
+                    let total = before + positions.len() as u64;
+                    if total >= inner.config.busy_hour {
+                        g.staged
+                            .put(ks, keys::counter_key(&prefix, hour), total.to_be_bytes());
+                    }
+                    counted.push((day, hour, prefix, total));
+                    continue;
+                }
             } else {
                 for (ctime, msgid) in &positions {
                     g.staged.put(
@@ -962,7 +985,6 @@ impl Writer {
             let key = keys::minute_counter_key(app, minute).to_vec();
             *g.counters.entry((day, key)).or_default() += n;
         }
-        let mut counted = Vec::with_capacity(g.counters.len());
         for ((day, key), delta) in g.counters.drain() {
             let ks = &g.partitions[&day].0;
             let hour = counter_hour(&key);
@@ -1049,6 +1071,25 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// A scope's messages in one hour of a [`Format::SparseCounters`] partition (`prefix` from
+/// [`keys::scope_prefix`] with [`keys::CNT`]): its counter if the hour is busy enough to have
+/// one, else the positions in its index chunks.
+fn stored_hour_count(ks: &Keyspace, prefix: &[u8], hour: u32) -> Result<u64> {
+    if let Some(v) = ks.get(keys::counter_key(prefix, hour))? {
+        return Ok(keys::u64_value(&v));
+    }
+    let mut chunk = prefix.to_vec();
+    chunk[0] = keys::CHUNK;
+    let lo = keys::chunk_key(&chunk, hour, 0);
+    let hi = keys::chunk_key(&chunk, hour, u64::MAX);
+    let mut n = 0;
+    for kv in ks.range(lo..=hi) {
+        let (_, v) = kv.into_inner()?;
+        n += keys::chunk_entries(hour, &v, true).count() as u64;
+    }
+    Ok(n)
 }
 
 /// A committed group's replies and what each is to be told.
