@@ -6,6 +6,7 @@ use crate::message::{FromType, Message, TargetType};
 use crate::{Error, MAX_ID_BYTES, Millis};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 
 /// Events more than this far in the future are a clock error.
 pub const MAX_FUTURE_MS: Millis = 5 * 60 * 1000;
@@ -187,11 +188,21 @@ impl Ctx<'_> {
     }
 
     fn string(&self, field: &str, raw: &str, max: usize) -> Result<String, Error> {
-        if !raw.starts_with('"') {
-            return Err(self.err(field, "must be a string"));
-        }
-        let s: String =
-            serde_json::from_str(raw).map_err(|_| self.err(field, "must be a string"))?;
+        self.str(field, raw, max).map(Cow::into_owned)
+    }
+
+    /// A JSON string's text, borrowed from the request unless it holds escapes: the parser has
+    /// already checked `raw` is valid JSON, so a quoted run without a backslash is the text.
+    fn str<'r>(&self, field: &str, raw: &'r str, max: usize) -> Result<Cow<'r, str>, Error> {
+        let inner = raw
+            .strip_prefix('"')
+            .and_then(|r| r.strip_suffix('"'))
+            .ok_or_else(|| self.err(field, "must be a string"))?;
+        let s = if inner.contains('\\') {
+            Cow::Owned(serde_json::from_str(raw).map_err(|_| self.err(field, "must be a string"))?)
+        } else {
+            Cow::Borrowed(inner)
+        };
         if s.len() > max {
             return Err(self.err(
                 field,
@@ -313,7 +324,7 @@ impl Ctx<'_> {
         };
         let target_type_raw =
             present(r.target_type).ok_or_else(|| self.err("target_type", "is required"))?;
-        let target_type = TargetType::parse(&self.string("target_type", target_type_raw, 16)?)
+        let target_type = TargetType::parse(&self.str("target_type", target_type_raw, 16)?)
             .ok_or_else(|| {
                 self.err(
                     "target_type",
@@ -394,13 +405,13 @@ impl Ctx<'_> {
         let kind_raw = present(r.event).ok_or_else(|| {
             self.err("event", "is required: one of message, user_registered, user_deleted, user_login, group_created, group_deleted")
         })?;
-        let kind = self.string("event", kind_raw, 32)?;
-        Ok(match kind.as_str() {
+        let kind = self.str("event", kind_raw, 32)?;
+        Ok(match &*kind {
             "message" => Event::Message(self.message(&r)?),
             "user_registered" | "user_deleted" | "user_login" => {
                 let username = self.id("username", r.username)?;
                 let time = self.time("time", r.time)?;
-                match kind.as_str() {
+                match &*kind {
                     "user_registered" => Event::UserRegistered { username, time },
                     "user_deleted" => Event::UserDeleted { username, time },
                     _ => Event::UserLogin { username, time },

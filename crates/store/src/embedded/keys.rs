@@ -247,6 +247,12 @@ pub fn counter_key(prefix: &[u8], hour: u32) -> Vec<u8> {
     k
 }
 
+/// The hour of a counter key (hour counters end with it, minute counters with the minute).
+pub fn counter_hour(key: &[u8]) -> u32 {
+    let n = u32::from_be_bytes(key[key.len() - 4..].try_into().expect("4 bytes"));
+    if key[0] == MIN_CNT { n / 60 } else { n }
+}
+
 pub fn minute_counter_key(app: u32, minute: u32) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = MIN_CNT;

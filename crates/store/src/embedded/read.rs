@@ -60,15 +60,20 @@ pub(crate) fn page(inner: &Inner, app: &App, scope: &Scope, req: PageRequest) ->
     let from = (start_ctime, start_msgid);
     let prefix = keys::order_prefix(app.id, scope);
     for (day, ks) in inner.partitions(start_ctime, req.range.end) {
-        let (end, format) = (req.range.end, inner.format(day));
+        let format = inner.format(day);
+        let walk = Walk {
+            snap: &snap,
+            ks: &ks,
+            app: app.id,
+            from,
+            to: req.range.end,
+        };
         let go_on = match (scope, format) {
-            (Scope::App, f) if f >= Format::Runs => {
-                walk_runs(&snap, &ks, app.id, from, end, &mut out)?
-            }
+            (Scope::App, f) if f >= Format::Runs => walk.runs(&mut out)?,
             (Scope::App, _) | (_, Format::Plain | Format::Minutes) => {
-                walk_keys(&snap, &ks, app.id, &prefix, from, end, &mut out)?
+                walk.keys(&prefix, &mut out)?
             }
-            _ => walk_chunks(&snap, &ks, app.id, scope, format, from, end, &mut out)?,
+            _ => walk.chunks(scope, format, &mut out)?,
         };
         if !go_on {
             break;
@@ -115,38 +120,7 @@ impl Out<'_> {
     }
 }
 
-/// One partition's part of a page from ordering keys: the app's records, or (in partitions
-/// from before index chunks) a scope's index keys. `false` once the page is full.
-fn walk_keys(
-    snap: &Snapshot,
-    ks: &Keyspace,
-    app: u32,
-    prefix: &[u8],
-    from: (Millis, u64),
-    to: Millis,
-    out: &mut Out,
-) -> Result<bool> {
-    let lo = keys::with_position(prefix, from.0, from.1);
-    let hi = keys::with_position(prefix, to, u64::MAX);
-    for kv in snap.range(ks, lo.as_slice()..=hi.as_slice()) {
-        let (k, v) = kv.into_inner()?;
-        let (ctime, msgid) = keys::position_of(&k);
-        let rec = if k[0] == keys::MSG {
-            v
-        } else {
-            match snap.get(ks, keys::msg_key(app, ctime, msgid))? {
-                Some(rec) => rec,
-                None => continue,
-            }
-        };
-        if !out.push(ctime, msgid, &rec)? {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// A record waiting in [`walk_runs`]: ordered by position only.
+/// A record waiting in [`Walk::runs`]: ordered by position only.
 struct Pending {
     pos: (Millis, u64),
     run: fjall::Slice,
@@ -170,126 +144,225 @@ impl Ord for Pending {
     }
 }
 
-/// One partition's part of the app's page from its record runs. Runs of different commits can
-/// interleave (a late message, or two clients posting the same minute), so records are merged:
-/// every record at or before position `p` is in a run starting at or before `p`, so the least
-/// waiting record goes out once the next run starts after it. `false` once the page is full.
-fn walk_runs(
-    snap: &Snapshot,
-    ks: &Keyspace,
+/// One partition's part of a page: its messages from position `from` through instant `to`.
+struct Walk<'a> {
+    snap: &'a Snapshot,
+    ks: &'a Keyspace,
     app: u32,
     from: (Millis, u64),
     to: Millis,
-    out: &mut Out,
-) -> Result<bool> {
-    let lo = keys::first_run_key(app, from.0);
-    let hi = keys::msg_key(app, to, u64::MAX);
-    let mut runs = snap
-        .range(ks, lo.as_slice()..=hi.as_slice())
-        .map(|kv| kv.into_inner())
-        .peekable();
-    let mut waiting: std::collections::BinaryHeap<std::cmp::Reverse<Pending>> = Default::default();
-    loop {
-        while let Some(next) = runs.peek() {
-            let first = match next {
-                Ok((k, _)) => keys::position_of(k),
-                Err(_) => {
-                    runs.next().expect("peeked")?;
-                    unreachable!("an error was peeked")
-                }
-            };
-            if waiting.peek().is_some_and(|w| w.0.pos < first) {
-                break;
-            }
-            let (_, v) = runs.next().expect("peeked")?;
-            for (pos, bytes) in keys::run_records(first, &v) {
-                if pos >= from && pos.0 <= to {
-                    let run = v.clone();
-                    waiting.push(std::cmp::Reverse(Pending { pos, run, bytes }));
-                }
-            }
-        }
-        let Some(std::cmp::Reverse(p)) = waiting.pop() else {
-            return Ok(true);
-        };
-        if !out.push(p.pos.0, p.pos.1, &p.run[p.bytes])? {
-            return Ok(false);
-        }
-    }
 }
 
-/// One partition's part of a scope's page from its index chunks: the positions of each hour
-/// (from every commit that wrote to it), sorted, then their records (in their runs, with
-/// `runs`). `false` once the page is full.
-#[allow(clippy::too_many_arguments)]
-fn walk_chunks(
-    snap: &Snapshot,
-    ks: &Keyspace,
-    app: u32,
-    scope: &Scope,
-    format: Format,
-    from: (Millis, u64),
-    to: Millis,
-    out: &mut Out,
-) -> Result<bool> {
-    let runs = format >= Format::Runs;
-    let prefix = keys::scope_prefix(keys::CHUNK, app, scope);
-    let lo = keys::chunk_key(&prefix, hour_of(from.0), 0);
-    let hi = keys::chunk_key(&prefix, hour_of(to), u64::MAX);
-    let mut hour = None;
-    let mut positions: Vec<keys::Entry> = Vec::new();
-    // The run read last: neighbours in a scope's order often share one.
-    let mut last: Option<((Millis, u64), fjall::Slice)> = None;
-    let mut emit = |positions: &mut Vec<keys::Entry>, out: &mut Out| -> Result<bool> {
-        positions.sort_unstable();
-        for &((ctime, msgid), run) in positions.iter() {
-            if !runs {
-                if let Some(rec) = snap.get(ks, keys::msg_key(app, ctime, msgid))?
-                    && !out.push(ctime, msgid, &rec)?
+impl Walk<'_> {
+    /// From ordering keys: the app's records, or (in partitions from before index chunks) a
+    /// scope's index keys. `false` once the page is full.
+    fn keys(&self, prefix: &[u8], out: &mut Out) -> Result<bool> {
+        let Walk {
+            snap,
+            ks,
+            app,
+            from,
+            to,
+        } = *self;
+        let lo = keys::with_position(prefix, from.0, from.1);
+        let hi = keys::with_position(prefix, to, u64::MAX);
+        for kv in snap.range(ks, lo.as_slice()..=hi.as_slice()) {
+            let (k, v) = kv.into_inner()?;
+            let (ctime, msgid) = keys::position_of(&k);
+            let rec = if k[0] == keys::MSG {
+                v
+            } else {
+                match snap.get(ks, keys::msg_key(app, ctime, msgid))? {
+                    Some(rec) => rec,
+                    None => continue,
+                }
+            };
+            if !out.push(ctime, msgid, &rec)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The app's page from its record runs. Runs of different commits can
+    /// interleave (a late message, or two clients posting the same minute), so records are merged:
+    /// every record at or before position `p` is in a run starting at or before `p`, so the least
+    /// waiting record goes out once the next run starts after it. `false` once the page is full.
+    fn runs(&self, out: &mut Out) -> Result<bool> {
+        let Walk {
+            snap,
+            ks,
+            app,
+            from,
+            to,
+        } = *self;
+        let lo = keys::first_run_key(app, from.0);
+        let hi = keys::msg_key(app, to, u64::MAX);
+        let mut runs = snap
+            .range(ks, lo.as_slice()..=hi.as_slice())
+            .map(|kv| kv.into_inner())
+            .peekable();
+        let mut waiting: std::collections::BinaryHeap<std::cmp::Reverse<Pending>> =
+            Default::default();
+        loop {
+            while let Some(next) = runs.peek() {
+                let first = match next {
+                    Ok((k, _)) => keys::position_of(k),
+                    Err(_) => {
+                        runs.next().expect("peeked")?;
+                        unreachable!("an error was peeked")
+                    }
+                };
+                if waiting.peek().is_some_and(|w| w.0.pos < first) {
+                    break;
+                }
+                let (_, v) = runs.next().expect("peeked")?;
+                for (pos, bytes) in keys::run_records(first, &v) {
+                    if pos >= from && pos.0 <= to {
+                        let run = v.clone();
+                        waiting.push(std::cmp::Reverse(Pending { pos, run, bytes }));
+                    }
+                }
+            }
+            let Some(std::cmp::Reverse(p)) = waiting.pop() else {
+                return Ok(true);
+            };
+            if !out.push(p.pos.0, p.pos.1, &p.run[p.bytes])? {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// A scope's page from its index chunks: each hour's chunks (one per
+    /// commit that wrote to it, each sorted) merged as they are decoded, so a page stops decoding
+    /// where it fills rather than sorting the whole hour first; then their records (in their runs,
+    /// with `runs`). `false` once the page is full.
+    fn chunks(&self, scope: &Scope, format: Format, out: &mut Out) -> Result<bool> {
+        let Walk {
+            snap,
+            ks,
+            app,
+            from,
+            to,
+        } = *self;
+        let runs = format >= Format::Runs;
+        let prefix = keys::scope_prefix(keys::CHUNK, app, scope);
+        let lo = keys::chunk_key(&prefix, hour_of(from.0), 0);
+        let hi = keys::chunk_key(&prefix, hour_of(to), u64::MAX);
+        let mut hour = None;
+        let mut chunks: Vec<fjall::Slice> = Vec::new();
+        let mut records = Records {
+            snap,
+            ks,
+            app,
+            runs,
+            last: None,
+        };
+        for kv in snap.range(ks, lo.as_slice()..=hi.as_slice()) {
+            let (k, v) = kv.into_inner()?;
+            let (h, seq) = keys::chunk_hour_seq(&k);
+            if hour != Some(h) {
+                if let Some(done) = hour
+                    && !records.emit(done, &chunks, from, to, out)?
                 {
                     return Ok(false);
                 }
-                continue;
+                chunks.clear();
+                hour = Some(h);
             }
-            let v = match &last {
-                Some((at, v)) if *at == run => v.clone(),
-                _ => match snap.get(ks, keys::msg_key(app, run.0, run.1))? {
-                    Some(v) => {
-                        last = Some((run, v.clone()));
-                        v
-                    }
-                    None => continue,
-                },
-            };
-            if let Some((_, bytes)) = keys::run_records(run, &v).find(|(p, _)| *p == (ctime, msgid))
-                && !out.push(ctime, msgid, &v[bytes])?
-            {
-                return Ok(false);
-            }
+            if seq <= out.snapshot {
+                chunks.push(v);
+            } // else committed after the walk began
         }
-        positions.clear();
-        Ok(true)
-    };
-    for kv in snap.range(ks, lo.as_slice()..=hi.as_slice()) {
-        let (k, v) = kv.into_inner()?;
-        let (h, seq) = keys::chunk_hour_seq(&k);
-        if hour != Some(h) {
-            if !emit(&mut positions, out)? {
-                return Ok(false);
-            }
-            hour = Some(h);
+        match hour {
+            Some(h) => records.emit(h, &chunks, from, to, out),
+            None => Ok(true),
         }
-        if seq > out.snapshot {
-            continue; // committed after the walk began
-        }
-        positions.extend(keys::chunk_entries(h, &v, runs).filter(|(p, _)| *p >= from && p.0 <= to));
     }
-    emit(&mut positions, out)
 }
 
-/// The hour a scope's hour counter key ends with.
-fn counter_hour(key: &[u8]) -> u32 {
-    u32::from_be_bytes(key[key.len() - 4..].try_into().expect("4 bytes"))
+/// Fetches the records of a scope's positions for [`Walk::chunks`].
+struct Records<'a> {
+    snap: &'a Snapshot,
+    ks: &'a Keyspace,
+    app: u32,
+    runs: bool,
+    /// The run read last: neighbours in a scope's order often share one.
+    last: Option<((Millis, u64), fjall::Slice)>,
+}
+
+impl Records<'_> {
+    /// Adds the positions of one hour's chunks within `from..=to` to the page, in order.
+    fn emit(
+        &mut self,
+        hour: u32,
+        chunks: &[fjall::Slice],
+        from: (Millis, u64),
+        to: Millis,
+        out: &mut Out,
+    ) -> Result<bool> {
+        let mut its: Vec<_> = chunks
+            .iter()
+            .map(|c| {
+                keys::chunk_entries(hour, c, self.runs)
+                    .skip_while(move |(p, _)| *p < from)
+                    .take_while(move |(p, _)| p.0 <= to)
+            })
+            .collect();
+        if let [one] = its.as_mut_slice() {
+            // One chunk (an hour the tidy thread merged, or a quiet one): already in order.
+            for e in one {
+                if !self.push(e, out)? {
+                    return Ok(false);
+                }
+            }
+            return Ok(true);
+        }
+        // Positions are unique across chunks, so the chunk index only breaks no ties.
+        let mut heads: std::collections::BinaryHeap<std::cmp::Reverse<(keys::Entry, usize)>> = its
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, it)| it.next().map(|e| std::cmp::Reverse((e, i))))
+            .collect();
+        while let Some(std::cmp::Reverse((e, i))) = heads.pop() {
+            if !self.push(e, out)? {
+                return Ok(false);
+            }
+            if let Some(next) = its[i].next() {
+                heads.push(std::cmp::Reverse((next, i)));
+            }
+        }
+        Ok(true)
+    }
+
+    fn push(&mut self, ((ctime, msgid), run): keys::Entry, out: &mut Out) -> Result<bool> {
+        if !self.runs {
+            return match self
+                .snap
+                .get(self.ks, keys::msg_key(self.app, ctime, msgid))?
+            {
+                Some(rec) => out.push(ctime, msgid, &rec),
+                None => Ok(true),
+            };
+        }
+        let v = match &self.last {
+            Some((at, v)) if *at == run => v.clone(),
+            _ => match self
+                .snap
+                .get(self.ks, keys::msg_key(self.app, run.0, run.1))?
+            {
+                Some(v) => {
+                    self.last = Some((run, v.clone()));
+                    v
+                }
+                None => return Ok(true),
+            },
+        };
+        match keys::run_records(run, &v).find(|(p, _)| *p == (ctime, msgid)) {
+            Some((_, bytes)) => out.push(ctime, msgid, &v[bytes]),
+            None => Ok(true),
+        }
+    }
 }
 
 /// The hour of an instant, as counters and index chunks number it.
@@ -339,7 +412,7 @@ impl Tally<'_> {
                 let (k, v) = kv.into_inner()?;
                 n += keys::u64_value(&v);
                 if sparse {
-                    busy.push(i64::from(counter_hour(&k)));
+                    busy.push(i64::from(keys::counter_hour(&k)));
                 }
             }
             if !sparse {

@@ -263,12 +263,6 @@ impl Counters {
     }
 }
 
-/// The hour of a counter key (hour counters end with it, minute counters with the minute).
-fn counter_hour(key: &[u8]) -> u32 {
-    let n = u32::from_be_bytes(key[key.len() - 4..].try_into().expect("4 bytes"));
-    if key[0] == keys::MIN_CNT { n / 60 } else { n }
-}
-
 /// A message's place in its scope's order: `(msg_ctime, msgid)`.
 type Position = (Millis, u64);
 
@@ -901,13 +895,18 @@ impl Writer {
             }
             runs.insert((day, app), firsts);
         }
+        // The counts this commit leaves, to cache once it is committed (a size hint).
+        let mut counted = Vec::with_capacity(
+            g.scopes.values().map(HashMap::len).sum::<usize>()
+                + g.counters.len()
+                + g.app_hours.len()
+                + g.app_minutes.len(),
+        );
         let scopes = g.scopes.drain().flat_map(|((day, hour), by_scope)| {
             by_scope
                 .into_iter()
                 .map(move |(prefix, positions)| (day, hour, prefix, positions))
         });
-        // The counts this commit leaves, to cache once it is committed.
-        let mut counted = Vec::with_capacity(g.counters.len());
         for (day, hour, mut prefix, mut positions) in scopes {
             let (ks, format) = &g.partitions[&day];
             if *format >= Format::Chunks {
@@ -987,7 +986,7 @@ impl Writer {
         }
         for ((day, key), delta) in g.counters.drain() {
             let ks = &g.partitions[&day].0;
-            let hour = counter_hour(&key);
+            let hour = keys::counter_hour(&key);
             let current = match self.counters.get(day, hour, &key) {
                 Some(n) => n,
                 None => ks.get(&key)?.map(|v| keys::u64_value(&v)).unwrap_or(0),
