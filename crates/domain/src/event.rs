@@ -523,10 +523,15 @@ pub fn decode_batch(
         if items.len() > limits.max_events {
             return Err(too_many());
         }
+        events.reserve_exact(items.len());
         for (i, raw) in items.iter().enumerate() {
             events.push(ctx(Place::Index(i)).event(raw.get())?);
         }
     } else {
+        // Sized up front: growing a Vec of a few thousand events by doubling copied megabytes
+        // per request into freshly faulted pages (a sixth of the decoding threads' time).
+        let lines = body.iter().filter(|b| **b == b'\n').count() + 1;
+        events.reserve_exact(lines.min(limits.max_events));
         for (i, line) in text.split('\n').enumerate() {
             let line = line.trim();
             if line.is_empty() {

@@ -171,7 +171,7 @@ struct Writer {
     fresh: HashMap<u32, Fresh>,
     /// Presence-set keys known to be stored, for the latest few civil days: most messages come
     /// from someone already active that day, and this saves a store lookup for each.
-    present: HashMap<i64, HashSet<Vec<u8>>>,
+    present: HashMap<i64, HashSet<PresenceKey>>,
     /// Civil days whose presence set this writer created, so `present` holds all of it and a
     /// key missing there is missing from the store too: no lookup needed.
     complete: HashSet<i64>,
@@ -199,7 +199,7 @@ struct Counters {
 #[derive(Default)]
 struct DayCounters {
     /// Every counter the day has for each hour held.
-    hours: HashMap<u32, HashMap<Vec<u8>, u64>>,
+    hours: HashMap<u32, HashMap<ScopeKey, u64>>,
     /// Hours dropped from memory to bound it: their counters are read from the store.
     dropped: HashSet<u32>,
 }
@@ -221,7 +221,7 @@ impl Counters {
     }
 
     /// After a commit: the values it wrote, for the days and hours still held.
-    fn set(&mut self, day: i64, hour: u32, key: Vec<u8>, value: u64) {
+    fn set(&mut self, day: i64, hour: u32, key: ScopeKey, value: u64) {
         if let Some(d) = self.days.get_mut(&day)
             && !d.dropped.contains(&hour)
             && d.hours
@@ -296,6 +296,16 @@ fn cut_runs(recs: &[(Position, ArenaRange)]) -> impl Iterator<Item = &[(Position
 /// Most record bytes in a run, unless its first record alone is larger.
 const RUN_BYTES: usize = 64 * 1024;
 
+/// A presence key (`app | kind | id`), held inline up to 24 bytes (ids up to 19): the sets hold
+/// every user and group active on each recent day, and a lookup that had to follow a pointer
+/// to the key's bytes missed the cache on nearly every hit (a seventh of the writer's time).
+type PresenceKey = smallvec::SmallVec<[u8; 24]>;
+
+/// A scope's index or counter key prefix (`tag | app | scope | len | id`, ids up to 25 bytes
+/// inline), or a counter key: keys of the per-commit and cached per-hour maps, compared in place
+/// (a `Vec` key sent each lookup after its bytes through a pointer).
+type ScopeKey = smallvec::SmallVec<[u8; 32]>;
+
 /// Civil days of presence keys kept in memory, counting back from the newest.
 const PRESENT_DAYS: i64 = 2;
 
@@ -322,7 +332,7 @@ struct Group {
     /// The positions of each scope's messages, by partition day, hour and scope index prefix
     /// (`scope_prefix(IDX, ..)`): one index chunk each at `flush` (and, in partitions from
     /// before [`Format::SparseCounters`], one counter delta).
-    scopes: HashMap<(i64, u32), HashMap<Vec<u8>, Vec<Position>>>,
+    scopes: HashMap<(i64, u32), HashMap<ScopeKey, Vec<Position>>>,
     /// The msgids stored, as `(day, mask)` pairs by duplicate-index block key.
     id_blocks: HashMap<[u8; 12], Vec<(i64, u64)>>,
     entities: HashMap<Vec<u8>, Vec<(Millis, u8)>>,
@@ -331,7 +341,7 @@ struct Group {
     hours: HashMap<(u32, i64), MsgCounts>,
     totals: HashMap<u32, (i64, i64)>,
     /// Presence keys this group found or added, by civil day.
-    presence: HashMap<i64, HashSet<Vec<u8>>>,
+    presence: HashMap<i64, HashSet<PresenceKey>>,
     /// Messages per app and hour (`(day, app, hour)`) and per app and minute, in partitions
     /// keeping minute counters: counter deltas, keyed at `flush`.
     app_hours: HashMap<(i64, u32, u32), u64>,
@@ -708,7 +718,7 @@ impl Writer {
             match by_scope.get_mut(g.key.as_slice()) {
                 Some(positions) => positions.push(position),
                 None => {
-                    by_scope.insert(g.key.clone(), vec![position]);
+                    by_scope.insert(ScopeKey::from_slice(&g.key), vec![position]);
                 }
             }
         }
@@ -745,7 +755,7 @@ impl Writer {
         {
             return Ok(false);
         }
-        let key = key.to_vec();
+        let key = PresenceKey::from_slice(key);
         let ks = self.act(day)?;
         if !self.complete.contains(&day) && ks.contains_key(&key)? {
             g.presence.entry(day).or_default().insert(key);
@@ -993,7 +1003,7 @@ impl Writer {
             };
             g.staged
                 .put(ks, key.as_slice(), (current + delta).to_be_bytes());
-            counted.push((day, hour, key, current + delta));
+            counted.push((day, hour, ScopeKey::from_vec(key), current + delta));
         }
         for ((app, day), delta) in g.days.drain() {
             let key = keys::stat_key(app, keys::STAT_DAY, day);
