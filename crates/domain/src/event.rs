@@ -557,6 +557,33 @@ mod tests {
     }
 
     #[test]
+    fn escaped_strings_are_decoded_and_plain_ones_kept_as_sent() {
+        let ev = decode(
+            r#"{"event":"mess\u0061ge","target_type":"\u0067roup","target_id":"g\/1","from_id":"u1","from_name":"Zo\u00eb \"Z\"","msg_type":"text","from_platform":"web","msg_body":{}}"#,
+        )
+        .unwrap();
+        let Event::Message(m) = &ev[0] else { panic!() };
+        assert_eq!(m.target_type, TargetType::Group);
+        assert_eq!(m.target_id, "g/1");
+        assert_eq!(m.from_name, "Zo\u{eb} \"Z\"");
+        assert_eq!(
+            (m.from_id.as_str(), m.from_platform.as_str()),
+            ("u1", "web")
+        );
+        // The limit applies to the decoded text: 32 escaped characters are 32 bytes.
+        let tag = "\\u0061".repeat(32);
+        let line = format!(
+            r#"{{"event":"message","target_type":"single","target_id":"u2","from_id":"u1","msg_type":"{tag}","msg_body":{{}}}}"#
+        );
+        let Event::Message(m) = &decode(&line).unwrap()[0] else {
+            panic!()
+        };
+        assert_eq!(m.msg_type, "a".repeat(32));
+        let line = line.replace("\\u0061\"", "\\u0061a\"");
+        assert!(decode(&line).unwrap_err().to_string().contains("msg_type"));
+    }
+
+    #[test]
     fn message_defaults_are_applied() {
         let ev = decode(r#"{"event":"message","target_type":"single","target_id":10010648,"from_id":"u1","msg_type":"text","msg_body":{ "text" : "hi there" , "extras":{}}}"#).unwrap();
         let Event::Message(m) = &ev[0] else { panic!() };

@@ -184,10 +184,10 @@ impl Walk<'_> {
         Ok(true)
     }
 
-    /// The app's page from its record runs. Runs of different commits can
-    /// interleave (a late message, or two clients posting the same minute), so records are merged:
-    /// every record at or before position `p` is in a run starting at or before `p`, so the least
-    /// waiting record goes out once the next run starts after it. `false` once the page is full.
+    /// The app's page from its record runs. Runs of different commits can interleave (a late
+    /// message, or two clients posting the same minute), so records are merged: every record at
+    /// or before position `p` is in a run starting at or before `p`, so the least waiting record
+    /// goes out once the next run starts after it. `false` once the page is full.
     fn runs(&self, out: &mut Out) -> Result<bool> {
         let Walk {
             snap,
@@ -233,10 +233,10 @@ impl Walk<'_> {
         }
     }
 
-    /// A scope's page from its index chunks: each hour's chunks (one per
-    /// commit that wrote to it, each sorted) merged as they are decoded, so a page stops decoding
-    /// where it fills rather than sorting the whole hour first; then their records (in their runs,
-    /// with `runs`). `false` once the page is full.
+    /// A scope's page from its index chunks: each hour's chunks (one per commit that wrote to
+    /// it, each sorted) merged as they are decoded, so a page stops decoding where it fills
+    /// rather than sorting the whole hour first; then their records (in their runs, with
+    /// `runs`). `false` once the page is full.
     fn chunks(&self, scope: &Scope, format: Format, out: &mut Out) -> Result<bool> {
         let Walk {
             snap,
@@ -310,7 +310,7 @@ impl Records<'_> {
             })
             .collect();
         if let [one] = its.as_mut_slice() {
-            // One chunk (an hour the tidy thread merged, or a quiet one): already in order.
+            // One chunk (an hour only one commit wrote to): already in order.
             for e in one {
                 if !self.push(e, out)? {
                     return Ok(false);
@@ -318,7 +318,7 @@ impl Records<'_> {
             }
             return Ok(true);
         }
-        // Positions are unique across chunks, so the chunk index only breaks no ties.
+        // Positions are unique across chunks: the chunk index never decides an order.
         let mut heads: std::collections::BinaryHeap<std::cmp::Reverse<(keys::Entry, usize)>> = its
             .iter_mut()
             .enumerate()
