@@ -157,13 +157,7 @@ impl Walk<'_> {
     /// From ordering keys: the app's records, or (in partitions from before index chunks) a
     /// scope's index keys. `false` once the page is full.
     fn keys(&self, prefix: &[u8], out: &mut Out) -> Result<bool> {
-        let Walk {
-            snap,
-            ks,
-            app,
-            from,
-            to,
-        } = *self;
+        let (snap, ks, app, from, to) = (self.snap, self.ks, self.app, self.from, self.to);
         let lo = keys::with_position(prefix, from.0, from.1);
         let hi = keys::with_position(prefix, to, u64::MAX);
         for kv in snap.range(ks, lo.as_slice()..=hi.as_slice()) {
@@ -189,13 +183,7 @@ impl Walk<'_> {
     /// or before position `p` is in a run starting at or before `p`, so the least waiting record
     /// goes out once the next run starts after it. `false` once the page is full.
     fn runs(&self, out: &mut Out) -> Result<bool> {
-        let Walk {
-            snap,
-            ks,
-            app,
-            from,
-            to,
-        } = *self;
+        let (snap, ks, app, from, to) = (self.snap, self.ks, self.app, self.from, self.to);
         let lo = keys::first_run_key(app, from.0);
         let hi = keys::msg_key(app, to, u64::MAX);
         let mut runs = snap
@@ -238,13 +226,7 @@ impl Walk<'_> {
     /// rather than sorting the whole hour first; then their records (in their runs, with
     /// `runs`). `false` once the page is full.
     fn chunks(&self, scope: &Scope, format: Format, out: &mut Out) -> Result<bool> {
-        let Walk {
-            snap,
-            ks,
-            app,
-            from,
-            to,
-        } = *self;
+        let (snap, ks, app, from, to) = (self.snap, self.ks, self.app, self.from, self.to);
         let runs = format >= Format::Runs;
         let prefix = keys::scope_prefix(keys::CHUNK, app, scope);
         let lo = keys::chunk_key(&prefix, hour_of(from.0), 0);

@@ -303,7 +303,7 @@ type PresenceKey = smallvec::SmallVec<[u8; 24]>;
 
 /// A scope's index or counter key prefix (`tag | app | scope | len | id`, ids up to 25 bytes
 /// inline), or a counter key: keys of the per-commit and cached per-hour maps, compared in place
-/// (a `Vec` key sent each lookup after its bytes through a pointer).
+/// (with `Vec` keys each lookup followed a pointer to the key's bytes).
 type ScopeKey = smallvec::SmallVec<[u8; 32]>;
 
 /// Civil days of presence keys kept in memory, counting back from the newest.
