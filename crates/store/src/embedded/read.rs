@@ -234,9 +234,7 @@ impl Walk<'_> {
         let mut hour = None;
         let mut chunks: Vec<fjall::Slice> = Vec::new();
         let mut records = Records {
-            snap,
-            ks,
-            app,
+            walk: self,
             runs,
             last: None,
         };
@@ -245,7 +243,7 @@ impl Walk<'_> {
             let (h, seq) = keys::chunk_hour_seq(&k);
             if hour != Some(h) {
                 if let Some(done) = hour
-                    && !records.emit(done, &chunks, from, to, out)?
+                    && !records.emit(done, &chunks, out)?
                 {
                     return Ok(false);
                 }
@@ -257,7 +255,7 @@ impl Walk<'_> {
             } // else committed after the walk began
         }
         match hour {
-            Some(h) => records.emit(h, &chunks, from, to, out),
+            Some(h) => records.emit(h, &chunks, out),
             None => Ok(true),
         }
     }
@@ -265,24 +263,17 @@ impl Walk<'_> {
 
 /// Fetches the records of a scope's positions for [`Walk::chunks`].
 struct Records<'a> {
-    snap: &'a Snapshot,
-    ks: &'a Keyspace,
-    app: u32,
+    /// The partition, app and range walked.
+    walk: &'a Walk<'a>,
     runs: bool,
     /// The run read last: neighbours in a scope's order often share one.
     last: Option<((Millis, u64), fjall::Slice)>,
 }
 
 impl Records<'_> {
-    /// Adds the positions of one hour's chunks within `from..=to` to the page, in order.
-    fn emit(
-        &mut self,
-        hour: u32,
-        chunks: &[fjall::Slice],
-        from: (Millis, u64),
-        to: Millis,
-        out: &mut Out,
-    ) -> Result<bool> {
+    /// Adds the positions of one hour's chunks within the walk's range to the page, in order.
+    fn emit(&mut self, hour: u32, chunks: &[fjall::Slice], out: &mut Out) -> Result<bool> {
+        let (from, to) = (self.walk.from, self.walk.to);
         let mut its: Vec<_> = chunks
             .iter()
             .map(|c| {
@@ -318,21 +309,16 @@ impl Records<'_> {
     }
 
     fn push(&mut self, ((ctime, msgid), run): keys::Entry, out: &mut Out) -> Result<bool> {
+        let Walk { snap, ks, app, .. } = *self.walk;
         if !self.runs {
-            return match self
-                .snap
-                .get(self.ks, keys::msg_key(self.app, ctime, msgid))?
-            {
+            return match snap.get(ks, keys::msg_key(app, ctime, msgid))? {
                 Some(rec) => out.push(ctime, msgid, &rec),
                 None => Ok(true),
             };
         }
         let v = match &self.last {
             Some((at, v)) if *at == run => v.clone(),
-            _ => match self
-                .snap
-                .get(self.ks, keys::msg_key(self.app, run.0, run.1))?
-            {
+            _ => match snap.get(ks, keys::msg_key(app, run.0, run.1))? {
                 Some(v) => {
                     self.last = Some((run, v.clone()));
                     v
