@@ -453,27 +453,33 @@ fn truncate(s: &str) -> String {
 
 /// Removes insignificant whitespace from valid JSON text (already checked by the parser). Works
 /// on bytes and copies whole spans between removed bytes: JSON's whitespace and quotes are
-/// ASCII, and no byte of a multi-byte UTF-8 character is ASCII (per char, this was a seventh
-/// of decoding an ingest request).
+/// ASCII, and no byte of a multi-byte UTF-8 character is ASCII. Strings, most of a message
+/// body, are crossed with `memchr` to their closing quote rather than byte by byte (this was
+/// an eighth of decoding an ingest request).
 pub fn minify_json(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
-    let (mut in_str, mut escaped, mut from) = (false, false, 0);
-    for (i, &c) in b.iter().enumerate() {
-        if in_str {
-            if escaped {
-                escaped = false;
-            } else if c == b'\\' {
-                escaped = true;
-            } else if c == b'"' {
-                in_str = false;
+    let (mut i, mut from) = (0, 0);
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                // To the closing quote; an escape's next byte is never one.
+                while let Some(j) = memchr::memchr2(b'"', b'\\', &b[i..]) {
+                    if b[i + j] == b'"' {
+                        i += j;
+                        break;
+                    }
+                    i = (i + j + 2).min(b.len());
+                }
             }
-        } else if matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
-            out.extend_from_slice(&b[from..i]);
-            from = i + 1;
-        } else if c == b'"' {
-            in_str = true;
+            b' ' | b'\n' | b'\r' | b'\t' => {
+                out.extend_from_slice(&b[from..i]);
+                from = i + 1;
+            }
+            _ => {}
         }
+        i += 1;
     }
     out.extend_from_slice(&b[from..]);
     String::from_utf8(out).expect("only ASCII bytes between UTF-8 characters were removed")
@@ -695,7 +701,9 @@ mod tests {
                 .collect::<serde_json::Map<_, _>>()
                 .into();
             let pretty = serde_json::to_string_pretty(&value).unwrap();
-            proptest::prop_assert_eq!(minify_json(&pretty), serde_json::to_string(&value).unwrap());
+            let compact = serde_json::to_string(&value).unwrap();
+            proptest::prop_assert_eq!(minify_json(&pretty), compact.clone());
+            proptest::prop_assert_eq!(minify_json(&compact), compact);
         }
     }
 

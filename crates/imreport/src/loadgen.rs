@@ -564,38 +564,52 @@ async fn post(
         .master_secret
         .clone()
         .context("--master-secret is required with --url")?;
-    let source = Arc::new(Mutex::new(generator));
+    // One thread generates the batches and keeps one ready per client: a client whose answer
+    // arrives sends its next batch at once, instead of the clients taking turns to generate
+    // while the server, having answered them all, waits for work.
+    let clients = a.concurrency.max(1);
+    let batch = a.batch.max(1);
+    let (ready, batches) = tokio::sync::mpsc::channel::<(bytes::Bytes, u64, u64)>(clients);
+    let producer = std::thread::Builder::new()
+        .name("loadgen".into())
+        .spawn(move || {
+            let mut events = generator.peekable();
+            let mut body = String::with_capacity(batch * 256);
+            while events.peek().is_some() {
+                body.clear();
+                let (mut n, mut msgs) = (0u64, 0u64);
+                for e in events.by_ref().take(batch) {
+                    e.write_ndjson(&mut body);
+                    n += 1;
+                    msgs += u64::from(e.is_message());
+                }
+                let payload = bytes::Bytes::copy_from_slice(body.as_bytes());
+                if ready.blocking_send((payload, n, msgs)).is_err() {
+                    return;
+                }
+            }
+        })
+        .context("cannot start the generator thread")?;
+    let batches = Arc::new(tokio::sync::Mutex::new(batches));
     let summary = Arc::new(Mutex::new(Summary::default()));
     let client = reqwest::Client::new();
     let endpoint = format!("{}/ingest/v1/events", url.trim_end_matches('/'));
     let mut tasks = Vec::new();
-    for _ in 0..a.concurrency.max(1) {
-        let (source, summary, client, endpoint, bar) = (
-            source.clone(),
+    for _ in 0..clients {
+        let (batches, summary, client, endpoint, bar) = (
+            batches.clone(),
             summary.clone(),
             client.clone(),
             endpoint.clone(),
             bar.clone(),
         );
-        let (key, secret, batch) = (key.clone(), secret.clone(), a.batch.max(1));
+        let (key, secret) = (key.clone(), secret.clone());
         tasks.push(tokio::spawn(async move {
-            let mut body = String::with_capacity(batch * 256);
             loop {
-                body.clear();
-                let (mut n, mut msgs) = (0u64, 0u64);
-                {
-                    let mut g = source.lock().expect("lock");
-                    for e in g.by_ref().take(batch) {
-                        e.write_ndjson(&mut body);
-                        n += 1;
-                        msgs += u64::from(e.is_message());
-                    }
-                }
-                if n == 0 {
+                let next = batches.lock().await.recv().await;
+                let Some((payload, n, msgs)) = next else {
                     return;
-                }
-                // Shared, not copied, by each attempt (a batch is about a megabyte).
-                let payload = bytes::Bytes::copy_from_slice(body.as_bytes());
+                };
                 let result = loop {
                     let r = client
                         .post(&endpoint)
@@ -643,6 +657,9 @@ async fn post(
     for t in tasks {
         t.await?;
     }
+    producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the generator thread panicked"))?;
     let s = std::mem::take(&mut *summary.lock().expect("lock"));
     Ok(s)
 }
