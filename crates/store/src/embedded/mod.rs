@@ -806,57 +806,6 @@ mod tests {
         assert_eq!(page.count, 3);
     }
 
-    /// While ingest keeps coming (here into another day), a finished day partition is left as
-    /// it is; once ingest pauses for `tidy_after`, it is merged.
-    #[tokio::test]
-    async fn a_finished_day_is_merged_at_a_pause_in_ingest() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = EmbeddedConfig {
-            tidy_after: std::time::Duration::from_secs(1),
-            ..test_config()
-        };
-        let (store, app) = store_with_app(dir.path(), config).await;
-        for id in 1..=3 {
-            ingest(&store, &app, &[message(id, "a", "g1")]).await;
-            let day = *store.inner.days.read().unwrap().keys().next().unwrap();
-            store
-                .inner
-                .day(day)
-                .unwrap()
-                .rotate_memtable_and_wait()
-                .unwrap();
-        }
-        let ks = store
-            .inner
-            .days
-            .read()
-            .unwrap()
-            .values()
-            .next()
-            .unwrap()
-            .clone();
-        assert_eq!(ks.table_count(), 3);
-        let busy_until = std::time::Instant::now() + std::time::Duration::from_secs(3);
-        let mut id = 100;
-        while std::time::Instant::now() < busy_until {
-            let line = message(id, "b", "g2").replace(
-                &format!("\"msg_ctime\":{}", T0 - 1000 + id as i64),
-                &format!("\"msg_ctime\":{}", T0 - 2 * 86_400_000 + id as i64),
-            );
-            assert_eq!(ingest(&store, &app, &[line]).await.accepted, 1);
-            id += 1;
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        assert_eq!(store.inner.days.read().unwrap().len(), 2);
-        assert_eq!(ks.table_count(), 3, "left alone while ingest continued");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while ks.table_count() > 2 {
-            assert!(std::time::Instant::now() < deadline, "never merged");
-            store.check_ready().await.unwrap(); // wakes the writer, which hands the day over
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    }
-
     async fn reopen(dir: &Path, config: EmbeddedConfig) -> EmbeddedStore {
         loop {
             match EmbeddedStore::open(dir, config.clone()) {

@@ -97,7 +97,6 @@ impl Handle {
             sync_failed,
             tidy,
             written,
-            last_write: Instant::now(),
             last_tidy: Instant::now(),
             seq,
             next_ids: HashMap::default(),
@@ -162,9 +161,6 @@ struct Writer {
     tidy: std::sync::mpsc::Sender<(i64, Keyspace)>,
     /// When each day partition was last written, until it is handed to `tidy`.
     written: HashMap<i64, Instant>,
-    /// When any day partition was last written: while ingest keeps coming, finished days wait
-    /// (see `tidy`).
-    last_write: Instant,
     last_tidy: Instant,
     /// Last committed sequence.
     seq: u64,
@@ -312,8 +308,6 @@ type ScopeKey = smallvec::SmallVec<[u8; 32]>;
 
 /// Civil days of presence keys kept in memory, counting back from the newest.
 const PRESENT_DAYS: i64 = 2;
-/// Longest a finished day partition waits for a pause in ingest before it is merged anyway.
-const TIDY_WHILE_BUSY: std::time::Duration = std::time::Duration::from_secs(600);
 
 type IngestJob = (App, Vec<Event>, oneshot::Sender<Result<IngestOutcome>>);
 
@@ -415,26 +409,16 @@ impl Writer {
     /// writes). Day partitions let 16 tables gather in level 0 before merging (cheap writes),
     /// and a point read checks every one of them; once a day goes quiet (live traffic moves on
     /// to the next day, or a bulk load ends) one merge makes its reads cheap for good.
-    ///
-    /// While ingest keeps coming, a finished day waits for a pause of `tidy_after` (or
-    /// [`TIDY_WHILE_BUSY`] at most): a bulk load passes a day every few seconds, and merging
-    /// each as it passes took ~8% of the machine from the load (in live traffic a day
-    /// finishes once a day, and waits those minutes at most).
     fn tidy(&mut self) {
         let quiet_for = self.inner.config.tidy_after;
         if self.last_tidy.elapsed() < quiet_for {
             return;
         }
         self.last_tidy = Instant::now();
-        let wait = if self.last_write.elapsed() < quiet_for {
-            quiet_for.max(TIDY_WHILE_BUSY)
-        } else {
-            quiet_for
-        };
         let mut quiet: Vec<i64> = self
             .written
             .iter()
-            .filter(|(_, t)| t.elapsed() >= wait)
+            .filter(|(_, t)| t.elapsed() >= quiet_for)
             .map(|(d, _)| *d)
             .collect();
         // Newest first: recent days are the ones read most.
@@ -1069,7 +1053,6 @@ impl Writer {
             self.arena = g.arena;
         }
         let now = Instant::now();
-        self.last_write = now;
         for day in g.partitions.keys() {
             self.written.insert(*day, now);
         }
