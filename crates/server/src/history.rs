@@ -2,7 +2,7 @@
 //! `/v2/groups/{gid}/messages`, `/v2/chatrooms/{id}/messages`.
 
 use crate::error::ApiError;
-use crate::{AppState, json_body};
+use crate::{AppState, json_parts};
 use axum::Extension;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
@@ -105,7 +105,7 @@ async fn serve(
         }
     };
     let page = st.store.page(&app, &scope, req).await?;
-    let mut body = Vec::with_capacity(page.json.len() + 256);
+    let mut body = Vec::with_capacity(256);
     body.extend_from_slice(b"{\"total\":");
     body.extend_from_slice(page.total.to_string().as_bytes());
     if let Some(after) = page.next {
@@ -124,7 +124,9 @@ async fn serve(
     body.extend_from_slice(b",\"count\":");
     body.extend_from_slice(page.count.to_string().as_bytes());
     body.extend_from_slice(b",\"messages\":[");
-    body.extend_from_slice(&page.json);
-    body.extend_from_slice(b"]}");
-    Ok(json_body(body))
+    Ok(json_parts(vec![
+        body.into(),
+        page.json.into(),
+        bytes::Bytes::from_static(b"]}"),
+    ]))
 }

@@ -78,6 +78,45 @@ pub fn json_body(body: Vec<u8>) -> Response {
     r
 }
 
+/// A JSON response sent as its parts, in order: a page's messages go out as the store wrote
+/// them instead of being copied behind their envelope (a page is ~430 KB).
+pub fn json_parts(parts: Vec<bytes::Bytes>) -> Response {
+    let mut r = Response::new(Body::new(Parts(parts.into())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    r
+}
+
+/// A body of a few buffers with an exact length, so it is sent with `Content-Length`.
+struct Parts(std::collections::VecDeque<bytes::Bytes>);
+
+impl hyper::body::Body for Parts {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(
+            self.get_mut()
+                .0
+                .pop_front()
+                .map(|b| Ok(hyper::body::Frame::data(b))),
+        )
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.0.iter().map(|b| b.len() as u64).sum())
+    }
+}
+
 async fn healthz() -> Response {
     json_body(br#"{"status":"ok"}"#.to_vec())
 }

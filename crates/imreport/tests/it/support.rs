@@ -253,7 +253,15 @@ impl TestServer {
             .await
             .unwrap();
         let status = r.status().as_u16();
-        (status, r.json().await.unwrap())
+        // Every answer states its length (a history page is sent as parts, not chunked).
+        let length = r.content_length();
+        let body = r.bytes().await.unwrap();
+        assert_eq!(
+            length,
+            Some(body.len() as u64),
+            "Content-Length of {path_and_query}"
+        );
+        (status, serde_json::from_slice(&body).unwrap())
     }
 
     pub async fn get(&self, path_and_query: &str) -> (u16, Value) {

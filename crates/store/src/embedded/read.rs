@@ -52,7 +52,8 @@ pub(crate) fn page(inner: &Inner, app: &App, scope: &Scope, req: PageRequest) ->
         key: &app.key,
         snapshot,
         want: usize::from(req.count),
-        json: Vec::with_capacity(usize::from(req.count) * 384),
+        // A generated message is ~430 bytes of JSON: room for a page without regrowing (a copy).
+        json: Vec::with_capacity(usize::from(req.count) * 512),
         n: 0,
         last: None,
         more: false,

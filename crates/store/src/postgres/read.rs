@@ -104,7 +104,7 @@ pub(super) async fn page(
     .map_err(pg_error)?;
     tx.commit().await.map_err(pg_error)?;
     let more = rows.len() as i64 > want;
-    let mut json = Vec::with_capacity(rows.len() * 384);
+    let mut json = Vec::with_capacity(rows.len() * 512);
     let mut last = None;
     for (n, row) in rows.iter().take(want as usize).enumerate() {
         let (ctime, msgid): (i64, i64) = (row.get(0), row.get(1));
