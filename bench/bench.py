@@ -223,8 +223,9 @@ class Imreport:
         return page["total"]
 
     def walk(self, b, e, deadline):
-        # `imreport export` is the client: a Rust walker that parses each page only for its cursor,
-        # so the figure is the server's rate rather than a Python decoder's.
+        # `imreport export` is the client: a Rust walker that copies messages through as sent and
+        # fetches the next page while it parses the last, so the figure is the server's rate
+        # rather than a Python decoder's.
         out = subprocess.run([BIN, "export", "--url", self.url, "--app-key", KEY, "--master-secret", SECRET,
                               "--begin", sh(b), "--end", sh(e), "--count", "1000", "--out", "/dev/null"],
                              check=True, capture_output=True, text=True)
@@ -517,7 +518,7 @@ def report(runs, cmd):
              "while sampling (as Python's `timeit` does). Each figure includes the client's decoding "
              "of the answer (1000 messages for a first page).",
              f"- Full walk: pages of 1000 through the whole 7-day window; for imreport with `imreport export` (a Rust "
-             f"client that parses each page for its cursor only), for the others with keyset SQL from Python, for at "
+             f"client that fetches the next page while it parses and writes the last), for the others with keyset SQL from Python, for at "
              f"most {WALK_BUDGET_S} s.",
              "- Order: each system loads, then (imreport only) the suite waits until the process has been idle for "
              f"{SETTLE_IDLE_S} s, so that the upkeep the embedded store defers past a load (sealing memtables, merging "
