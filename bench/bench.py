@@ -90,7 +90,8 @@ class Workload:
         last_day = (self.end + SH) // DAY
         self.day0 = last_day - 59
         self.windows = {"1h": (self.end - HOUR + 1, self.end), "1d": (self.end - DAY + 1, self.end),
-                        "7d": (self.end - 7 * DAY + 1000, self.end)}
+                        # The API takes whole seconds: the SQL columns ask from the same first ms.
+                        "7d": (self.end - 7 * DAY + 1, self.end)}
         self.scopes = {"app": None, "user": "u0", "group": "10000000", "chatroom": "20000000"}
         self.last_day = last_day
         d = datetime.date(1970, 1, 1) + datetime.timedelta(days=last_day)
