@@ -2,7 +2,7 @@
 //! day still retained.
 
 use imreport_domain::Millis;
-use imreport_domain::time::{MILLIS_PER_DAY, ReportTz};
+use imreport_domain::time::{MILLIS_PER_DAY, MILLIS_PER_HOUR, ReportTz};
 
 /// Messages are partitioned by "partition day": the day of `msg_ctime` shifted by a fixed offset
 /// (the report zone's offset when the store was created, kept forever, so that partition days are
@@ -18,6 +18,12 @@ impl Window {
     /// The partition day of an instant.
     pub fn pday(&self, ms: Millis) -> i64 {
         (ms + self.partition_offset_ms).div_euclid(MILLIS_PER_DAY)
+    }
+
+    /// The first instant of the hour holding `ms`, hours aligned with the partition days (so an
+    /// hour never spans two partitions, whatever the offset's minutes).
+    pub fn hour_start(&self, ms: Millis) -> Millis {
+        ms - (ms + self.partition_offset_ms).rem_euclid(MILLIS_PER_HOUR)
     }
 
     /// The first instant of a partition day.

@@ -226,3 +226,126 @@ async fn servers_starting_at_once_migrate_the_schema_once() {
     drop((a, b, c, d));
     drop_schema(schema);
 }
+
+/// A database written before `msg_counts` existed (schema 1) has its stored messages counted when
+/// migrated, and `total` (from those counters for the whole app) agrees with the rows before and after, for windows whose edges fall
+/// anywhere in an hour (in a zone whose hours are offset by 30 minutes from UTC's).
+#[tokio::test]
+async fn migrating_to_hour_counters_counts_what_is_stored() {
+    use imreport_domain::scope::Scope;
+    use imreport_domain::time::TimeRange;
+    use imreport_store::{PageRequest, Store};
+    let schema = fresh_schema();
+    let clock = imreport_domain::Clock::manual(T0);
+    let open = || postgres_store(&schema, clock.clone(), "Asia/Kolkata", 60);
+    let store = open().await;
+    let app = store
+        .create_app(
+            "app",
+            "app",
+            imreport_domain::app::SecretHash::new("secret-secret"),
+        )
+        .await
+        .unwrap();
+    // 3 days of messages, one every 7 min 10 s: u0-u4 to groups g0-g2, the chatroom c0, or u5.
+    let mut model = Vec::new();
+    let mut events = Vec::new();
+    for i in 0..600u64 {
+        let t = T0 - 3 * DAY + (i as i64) * 430_000;
+        let from = format!("u{}", i % 5);
+        let (tt, target) = match i % 4 {
+            0 | 1 => ("group", format!("g{}", i % 3)),
+            2 => ("chatroom", "c0".to_owned()),
+            _ => ("single", "u5".to_owned()),
+        };
+        events.push(text_message(i + 1, t, tt, &target, &from));
+        model.push((t, tt, target, from));
+    }
+    let decoded = imreport_domain::event::decode_batch(
+        ndjson(&events).as_bytes(),
+        "app",
+        T0,
+        &imreport_domain::event::IngestLimits::default(),
+    )
+    .unwrap();
+    store.ingest(&app, decoded).await.unwrap();
+    let scopes = [
+        Scope::App,
+        Scope::User("u1".into()),
+        Scope::User("u5".into()),
+        Scope::Group("g2".into()),
+        Scope::Chatroom("c0".into()),
+    ];
+    let windows = [
+        (T0 - 3 * DAY, T0 - 1),
+        (T0 - 3 * DAY + 17_000, T0 - DAY + 1_234_999),
+        (T0 - 2 * DAY + 30 * 60_000, T0 - 2 * DAY + 90 * 60_000 - 1),
+        (T0 - 2 * DAY + 61_000, T0 - 2 * DAY + 62 * 60_000 - 1),
+        (T0 - 2 * DAY + 600_000, T0 - 2 * DAY + 600_999),
+    ];
+    let expected = |scope: &Scope, (b, e): (i64, i64)| {
+        model
+            .iter()
+            .filter(|(t, tt, target, from)| {
+                (b..=e).contains(t)
+                    && match scope {
+                        Scope::App => true,
+                        Scope::User(u) => from == u || (*tt == "single" && target == u),
+                        Scope::Group(g) => *tt == "group" && target == g,
+                        Scope::Chatroom(c) => *tt == "chatroom" && target == c,
+                    }
+            })
+            .count() as u64
+    };
+    let totals = |store: imreport_store::postgres::PostgresStore| {
+        let app = app.clone();
+        let scopes = scopes.clone();
+        async move {
+            let mut out = Vec::new();
+            for scope in &scopes {
+                for (begin, end) in windows {
+                    let req = PageRequest {
+                        range: TimeRange { begin, end },
+                        count: 1,
+                        after: None,
+                        snapshot: 0,
+                        total: 0,
+                    };
+                    out.push(store.page(&app, scope, req).await.unwrap().total);
+                }
+            }
+            out
+        }
+    };
+    let want: Vec<u64> = scopes
+        .iter()
+        .flat_map(|s| windows.iter().map(move |w| (s, *w)))
+        .map(|(s, w)| expected(s, w))
+        .collect();
+    assert!(want.iter().filter(|n| **n > 0).count() >= 15, "{want:?}");
+    assert_eq!(totals(store).await, want, "counted as ingested");
+
+    // Back to schema 1: no counters, as a database written by an older imreport.
+    let (client, conn) = tokio_postgres::connect(&test_database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "DROP TABLE {schema}.msg_counts; DELETE FROM {schema}.imreport_migrations WHERE version = 2"
+        ))
+        .await
+        .unwrap();
+    let store = open().await;
+    let counted: i64 = client
+        .query_one(
+            &format!("SELECT sum(n)::int8 FROM {schema}.msg_counts"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(counted, 600, "the migration counted every stored message");
+    assert_eq!(totals(store).await, want, "counted by the migration");
+    drop_schema(schema);
+}

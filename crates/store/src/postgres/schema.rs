@@ -10,9 +10,10 @@ use tokio_postgres::Client;
 
 /// Applied in order, each once, each in its own transaction. Never edit one that has shipped:
 /// add the next.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE imreport_meta (
     key   text PRIMARY KEY,
     value text NOT NULL
@@ -90,7 +91,48 @@ CREATE TABLE stat_totals (
     groups bigint NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- Messages of an app per hour, the hours aligned with the partition days (`hour` is the hour's
+-- first instant, ms), partitioned with the messages: the `total` of a first page of the whole
+-- app sums one counter per whole hour of its window and counts rows only in the partial hours
+-- at its edges. The days already stored are counted here, once.
+CREATE TABLE msg_counts (
+    app_id integer NOT NULL,
+    hour   bigint NOT NULL,
+    n      bigint NOT NULL,
+    PRIMARY KEY (app_id, hour)
+) PARTITION BY RANGE (hour);
+DO $$
+DECLARE
+    p record;
+    off bigint;
+BEGIN
+    SELECT value::bigint INTO off FROM imreport_meta WHERE key = 'partition_offset_ms';
+    FOR p IN
+        SELECT c.relname::text AS name, pg_get_expr(c.relpartbound, c.oid) AS bound
+          FROM pg_inherits i
+          JOIN pg_class c ON c.oid = i.inhrelid
+          JOIN pg_class pc ON pc.oid = i.inhparent
+          JOIN pg_namespace n ON n.oid = pc.relnamespace
+         WHERE pc.relname = 'messages' AND n.nspname = current_schema()
+    LOOP
+        EXECUTE format('CREATE TABLE %I PARTITION OF msg_counts %s',
+                       replace(p.name, 'messages_p', 'msg_counts_p'), p.bound);
+        EXECUTE format('INSERT INTO msg_counts (app_id, hour, n)
+                        SELECT app_id,
+                               msg_ctime - mod(mod(msg_ctime + %s, 3600000) + 3600000, 3600000),
+                               count(*)
+                          FROM %I GROUP BY 1, 2',
+                       coalesce(off, 0), p.name);
+    END LOOP;
+END
+$$;
+"#,
+    ),
+];
 
 fn pg(e: tokio_postgres::Error) -> StoreError {
     super::pg_error(e)
@@ -159,7 +201,7 @@ async fn apply(client: &mut Client) -> Result<()> {
 }
 
 /// Partitioned tables and what their partitions are keyed by.
-pub const MESSAGE_TABLES: [&str; 2] = ["messages", "msg_index"];
+pub const MESSAGE_TABLES: [&str; 3] = ["messages", "msg_index", "msg_counts"];
 pub const PRESENCE_TABLE: &str = "presence";
 
 pub fn partition_name(table: &str, day: i64) -> String {

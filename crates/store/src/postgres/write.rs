@@ -127,6 +127,8 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
         Vec::new(),
         Vec::new(),
     );
+    // Messages added per hour (see `msg_counts`).
+    let mut counts: std::collections::BTreeMap<i64, i64> = Default::default();
     // Presence keys in event order, and the rollup each one bumps when fresh.
     let mut marks: Vec<PresenceKey> = Vec::new();
     let mut days: HashMap<i32, DayStats> = HashMap::default();
@@ -155,6 +157,7 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
                     m_ctime.push(m.msg_ctime);
                     m_id.push(m.msgid as i64);
                     m_rec.push(rec);
+                    *counts.entry(w.hour_start(m.msg_ctime)).or_default() += 1;
                     for scope in m.scopes() {
                         x_scope.push(i16::from(scope.tag()));
                         x_sid.push(scope.id().to_owned());
@@ -216,6 +219,18 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
             .await
             .map_err(pg_error)?;
         tx.execute(&q, &[&app_id, &x_scope, &x_sid, &x_ctime, &x_id, &seq])
+            .await
+            .map_err(pg_error)?;
+        let (c_hour, c_n): (Vec<i64>, Vec<i64>) = counts.into_iter().unzip();
+        let q = tx
+            .prepare_cached(
+                "INSERT INTO msg_counts (app_id, hour, n)
+                 SELECT $1, h, n FROM unnest($2::int8[], $3::int8[]) AS t(h, n)
+                 ON CONFLICT (app_id, hour) DO UPDATE SET n = msg_counts.n + excluded.n",
+            )
+            .await
+            .map_err(pg_error)?;
+        tx.execute(&q, &[&app_id, &c_hour, &c_n])
             .await
             .map_err(pg_error)?;
     }
