@@ -151,3 +151,83 @@ fn config_example_is_printed() {
     let (ok, out, _) = imreport(&["config", "example"]);
     assert!(ok && out.contains("retention_days = 60") && out.contains("report_tz"));
 }
+
+/// `imreport export` against a Report V2 server that orders a page's fields otherwise than
+/// imreport (messages before the cursor, no cursor on the last page): the same messages, in
+/// order; and a page that is not JSON fails the export instead of being skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_walks_pages_whatever_their_field_order() {
+    use axum::extract::RawQuery;
+    let page = |q: Option<String>| async move {
+        let msg = |id: u64| json!({"msgid": id, "msg_body": {"text": format!("m{id}")}});
+        let body = match q.as_deref().unwrap_or("") {
+            q if q.contains("cursor=c1") => format!(
+                r#"{{"count":2,"messages":[{},{}],"total":5,"cursor":"c2"}}"#,
+                msg(3),
+                msg(4)
+            ),
+            q if q.contains("cursor=c2") => {
+                format!(r#"{{"messages":[{}],"total":5,"count":1}}"#, msg(5))
+            }
+            q if q.contains("cursor=bad") => "not json".to_owned(),
+            q if q.contains("begin_time=2026-01-01") => {
+                format!(r#"{{"total":9,"cursor":"bad","messages":[{}]}}"#, msg(9))
+            }
+            _ => format!(
+                r#"{{"total" : 5, "messages":[{},{}], "cursor":"c1","count":2}}"#,
+                msg(1),
+                msg(2)
+            ),
+        };
+        ([("content-type", "application/json")], body)
+    };
+    let app = axum::Router::new().route(
+        "/v2/messages",
+        axum::routing::get(move |RawQuery(q): RawQuery| page(q)),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let export = |begin: &'static str, out: std::path::PathBuf, url: String| {
+        tokio::task::spawn_blocking(move || {
+            imreport(&[
+                "export",
+                "--url",
+                &url,
+                "--app-key",
+                "k",
+                "--master-secret",
+                "s",
+                "--begin",
+                begin,
+                "--end",
+                "2026-11-02 00:00:00",
+                "--out",
+                out.to_str().unwrap(),
+            ])
+        })
+    };
+    let (ok, _, err) = export("2026-11-01 00:00:00", out.clone(), url.clone())
+        .await
+        .unwrap();
+    assert!(ok, "{err}");
+    let ids: Vec<u64> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["msgid"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ids, [1, 2, 3, 4, 5], "{err}");
+    assert!(err.contains(r#""pages":3"#), "{err}");
+
+    let (ok, _, err) = export("2026-01-01 00:00:00", dir.path().join("bad.ndjson"), url)
+        .await
+        .unwrap();
+    assert!(!ok, "a page that is not JSON must fail the export");
+    assert!(err.contains("not a history page"), "{err}");
+}
