@@ -188,6 +188,27 @@ async fn two_servers_over_one_database_answer_as_one() {
     assert_eq!(counted, 2800);
 }
 
+/// An app named `app` with a fixed secret, created through the store.
+async fn create_app(store: &impl imreport_store::Store) -> imreport_domain::app::App {
+    store
+        .create_app(
+            "app",
+            "app",
+            imreport_domain::app::SecretHash::new("secret-secret"),
+        )
+        .await
+        .unwrap()
+}
+
+/// A plain connection to the test database, to look at or alter a schema behind the store.
+async fn connect() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&test_database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
 #[tokio::test]
 async fn servers_starting_at_once_migrate_the_schema_once() {
     let schema = fresh_schema();
@@ -196,21 +217,11 @@ async fn servers_starting_at_once_migrate_the_schema_once() {
     let (a, b, c, d) = tokio::join!(open(), open(), open(), open());
     // Every one of them works on the same tables.
     use imreport_store::Store;
-    let app = a
-        .create_app(
-            "app",
-            "app",
-            imreport_domain::app::SecretHash::new("secret-secret"),
-        )
-        .await
-        .unwrap();
+    let app = create_app(&a).await;
     for s in [&b, &c, &d] {
         assert_eq!(s.app("app").await.unwrap().unwrap().id, app.id);
     }
-    let (client, conn) = tokio_postgres::connect(&test_database_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = connect().await;
     let applied: i64 = client
         .query_one(
             &format!("SELECT count(*) FROM {schema}.imreport_migrations"),
@@ -239,14 +250,7 @@ async fn migrating_to_hour_counters_counts_what_is_stored() {
     let clock = imreport_domain::Clock::manual(T0);
     let open = || postgres_store(&schema, clock.clone(), "Asia/Kolkata", 60);
     let store = open().await;
-    let app = store
-        .create_app(
-            "app",
-            "app",
-            imreport_domain::app::SecretHash::new("secret-secret"),
-        )
-        .await
-        .unwrap();
+    let app = create_app(&store).await;
     // 3 days of messages, one every 7 min 10 s: u0-u4 to groups g0-g2, the chatroom c0, or u5.
     let mut model = Vec::new();
     let mut events = Vec::new();
@@ -326,10 +330,7 @@ async fn migrating_to_hour_counters_counts_what_is_stored() {
     assert_eq!(totals(store).await, want, "counted as ingested");
 
     // Back to schema 1: no counters, as a database written by an older imreport.
-    let (client, conn) = tokio_postgres::connect(&test_database_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = connect().await;
     client
         .batch_execute(&format!(
             "DROP TABLE {schema}.msg_counts; DELETE FROM {schema}.imreport_migrations WHERE version = 2"
