@@ -70,12 +70,7 @@ impl AppState {
 
 /// A `200` JSON response with the contract's content type.
 pub fn json_body(body: Vec<u8>) -> Response {
-    let mut r = Response::new(Body::from(body));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    r
+    json_parts(vec![body.into()])
 }
 
 /// A JSON response sent as its parts, in order: a page's messages go out as the store wrote
