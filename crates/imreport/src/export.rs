@@ -145,6 +145,7 @@ pub async fn run(a: ExportArgs) -> Result<()> {
         q("begin_time", &a.begin),
         q("end_time", &a.end)
     );
+    let next = |cursor: &str| format!("{base}{path}?{}", q("cursor", cursor));
     let started = Instant::now();
     let (mut n, mut pages, mut total) = (0u64, 0u64, None);
     // Pages are parsed and written on a blocking thread, one after another. A page whose cursor
@@ -152,7 +153,8 @@ pub async fn run(a: ExportArgs) -> Result<()> {
     // a page on one core while this parses the last on the other); the full parse then checks
     // that cursor.
     let mut parsing: Option<tokio::task::JoinHandle<Result<(Out, Parsed)>>> = None;
-    let mut expected: Option<Option<String>> = None;
+    // The cursor a page in flight was read ahead for.
+    let mut expected: Option<String> = None;
     let mut finish = |parsed: Parsed, expected: Option<Option<String>>| -> Result<Option<String>> {
         if let Some(c) = expected {
             anyhow::ensure!(
@@ -177,7 +179,7 @@ pub async fn run(a: ExportArgs) -> Result<()> {
         if let Some(task) = parsing.take() {
             let (o, parsed) = task.await??;
             out = Some(o);
-            finish(parsed, expected.take())?;
+            finish(parsed, expected.take().map(Some))?;
         }
         if !status.is_success() {
             bail!("{status}: {}", String::from_utf8_lossy(&body));
@@ -190,15 +192,15 @@ pub async fn run(a: ExportArgs) -> Result<()> {
         });
         match ahead {
             Some(Some(c)) => {
-                url = format!("{base}{path}?{}", q("cursor", &c));
-                expected = Some(Some(c));
+                url = next(&c);
+                expected = Some(c);
                 parsing = Some(task);
             }
             _ => {
                 let (o, parsed) = task.await??;
                 out = Some(o);
                 match finish(parsed, ahead)? {
-                    Some(c) => url = format!("{base}{path}?{}", q("cursor", &c)),
+                    Some(c) => url = next(&c),
                     None => break,
                 }
             }

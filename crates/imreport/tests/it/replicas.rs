@@ -209,6 +209,11 @@ async fn connect() -> tokio_postgres::Client {
     client
 }
 
+/// The one `bigint` a query answers.
+async fn scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
 #[tokio::test]
 async fn servers_starting_at_once_migrate_the_schema_once() {
     let schema = fresh_schema();
@@ -222,14 +227,11 @@ async fn servers_starting_at_once_migrate_the_schema_once() {
         assert_eq!(s.app("app").await.unwrap().unwrap().id, app.id);
     }
     let client = connect().await;
-    let applied: i64 = client
-        .query_one(
-            &format!("SELECT count(*) FROM {schema}.imreport_migrations"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let applied = scalar(
+        &client,
+        &format!("SELECT count(*) FROM {schema}.imreport_migrations"),
+    )
+    .await;
     assert_eq!(
         applied as usize,
         imreport_store::postgres::schema::MIGRATIONS.len()
@@ -338,14 +340,11 @@ async fn migrating_to_hour_counters_counts_what_is_stored() {
         .await
         .unwrap();
     let store = open().await;
-    let counted: i64 = client
-        .query_one(
-            &format!("SELECT sum(n)::int8 FROM {schema}.msg_counts"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let counted = scalar(
+        &client,
+        &format!("SELECT sum(n)::int8 FROM {schema}.msg_counts"),
+    )
+    .await;
     assert_eq!(counted, 600, "the migration counted every stored message");
     assert_eq!(totals(store).await, want, "counted by the migration");
     drop_schema(schema);
