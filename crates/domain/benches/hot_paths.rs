@@ -2,7 +2,7 @@
 //! page assembly (stored records to wire JSON). `cargo bench -p imreport-domain`.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use imreport_domain::cursor::{CursorKey, CursorState, Position, open, seal};
+use imreport_domain::cursor::{Binding, CursorKey, CursorState, Position, open, seal};
 use imreport_domain::event::{Event, IngestLimits, decode_batch};
 use imreport_domain::message::{encode_record, view_record};
 use imreport_domain::scope::Scope;
@@ -49,22 +49,17 @@ fn benches(c: &mut Criterion) {
         snapshot: 77,
         issued_ms: NOW,
     };
-    let sealed = seal(&key, "4f7aef34fb361292c566a1cd", &scope, &st);
+    let app = Binding {
+        id: 1,
+        key: "4f7aef34fb361292c566a1cd",
+        created_ms: NOW,
+    };
+    let sealed = seal(&key, app, &scope, &st);
     c.bench_function("cursor_seal", |b| {
-        b.iter(|| seal(&key, black_box("4f7aef34fb361292c566a1cd"), &scope, &st))
+        b.iter(|| seal(&key, black_box(app), &scope, &st))
     });
     c.bench_function("cursor_open", |b| {
-        b.iter(|| {
-            open(
-                &key,
-                "4f7aef34fb361292c566a1cd",
-                &scope,
-                black_box(&sealed),
-                NOW,
-                120_000,
-            )
-            .unwrap()
-        })
+        b.iter(|| open(&key, app, &scope, black_box(&sealed), NOW, 120_000).unwrap())
     });
 
     let body = batch(5000);

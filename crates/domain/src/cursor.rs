@@ -13,9 +13,42 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-const VERSION: u8 = 1;
+/// 2: bound to the app itself (number, key, creation time), not only its key.
+const VERSION: u8 = 2;
 const MAC_LEN: usize = 16;
 const BODY_LEN: usize = 1 + 8 + 1 + 8 + 8 + 8 + 2 + 8 + 8 + 8 + 8 + 8;
+/// Length of every cursor: unpadded base64url of the body and its tag.
+pub const CURSOR_LEN: usize = ((BODY_LEN + MAC_LEN) * 4).div_ceil(3);
+
+/// The app a cursor is bound to: its internal number and creation time as well as its key, so
+/// that an app deleted and created again with the same key continues none of the old one's
+/// walks.
+#[derive(Debug, Clone, Copy)]
+pub struct Binding<'a> {
+    pub id: u32,
+    pub key: &'a str,
+    pub created_ms: Millis,
+}
+
+impl<'a> From<&'a crate::app::App> for Binding<'a> {
+    fn from(a: &'a crate::app::App) -> Self {
+        Binding {
+            id: a.id,
+            key: &a.key,
+            created_ms: a.created_ms,
+        }
+    }
+}
+
+impl Binding<'_> {
+    fn fingerprint(&self) -> [u8; 8] {
+        fingerprint(&[
+            &self.id.to_be_bytes(),
+            self.key.as_bytes(),
+            &self.created_ms.to_be_bytes(),
+        ])
+    }
+}
 
 /// The secret that seals cursors. Servers that share it continue each other's cursors.
 #[derive(Clone)]
@@ -91,11 +124,11 @@ impl Reader<'_> {
     }
 }
 
-/// Seals a cursor for `app_key` and `scope`.
-pub fn seal(key: &CursorKey, app_key: &str, scope: &Scope, st: &CursorState) -> String {
+/// Seals a cursor for `app` and `scope`.
+pub fn seal(key: &CursorKey, app: Binding<'_>, scope: &Scope, st: &CursorState) -> String {
     let mut b = Vec::with_capacity(BODY_LEN + MAC_LEN);
     b.push(VERSION);
-    b.extend_from_slice(&fingerprint(&[app_key.as_bytes()]));
+    b.extend_from_slice(&app.fingerprint());
     b.push(scope.tag());
     b.extend_from_slice(&fingerprint(&[&[scope.tag()], scope.id().as_bytes()]));
     b.extend_from_slice(&st.range.begin.to_be_bytes());
@@ -115,7 +148,7 @@ pub fn seal(key: &CursorKey, app_key: &str, scope: &Scope, st: &CursorState) -> 
 /// Opens a cursor, checking in turn its form, its seal, the app, the scope and its age.
 pub fn open(
     key: &CursorKey,
-    app_key: &str,
+    app: Binding<'_>,
     scope: &Scope,
     cursor: &str,
     now_ms: Millis,
@@ -137,7 +170,7 @@ pub fn open(
         ));
     }
     let mut r = Reader(&body[1..]);
-    if r.take::<8>() != fingerprint(&[app_key.as_bytes()]) {
+    if r.take::<8>() != app.fingerprint() {
         return Err(Error::invalid(
             "cursor was issued to another app; use the cursor your own app received",
         ));
@@ -183,6 +216,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn app(key: &str) -> Binding<'_> {
+        Binding {
+            id: 7,
+            key,
+            created_ms: 1_000,
+        }
+    }
+
     fn key() -> CursorKey {
         CursorKey::from_text("0123456789abcdef-test-key").unwrap()
     }
@@ -207,26 +248,27 @@ mod tests {
     #[test]
     fn round_trip_and_url_safe() {
         let s = state();
-        let c = seal(&key(), "appA", &Scope::App, &s);
-        assert!(c.len() <= 256);
+        let c = seal(&key(), app("appA"), &Scope::App, &s);
+        assert_eq!(c.len(), CURSOR_LEN);
+        assert_eq!(CURSOR_LEN, 123);
         assert!(
             c.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         );
         assert_eq!(
-            open(&key(), "appA", &Scope::App, &c, 10_000, 120_000).unwrap(),
+            open(&key(), app("appA"), &Scope::App, &c, 10_000, 120_000).unwrap(),
             s
         );
     }
 
     #[test]
     fn refusals_say_which() {
-        let c = seal(&key(), "appA", &Scope::User("u".into()), &state());
+        let c = seal(&key(), app("appA"), &Scope::User("u".into()), &state());
         let err = |r: Result<CursorState, Error>| r.unwrap_err().to_string();
         assert!(
             err(open(
                 &key(),
-                "appB",
+                app("appB"),
                 &Scope::User("u".into()),
                 &c,
                 10_000,
@@ -237,7 +279,7 @@ mod tests {
         assert!(
             err(open(
                 &key(),
-                "appA",
+                app("appA"),
                 &Scope::User("v".into()),
                 &c,
                 10_000,
@@ -248,7 +290,7 @@ mod tests {
         assert!(
             err(open(
                 &key(),
-                "appA",
+                app("appA"),
                 &Scope::Group("u".into()),
                 &c,
                 10_000,
@@ -259,7 +301,7 @@ mod tests {
         assert!(
             err(open(
                 &key(),
-                "appA",
+                app("appA"),
                 &Scope::User("u".into()),
                 &c,
                 130_001,
@@ -270,7 +312,7 @@ mod tests {
         assert!(
             err(open(
                 &key(),
-                "appA",
+                app("appA"),
                 &Scope::User("u".into()),
                 &c[..c.len() - 4],
                 10_000,
@@ -278,11 +320,34 @@ mod tests {
             ))
             .contains("truncated")
         );
+        for reborn in [
+            Binding {
+                id: 8,
+                ..app("appA")
+            },
+            Binding {
+                created_ms: 2_000,
+                ..app("appA")
+            },
+        ] {
+            assert!(
+                err(open(
+                    &key(),
+                    reborn,
+                    &Scope::User("u".into()),
+                    &c,
+                    10_000,
+                    120_000
+                ))
+                .contains("another app"),
+                "an app created again with the same key"
+            );
+        }
         let other = CursorKey::from_text("another-key-of-16-bytes").unwrap();
         assert!(
             err(open(
                 &other,
-                "appA",
+                app("appA"),
                 &Scope::User("u".into()),
                 &c,
                 10_000,
@@ -291,24 +356,32 @@ mod tests {
             .contains("forged")
         );
         assert!(
-            err(open(&key(), "appA", &Scope::App, "!!!", 10_000, 120_000)).contains("malformed")
+            err(open(
+                &key(),
+                app("appA"),
+                &Scope::App,
+                "!!!",
+                10_000,
+                120_000
+            ))
+            .contains("malformed")
         );
     }
 
     proptest! {
         #[test]
         fn any_single_byte_change_is_refused(pos in 0usize..114, bit in 0u8..8) {
-            let c = seal(&key(), "appA", &Scope::App, &state());
+            let c = seal(&key(), app("appA"), &Scope::App, &state());
             let mut raw = URL_SAFE_NO_PAD.decode(&c).unwrap();
             let pos = pos % raw.len();
             raw[pos] ^= 1 << bit;
             let forged = URL_SAFE_NO_PAD.encode(raw);
-            prop_assert!(open(&key(), "appA", &Scope::App, &forged, 10_000, 120_000).is_err());
+            prop_assert!(open(&key(), app("appA"), &Scope::App, &forged, 10_000, 120_000).is_err());
         }
 
         #[test]
         fn arbitrary_text_never_panics(s in ".{0,300}") {
-            let _ = open(&key(), "appA", &Scope::App, &s, 0, 120_000);
+            let _ = open(&key(), app("appA"), &Scope::App, &s, 0, 120_000);
         }
     }
 }

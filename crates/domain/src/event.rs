@@ -14,6 +14,40 @@ pub const MAX_FUTURE_MS: Millis = 5 * 60 * 1000;
 pub const MAX_NAME_BYTES: usize = 512;
 /// Longest `msg_type` / `from_platform`, in bytes.
 pub const MAX_TAG_BYTES: usize = 32;
+/// Deepest nesting of objects and arrays in a `msg_body` (the body itself is depth 1). A page
+/// adds three levels around it, which keeps it well inside what common JSON parsers accept
+/// (serde_json 128, jq 256 and more).
+pub const MAX_BODY_DEPTH: usize = 64;
+/// The largest msgid: Java's `long`, which the official SDKs read msgids into.
+pub const MAX_MSGID: u64 = i64::MAX as u64;
+
+/// JSON's whitespace (RFC 8259): the only characters trimmed around events.
+fn json_ws(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r')
+}
+
+/// Checks that the server can give every message of a batch that has no `msgid` one, before
+/// any of it is stored: assigned msgids count up from `next` (the app's next free one, above
+/// every msgid it holds) and a client's msgid at or above it moves it on, exactly as both stores
+/// assign them. `messages` are those that will be stored (not expired).
+pub fn check_msgids_assignable<'a>(
+    next: u64,
+    messages: impl IntoIterator<Item = &'a Message>,
+) -> Result<(), Error> {
+    let mut next = next;
+    for m in messages {
+        if m.msgid != 0 {
+            next = next.max(m.msgid + 1);
+        } else if next > MAX_MSGID {
+            return Err(Error::invalid(format!(
+                "a message without msgid cannot be given one: this app already holds msgid {MAX_MSGID} (2^63-1), the largest there is; send each message with its own msgid"
+            )));
+        } else {
+            next += 1;
+        }
+    }
+    Ok(())
+}
 
 /// Ingest limits (settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -308,8 +342,11 @@ impl Ctx<'_> {
                     .strip_prefix('"')
                     .and_then(|s| s.strip_suffix('"'))
                     .unwrap_or(raw);
+                // Canonical decimal only: no sign, no leading zero (u64's parser takes both).
+                let canonical =
+                    digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
                 match digits.parse::<u64>() {
-                    Ok(n) if (1..=i64::MAX as u64).contains(&n) => n,
+                    Ok(n) if canonical && (1..=MAX_MSGID).contains(&n) => n,
                     _ => {
                         return Err(self.err(
                             "msgid",
@@ -351,6 +388,7 @@ impl Ctx<'_> {
                 ),
             ));
         }
+        let msg_body = compact_body(body_raw).map_err(|why| self.err("msg_body", why))?;
         let from_type = match self.opt_string("from_type", r.from_type, 16)? {
             None => FromType::User,
             Some(s) => FromType::parse(&s)
@@ -388,7 +426,7 @@ impl Ctx<'_> {
             from_appkey: appkey("from_appkey", r.from_appkey)?,
             from_platform: self.tag("from_platform", r.from_platform, Some("api"))?,
             msg_type,
-            msg_body: minify_json(body_raw),
+            msg_body,
             version,
             msg_level: self.flag("msg_level", r.msg_level, 0)?,
             set_from_name: self.flag("set_from_name", r.set_from_name, 0)?,
@@ -396,6 +434,14 @@ impl Ctx<'_> {
     }
 
     fn event(&self, text: &str) -> Result<Event, Error> {
+        // serde would also fill the struct from an array, field by position.
+        if !text.starts_with('{') {
+            return Err(Error::invalid(format!(
+                "{}: an event must be a JSON object, got {}; send one JSON object per line, or a JSON array of objects",
+                self.place,
+                truncate(text)
+            )));
+        }
         let r: RawEvent<'_> = serde_json::from_str(text).map_err(|e| {
             Error::invalid(format!(
                 "{}: not a valid JSON event object ({e}); send one JSON object per line, or a JSON array of objects",
@@ -451,28 +497,66 @@ fn truncate(s: &str) -> String {
     }
 }
 
-/// Removes insignificant whitespace from valid JSON text (already checked by the parser). Works
-/// on bytes and copies whole spans between removed bytes: JSON's whitespace and quotes are
-/// ASCII, and no byte of a multi-byte UTF-8 character is ASCII. Strings, most of a message
-/// body, are crossed with `memchr` to their closing quote rather than byte by byte (this was
-/// an eighth of decoding an ingest request).
-pub fn minify_json(s: &str) -> String {
+/// The value of four hex digits (already checked by the JSON parser; anything else reads as 0).
+fn hex4(b: &[u8]) -> u32 {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .unwrap_or(0)
+}
+
+/// Checks a `msg_body` that the JSON parser has accepted and removes its insignificant
+/// whitespace, refusing what strict readers of a page would fail on: an escaped surrogate
+/// without its pair (`"\ud800"`, which is no Unicode text), and objects or arrays nested deeper
+/// than [`MAX_BODY_DEPTH`].
+///
+/// One pass over the bytes, copying whole spans between removed ones: JSON's whitespace,
+/// brackets and quotes are ASCII, and no byte of a multi-byte UTF-8 character is. Strings, most
+/// of a body, are crossed with `memchr` to their next quote or backslash rather than byte by
+/// byte (this was an eighth of decoding an ingest request).
+pub fn compact_body(s: &str) -> Result<String, &'static str> {
+    const LONE: &str = "holds an escaped UTF-16 surrogate without its pair (such as \\ud800), which is not Unicode text; send valid UTF-8 or paired escapes";
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
-    let (mut i, mut from) = (0, 0);
+    let (mut i, mut from, mut depth) = (0, 0, 0usize);
     while i < b.len() {
         match b[i] {
             b'"' => {
                 i += 1;
-                // To the closing quote; an escape's next byte is never one.
                 while let Some(j) = memchr::memchr2(b'"', b'\\', &b[i..]) {
-                    if b[i + j] == b'"' {
-                        i += j;
+                    let at = i + j;
+                    if b[at] == b'"' {
+                        i = at;
                         break;
                     }
-                    i = (i + j + 2).min(b.len());
+                    if b.get(at + 1) != Some(&b'u') {
+                        i = (at + 2).min(b.len());
+                        continue;
+                    }
+                    let unit = hex4(b.get(at + 2..at + 6).unwrap_or_default());
+                    if (0xDC00..0xE000).contains(&unit) {
+                        return Err(LONE);
+                    }
+                    i = at + 6;
+                    if (0xD800..0xDC00).contains(&unit) {
+                        let low = b.get(at + 6..at + 8) == Some(b"\\u")
+                            && (0xDC00..0xE000)
+                                .contains(&hex4(b.get(at + 8..at + 12).unwrap_or_default()));
+                        if !low {
+                            return Err(LONE);
+                        }
+                        i = at + 12;
+                    }
+                    i = i.min(b.len());
                 }
             }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_BODY_DEPTH {
+                    return Err("nests objects and arrays more than 64 levels deep; flatten it");
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
             b' ' | b'\n' | b'\r' | b'\t' => {
                 out.extend_from_slice(&b[from..i]);
                 from = i + 1;
@@ -482,7 +566,70 @@ pub fn minify_json(s: &str) -> String {
         i += 1;
     }
     out.extend_from_slice(&b[from..]);
-    String::from_utf8(out).expect("only ASCII bytes between UTF-8 characters were removed")
+    Ok(String::from_utf8(out).expect("only ASCII bytes between UTF-8 characters were removed"))
+}
+
+/// Decodes a JSON array of events element by element, so that neither a long array nor one of
+/// non-events is ever held whole: the first bad element, or the one past `max_events`, stops it.
+fn decode_array<'c>(
+    text: &str,
+    ctx: &dyn Fn(Place) -> Ctx<'c>,
+    max_events: usize,
+    too_many: impl Fn() -> Error,
+    events: &mut Vec<Event>,
+) -> Result<(), Error> {
+    use serde::de::{Deserializer as _, Error as _, SeqAccess, Visitor};
+    struct Elements<'e, 'c> {
+        ctx: &'e dyn Fn(Place) -> Ctx<'c>,
+        max_events: usize,
+        too_many: &'e dyn Fn() -> Error,
+        events: &'e mut Vec<Event>,
+        /// Why decoding stopped, when an element (not the JSON) was at fault.
+        failed: &'e mut Option<Error>,
+    }
+    impl<'de> Visitor<'de> for Elements<'_, '_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON array of events")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+                let i = self.events.len();
+                let event = if i == self.max_events {
+                    Err((self.too_many)())
+                } else {
+                    (self.ctx)(Place::Index(i)).event(raw.get())
+                };
+                match event {
+                    Ok(e) => self.events.push(e),
+                    Err(e) => {
+                        *self.failed = Some(e);
+                        return Err(A::Error::custom("stopped at a bad event"));
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut failed = None;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = de
+        .deserialize_seq(Elements {
+            ctx,
+            max_events,
+            too_many: &too_many,
+            events,
+            failed: &mut failed,
+        })
+        .and_then(|()| de.end());
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    parsed.map_err(|e| {
+        Error::invalid(format!(
+            "request body is not a valid JSON array of events: {e}"
+        ))
+    })
 }
 
 /// Decodes and validates a whole ingest request body. A body whose first non-blank character is
@@ -520,26 +667,15 @@ pub fn decode_batch(
         now,
         limits,
     };
-    if text.trim_start().starts_with('[') {
-        let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
-            Error::invalid(format!(
-                "request body is not a valid JSON array of events: {e}"
-            ))
-        })?;
-        if items.len() > limits.max_events {
-            return Err(too_many());
-        }
-        events.reserve_exact(items.len());
-        for (i, raw) in items.iter().enumerate() {
-            events.push(ctx(Place::Index(i)).event(raw.get())?);
-        }
+    if text.trim_start_matches(json_ws).starts_with('[') {
+        decode_array(text, &ctx, limits.max_events, too_many, &mut events)?;
     } else {
         // Sized up front: growing a Vec of a few thousand events by doubling copied megabytes
         // per request into freshly faulted pages (~15% of the decoding threads' time).
         let lines = body.iter().filter(|b| **b == b'\n').count() + 1;
         events.reserve_exact(lines.min(limits.max_events));
         for (i, line) in text.split('\n').enumerate() {
-            let line = line.trim();
+            let line = line.trim_matches(json_ws);
             if line.is_empty() {
                 continue;
             }
@@ -688,6 +824,143 @@ mod tests {
         ));
     }
 
+    fn message_with(extra: &str) -> String {
+        format!(
+            r#"{{"event":"message","target_type":"single","target_id":"u2","from_id":"u1","msg_type":"text","msg_body":{{}}{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn events_are_objects_and_msgids_canonical() {
+        let by_position = format!("[[{}]]", vec!["\"message\""; 21].join(","));
+        let err = decode(&by_position).unwrap_err().to_string();
+        assert!(
+            err.contains("index 0: an event must be a JSON object"),
+            "{err}"
+        );
+        for bad in [
+            r#""+5""#, r#""007""#, r#""0""#, r#"" 5""#, r#""5 ""#, "1.0", "1e3",
+        ] {
+            let err = decode(&message_with(&format!(r#","msgid":{bad}"#)))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("field \"msgid\""), "{bad}: {err}");
+        }
+        for (good, n) in [
+            (r#""5""#, 5),
+            ("5", 5),
+            (r#""9223372036854775807""#, MAX_MSGID),
+        ] {
+            let ev = decode(&message_with(&format!(r#","msgid":{good}"#))).unwrap();
+            let Event::Message(m) = &ev[0] else { panic!() };
+            assert_eq!(m.msgid, n);
+        }
+    }
+
+    #[test]
+    fn only_json_whitespace_is_trimmed() {
+        let line = message_with("");
+        assert_eq!(decode(&format!(" \t{line}\r\n\n")).unwrap().len(), 1);
+        for ws in ["\u{a0}", "\u{2003}", "\u{feff}"] {
+            let err = decode(&format!("{ws}{line}")).unwrap_err().to_string();
+            assert!(err.starts_with("line 1"), "{ws:?}: {err}");
+            assert!(
+                decode(&format!("[{line}]{ws}")).is_err(),
+                "{ws:?} after an array"
+            );
+        }
+    }
+
+    #[test]
+    fn bodies_must_be_unicode_and_shallow() {
+        let body = |b: &str| {
+            decode(&message_with("").replace("\"msg_body\":{}", &format!("\"msg_body\":{b}")))
+        };
+        for bad in [
+            r#"{"t":"\ud800"}"#,
+            r#"{"t":"\ude00\ud83d"}"#,
+            r#"{"t":"a\ud83dx"}"#,
+            r#"{"t":"\ud83d\u0041"}"#,
+            r#"{"\udfff":1}"#,
+        ] {
+            let err = body(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("field \"msg_body\"") && err.contains("surrogate"),
+                "{bad}: {err}"
+            );
+        }
+        let Event::Message(m) = &body(r#"{ "t" : "\ud83d\ude00 \\ud800 \u00e9" }"#).unwrap()[0]
+        else {
+            panic!()
+        };
+        assert_eq!(
+            m.msg_body, r#"{"t":"\ud83d\ude00 \\ud800 \u00e9"}"#,
+            "pairs and escaped backslashes pass"
+        );
+        let nested = |depth: usize| {
+            let inner = "[".repeat(depth - 1) + &"]".repeat(depth - 1);
+            format!(r#"{{"a":{inner}}}"#)
+        };
+        assert!(body(&nested(MAX_BODY_DEPTH)).is_ok());
+        let err = body(&nested(MAX_BODY_DEPTH + 1)).unwrap_err().to_string();
+        assert!(err.contains("64 levels"), "{err}");
+        assert!(
+            body(&format!("{{\"a\":\"{}\"}}", "[".repeat(100))).is_ok(),
+            "brackets in strings"
+        );
+    }
+
+    #[test]
+    fn a_long_array_stops_at_its_first_bad_element_or_its_limit() {
+        let ones = format!("[{}1]", "1,".repeat(1_000_000));
+        let err = decode(&ones).unwrap_err().to_string();
+        assert!(err.starts_with("index 0"), "{err}");
+        let limits = IngestLimits {
+            max_events: 3,
+            ..IngestLimits::default()
+        };
+        let line = message_with("");
+        let four = format!("[{line},{line},{line},{line}]");
+        assert!(matches!(
+            decode_batch(four.as_bytes(), "K", NOW, &limits),
+            Err(Error::TooLarge(_))
+        ));
+        let three = format!("[{line},{line},{line}]");
+        assert_eq!(
+            decode_batch(three.as_bytes(), "K", NOW, &limits)
+                .unwrap()
+                .len(),
+            3
+        );
+        assert!(
+            decode(&format!("[{line}] x")).is_err(),
+            "trailing text after the array"
+        );
+        assert!(decode(&format!("[{line}")).is_err(), "an unclosed array");
+    }
+
+    #[test]
+    fn assigned_msgids_never_pass_the_largest() {
+        let msg = |msgid| {
+            let Event::Message(mut m) = decode(&message_with("")).unwrap().remove(0) else {
+                panic!()
+            };
+            m.msgid = msgid;
+            m
+        };
+        let (own, none) = (msg(MAX_MSGID), msg(0));
+        assert!(check_msgids_assignable(1, [&none, &none]).is_ok());
+        assert!(check_msgids_assignable(MAX_MSGID, [&none]).is_ok());
+        assert!(check_msgids_assignable(MAX_MSGID, [&none, &none]).is_err());
+        assert!(
+            check_msgids_assignable(5, [&own]).is_ok(),
+            "a client's own msgid is fine"
+        );
+        let err = check_msgids_assignable(5, [&own, &none]).unwrap_err();
+        assert!(err.to_string().contains("2^63-1"), "{err}");
+        assert!(check_msgids_assignable(MAX_MSGID + 1, [&own]).is_ok());
+    }
+
     proptest::proptest! {
         /// Any JSON pretty-printed (strings with spaces, quotes, escapes and multi-byte
         /// characters) minifies to its compact form.
@@ -702,15 +975,15 @@ mod tests {
                 .into();
             let pretty = serde_json::to_string_pretty(&value).unwrap();
             let compact = serde_json::to_string(&value).unwrap();
-            proptest::prop_assert_eq!(minify_json(&pretty), compact.clone());
-            proptest::prop_assert_eq!(minify_json(&compact), compact);
+            proptest::prop_assert_eq!(compact_body(&pretty).unwrap(), compact.clone());
+            proptest::prop_assert_eq!(compact_body(&compact).unwrap(), compact);
         }
     }
 
     #[test]
     fn minify_keeps_strings() {
         assert_eq!(
-            minify_json("{ \"a b\" : [1, 2],\n\"c\":\"x \\\" y\" }"),
+            compact_body("{ \"a b\" : [1, 2],\n\"c\":\"x \\\" y\" }").unwrap(),
             "{\"a b\":[1,2],\"c\":\"x \\\" y\"}"
         );
     }

@@ -4,7 +4,7 @@
 use crate::Error;
 use crate::message::TargetType;
 use crate::query::param;
-use crate::time::{date_of_day, day_number, parse_day};
+use crate::time::{LAST_DAY, date_of_day, day_number, parse_day};
 use serde::Serialize;
 
 /// Message counts by target type (single, group, chatroom) and class (text, image, voice, other).
@@ -149,8 +149,8 @@ impl StatsRequest {
             }
             TimeUnit::Day => (self.first, self.first + self.n - 1),
             TimeUnit::Month => (
-                month_first_day(self.first),
-                month_first_day(self.first + self.n) - 1,
+                month_days(self.first).0,
+                month_days(self.first + self.n - 1).1,
             ),
         }
     }
@@ -169,11 +169,20 @@ impl StatsRequest {
     }
 }
 
-/// Civil day number of the first day of month number `m` (`year * 12 + month - 1`).
-pub fn month_first_day(m: i64) -> i64 {
+/// Civil day numbers of the first and last day of month number `m` (`year * 12 + month - 1`),
+/// for the months of years 0 to 9999 that a request can name.
+pub fn month_days(m: i64) -> (i64, i64) {
     let date = jiff::civil::Date::new(m.div_euclid(12) as i16, (m.rem_euclid(12) + 1) as i8, 1)
-        .expect("valid month");
-    day_number(date)
+        .unwrap_or(jiff::civil::Date::MAX.first_of_month());
+    let first = day_number(date);
+    (first, first + i64::from(date.days_in_month()) - 1)
+}
+
+/// The refusal of a request whose buckets run past the last supported date.
+fn past_the_end(raw: &str, n: i64) -> Error {
+    Error::invalid(format!(
+        "start={raw:?} with duration={n} runs past 9999-12-31, the last date statistics cover; ask for an earlier start or a shorter duration"
+    ))
 }
 
 fn int_param(params: &[(String, String)], name: &str, max: i64) -> Result<i64, Error> {
@@ -256,11 +265,11 @@ pub fn parse_stats(kind: StatsKind, params: &[(String, String)]) -> Result<Stats
             })?;
             let date = parse_day("start", raw)?;
             let n = int_param(params, "duration", 60)?;
-            Ok(StatsRequest {
-                unit,
-                first: day_number(date),
-                n,
-            })
+            let first = day_number(date);
+            if first + n - 1 > LAST_DAY {
+                return Err(past_the_end(raw, n));
+            }
+            Ok(StatsRequest { unit, first, n })
         }
         TimeUnit::Month => {
             let form = "use yyyy-MM, e.g. 2017-03";
@@ -284,11 +293,11 @@ pub fn parse_stats(kind: StatsKind, params: &[(String, String)]) -> Result<Stats
                 return Err(bad());
             }
             let n = int_param(params, "duration", 2)?;
-            Ok(StatsRequest {
-                unit,
-                first: y * 12 + m - 1,
-                n,
-            })
+            let first = y * 12 + m - 1;
+            if first + n - 1 > 9999 * 12 + 11 {
+                return Err(past_the_end(raw, n));
+            }
+            Ok(StatsRequest { unit, first, n })
         }
     }
 }
@@ -350,8 +359,9 @@ impl From<[u64; 4]> for ClassStat {
 pub fn month_counts(req: &StatsRequest, from: i64, days: &[DayStats]) -> Vec<MsgCounts> {
     (0..req.n)
         .map(|i| {
-            let a = (month_first_day(req.first + i) - from) as usize;
-            let b = ((month_first_day(req.first + i + 1) - from) as usize).min(days.len());
+            let (first, last) = month_days(req.first + i);
+            let a = (first - from) as usize;
+            let b = ((last + 1 - from) as usize).min(days.len());
             let mut sum = MsgCounts::default();
             for d in &days[a.min(b)..b] {
                 for (s, v) in sum.iter_mut().flatten().zip(d.msgs.iter().flatten()) {
@@ -429,6 +439,45 @@ pub fn groups_report(
 
 #[cfg(test)]
 mod tests {
+    fn stats_params(unit: &str, start: &str, duration: &str) -> Vec<(String, String)> {
+        vec![
+            ("time_unit".into(), unit.into()),
+            ("start".into(), start.into()),
+            ("duration".into(), duration.into()),
+        ]
+    }
+
+    #[test]
+    fn the_last_supported_dates_answer_and_later_ones_are_refused() {
+        let ok = [
+            ("DAY", "9999-12-31", "1", "9999-12-31"),
+            ("DAY", "9999-12-02", "30", "9999-12-31"),
+            ("HOUR", "9999-12-31 23", "1", "9999-12-31 23"),
+            ("MONTH", "9999-12", "1", "9999-12"),
+            ("MONTH", "9999-11", "2", "9999-12"),
+            ("DAY", "0000-01-01", "1", "0000-01-01"),
+        ];
+        for (unit, start, n, last) in ok {
+            let req = parse_stats(StatsKind::Messages, &stats_params(unit, start, n)).unwrap();
+            assert_eq!(req.label(req.n - 1), last, "{unit} {start} {n}");
+            let (a, b) = req.day_span();
+            assert!(a <= b && b <= LAST_DAY, "{unit} {start} {n}");
+        }
+        for (unit, start, n) in [
+            ("DAY", "9999-12-30", "4"),
+            ("DAY", "9999-12-31", "2"),
+            ("MONTH", "9999-12", "2"),
+        ] {
+            let err = parse_stats(StatsKind::Users, &stats_params(unit, start, n))
+                .or_else(|_| parse_stats(StatsKind::Messages, &stats_params(unit, start, n)))
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("9999-12-31"),
+                "{unit} {start} {n}: {err}"
+            );
+        }
+    }
+
     use super::*;
 
     fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

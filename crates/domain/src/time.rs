@@ -161,20 +161,27 @@ pub fn parse_day(param: &str, value: &str) -> Result<jiff::civil::Date, Error> {
     jiff::civil::Date::new(f(0..4)? as i16, f(5..7)? as i8, f(8..10)? as i8).map_err(|_| bad())
 }
 
-/// Civil day number (days since 1970-01-01) of a date.
+/// The epoch of civil day numbers.
+const EPOCH_DATE: jiff::civil::Date = jiff::civil::Date::constant(1970, 1, 1);
+
+/// Civil day number (days since 1970-01-01) of a date: calendar arithmetic, defined for every
+/// date jiff represents (years -9999 to 9999), unlike a detour through a UTC timestamp.
 pub fn day_number(date: jiff::civil::Date) -> i64 {
-    let dt = date.at(0, 0, 0, 0);
-    let ts = TimeZone::UTC
-        .to_ambiguous_timestamp(dt)
-        .compatible()
-        .expect("UTC is unambiguous");
-    ts.as_second().div_euclid(86_400)
+    date.duration_since(EPOCH_DATE).as_secs().div_euclid(86_400)
 }
 
-/// The date of a civil day number.
+/// The first civil day number of a date jiff represents (-9999-01-01).
+pub const FIRST_DAY: i64 = -4_371_587;
+/// The last civil day number of a date jiff represents (9999-12-31): statistics buckets end here.
+pub const LAST_DAY: i64 = 2_932_896;
+
+/// The date of a civil day number; days beyond the representable dates saturate at
+/// [`FIRST_DAY`] and [`LAST_DAY`] (validated requests never reach them).
 pub fn date_of_day(day: i64) -> jiff::civil::Date {
-    let ts = Timestamp::from_second(day * 86_400).unwrap_or(Timestamp::UNIX_EPOCH);
-    TimeZone::UTC.to_datetime(ts).date()
+    let day = day.clamp(FIRST_DAY, LAST_DAY);
+    EPOCH_DATE
+        .checked_add(jiff::SignedDuration::from_hours(day * 24))
+        .expect("a day between FIRST_DAY and LAST_DAY is a representable date")
 }
 
 /// The longest window a history query may span.
@@ -223,6 +230,23 @@ mod tests {
 
     fn sh() -> ReportTz {
         ReportTz::new("Asia/Shanghai").unwrap()
+    }
+
+    #[test]
+    fn day_numbers_cover_every_representable_date() {
+        use jiff::civil::Date;
+        assert_eq!(day_number(Date::constant(1970, 1, 1)), 0);
+        assert_eq!(day_number(Date::constant(1969, 12, 31)), -1);
+        assert_eq!(day_number(Date::MAX), LAST_DAY);
+        assert_eq!(day_number(Date::MIN), FIRST_DAY);
+        for day in [FIRST_DAY, -1, 0, 1, 19_000, LAST_DAY] {
+            assert_eq!(day_number(date_of_day(day)), day);
+        }
+        assert_eq!(
+            date_of_day(LAST_DAY + 5),
+            Date::MAX,
+            "saturates, never the epoch"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! times, cursors and the ingest decoder. Each must return `Ok` or a client error, never panic.
 //! Proptest keeps failing inputs in `proptest-regressions/`, which become regression cases.
 
-use imreport_domain::cursor::{CursorKey, open};
+use imreport_domain::cursor::{Binding, CursorKey, open};
 use imreport_domain::event::{IngestLimits, decode_batch};
 use imreport_domain::query::parse_history;
 use imreport_domain::scope::Scope;
@@ -117,7 +117,9 @@ proptest! {
     #[test]
     fn cursor_open_never_panics(s in "[A-Za-z0-9_-]{0,200}|.{0,200}") {
         let key = CursorKey::from_text("fuzzing-cursor-key-0123").unwrap();
-        prop_assert!(open(&key, "app", &Scope::User(s.clone()), &s, 0, 120_000).is_err());
+        let app = Binding { id: 1, key: "app", created_ms: 0 };
+        let opened = open(&key, app, &Scope::User(s.clone()), &s, 0, 120_000);
+        prop_assert!(opened.is_err());
     }
 
     #[test]

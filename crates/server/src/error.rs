@@ -85,7 +85,7 @@ impl From<StoreError> for ApiError {
                     "the server cannot store more data right now ({why}); retry later: nothing of this request was stored"
                 ),
             ),
-            StoreError::AppExists(_) | StoreError::AppNotFound(_) => {
+            StoreError::AppExists(_) | StoreError::AppNotFound(_) | StoreError::Rejected(_) => {
                 ApiError::invalid(e.to_string())
             }
             StoreError::Locked(_) | StoreError::Storage(_) => ApiError::internal(e),

@@ -89,7 +89,7 @@ async fn serve(
         HistoryRequest::Next { cursor } => {
             let c = cursor::open(
                 &st.cursor_key,
-                &app.key,
+                (&app).into(),
                 &scope,
                 &cursor,
                 now,
@@ -118,7 +118,9 @@ async fn serve(
             issued_ms: now,
         };
         body.extend_from_slice(b",\"cursor\":\"");
-        body.extend_from_slice(cursor::seal(&st.cursor_key, &app.key, &scope, &state).as_bytes());
+        body.extend_from_slice(
+            cursor::seal(&st.cursor_key, (&app).into(), &scope, &state).as_bytes(),
+        );
         body.push(b'"');
     }
     body.extend_from_slice(b",\"count\":");

@@ -32,6 +32,9 @@ pub enum StoreError {
     ShuttingDown,
     #[error("the data directory's disk is (nearly) full: {0}")]
     DiskFull(String),
+    /// The batch is valid but cannot be stored as sent (nothing of it was): a client error.
+    #[error("{0}")]
+    Rejected(String),
     #[error("storage error: {0}")]
     Storage(String),
 }

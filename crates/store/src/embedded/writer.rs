@@ -10,7 +10,7 @@ use crate::{IngestOutcome, Result, StoreError};
 use fjall::{Keyspace, OwnedWriteBatch, PersistMode, Slice};
 use imreport_domain::Millis;
 use imreport_domain::app::App;
-use imreport_domain::event::Event;
+use imreport_domain::event::{Event, check_msgids_assignable};
 use imreport_domain::message::{FromType, Message, TargetType, encode_record};
 use imreport_domain::scope::Scope;
 use imreport_domain::stats::{
@@ -529,7 +529,16 @@ impl Writer {
         }
         match self.write(jobs) {
             Ok(outcomes) => {
-                let durable = replies.into_iter().zip(outcomes).collect();
+                let mut durable = Vec::with_capacity(outcomes.len());
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    match outcome {
+                        Ok(o) => durable.push((reply, o)),
+                        // Refused before any of it was staged: nothing to wait for.
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
                 if let Err(std::sync::mpsc::SendError(durable)) = self.sync.send(durable) {
                     for (reply, _) in durable {
                         let _ = reply.send(Err(StoreError::ShuttingDown));
@@ -578,7 +587,9 @@ impl Writer {
         Ok(n)
     }
 
-    fn write(&mut self, jobs: Vec<(App, Vec<Event>)>) -> Result<Vec<IngestOutcome>> {
+    /// Stages and commits a group of requests; each gets its outcome, or its refusal when it
+    /// cannot be stored as sent (the others commit all the same).
+    fn write(&mut self, jobs: Vec<(App, Vec<Event>)>) -> Result<Vec<Result<IngestOutcome>>> {
         let inner = self.inner.clone();
         inner.check_free_space()?;
         let now = inner.config.clock.now_ms();
@@ -608,6 +619,15 @@ impl Writer {
         };
         let mut outcomes = Vec::with_capacity(jobs.len());
         for (app, events) in jobs {
+            let next = self.next_id(&g, app.id)?;
+            let kept = events.iter().filter_map(|ev| match ev {
+                Event::Message(m) if inner.pday(m.msg_ctime) >= g.horizon => Some(m),
+                _ => None,
+            });
+            if let Err(e) = check_msgids_assignable(next, kept) {
+                outcomes.push(Err(StoreError::Rejected(e.to_string())));
+                continue;
+            }
             let mut out = IngestOutcome::default();
             for ev in events {
                 let changed = match ev {
@@ -639,7 +659,7 @@ impl Writer {
                     Some(false) => out.duplicates += 1,
                 }
             }
-            outcomes.push(out);
+            outcomes.push(Ok(out));
         }
         self.flush(g)?;
         Ok(outcomes)

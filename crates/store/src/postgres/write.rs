@@ -5,7 +5,7 @@
 use super::{PostgresStore, pg_error};
 use crate::{IngestOutcome, Result};
 use imreport_domain::app::App;
-use imreport_domain::event::Event;
+use imreport_domain::event::{Event, check_msgids_assignable};
 use imreport_domain::message::{FromType, TargetType, encode_record};
 use imreport_domain::stats::{
     DayStats, MsgCounts, apply_lifecycle, decode_history, encode_history, msg_class, target_index,
@@ -87,6 +87,13 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
     let row = tx.query_one(&lock, &[&app_id]).await.map_err(pg_error)?;
     let (seq, stored_next): (i64, i64) = (row.get(0), row.get(1));
     let stored_next = stored_next as u64;
+    let kept = events.iter().filter_map(|ev| match ev {
+        Event::Message(m) if w.pday(m.msg_ctime) >= horizon => Some(m),
+        _ => None,
+    });
+    // Refused before anything is written; the transaction rolls back on drop.
+    check_msgids_assignable(stored_next, kept)
+        .map_err(|e| crate::StoreError::Rejected(e.to_string()))?;
 
     // Client msgids below the watermark may be stored already: one lookup for all of them.
     let probe: Vec<i64> = events

@@ -148,6 +148,28 @@ async fn bad_inputs_get_their_status_and_code() {
             899003,
             "begin_time",
         ),
+        // Statistics past the last date there is.
+        case(
+            "users past 9999-12-31",
+            "/v2/statistic/users?time_unit=DAY&start=9999-12-31&duration=2",
+            400,
+            899003,
+            "9999-12-31",
+        ),
+        case(
+            "groups past 9999-12-31",
+            "/v2/statistic/groups?time_unit=DAY&start=9999-12-30&duration=4",
+            400,
+            899003,
+            "9999-12-31",
+        ),
+        case(
+            "months past 9999-12",
+            "/v2/statistic/messages?time_unit=MONTH&start=9999-12&duration=2",
+            400,
+            899003,
+            "9999-12-31",
+        ),
         // Cursors.
         case(
             "forged cursor",
@@ -429,6 +451,49 @@ async fn bad_inputs_get_their_status_and_code() {
             ),
             400,
             "line 1",
+        ),
+        (
+            "event as an array",
+            format!("[[{}]]", vec!["\"message\""; 21].join(",")),
+            400,
+            "index 0: an event must be a JSON object",
+        ),
+        (
+            "msgid with a sign",
+            msg(&|m| m["msgid"] = json!("+5")),
+            400,
+            "msgid",
+        ),
+        (
+            "msgid with a leading zero",
+            msg(&|m| m["msgid"] = json!("007")),
+            400,
+            "msgid",
+        ),
+        (
+            "no-break space before an event",
+            format!("\u{a0}{}", msg(&|_| {})),
+            400,
+            "line 1",
+        ),
+        (
+            "lone surrogate in msg_body",
+            msg(&|m| m["msg_body"] = json!({"text": "LONE"})).replace("LONE", "\\ud800"),
+            400,
+            "surrogate",
+        ),
+        (
+            "reversed surrogates in msg_body",
+            msg(&|m| m["msg_body"] = json!({"text": "LONE"})).replace("LONE", "\\ude00\\ud83d"),
+            400,
+            "surrogate",
+        ),
+        (
+            "msg_body nested too deep",
+            msg(&|m| m["msg_body"] = json!({"a": "DEEP"}))
+                .replace("\"DEEP\"", &("[".repeat(64) + &"]".repeat(64))),
+            400,
+            "64 levels",
         ),
         (
             "invalid utf-8",

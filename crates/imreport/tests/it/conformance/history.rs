@@ -335,3 +335,56 @@ async fn next_pages_ignore_other_parameters_and_doubled_slashes_route() {
     );
     assert_eq!(s.get(&q).await.1["total"], 2);
 }
+
+#[tokio::test]
+async fn a_cursor_dies_with_its_app_even_when_the_key_is_reused() {
+    let s = TestServer::start_on(BACKEND).await;
+    let chosen = |secret: &str| imreport_server::admin::CreateApp {
+        app_key: Some("reusedkey000000000000000".into()),
+        master_secret: Some(secret.into()),
+        name: None,
+    };
+    let creds = |secret: &str| Creds {
+        key: "reusedkey000000000000000".into(),
+        secret: secret.into(),
+    };
+    imreport_server::admin::create_app(s.store.as_ref(), chosen("first-secret"))
+        .await
+        .unwrap();
+    let old = creds("first-secret");
+    let evs: Vec<Value> = (1..=3)
+        .map(|i| text_message(i, T0 - 100, "single", "u", "v"))
+        .collect();
+    s.ingest_as(&old, ndjson(&evs)).await;
+    let q = format!(
+        "/v2/messages?count=1&begin_time={}&end_time={}",
+        enc(&sh(T0 - 1000)),
+        enc(&sh(T0))
+    );
+    let (status, page) = s.get_as(&old, &q).await;
+    assert_eq!(status, 200, "{page}");
+    let cursor = page["cursor"].as_str().unwrap().to_owned();
+    assert_eq!(cursor.len(), imreport_domain::cursor::CURSOR_LEN);
+
+    s.store
+        .delete_app("reusedkey000000000000000")
+        .await
+        .unwrap();
+    imreport_server::admin::create_app(s.store.as_ref(), chosen("second-secret"))
+        .await
+        .unwrap();
+    let (status, err) = s
+        .get_as(
+            &creds("second-secret"),
+            &format!("/v2/messages?cursor={cursor}"),
+        )
+        .await;
+    assert_eq!(status, 400, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("another app"),
+        "{err}"
+    );
+}

@@ -86,6 +86,53 @@ async fn lifecycle_repeats_change_nothing() {
 }
 
 #[tokio::test]
+async fn server_assigned_msgids_stop_at_the_largest_a_java_long_holds() {
+    let s = TestServer::start_on(BACKEND).await;
+    let max = i64::MAX as u64;
+    let unnumbered = |t: i64| {
+        let mut m = text_message(0, t, "single", "a", "b");
+        m.as_object_mut().unwrap().remove("msgid");
+        m
+    };
+    s.ingest_ok(&[unnumbered(T0 - 30)]).await;
+    s.ingest_ok(&[text_message(max - 1, T0 - 20, "single", "a", "b")])
+        .await;
+    // The last msgid there is is still given out...
+    s.ingest_ok(&[unnumbered(T0 - 15)]).await;
+    // ...and then no more: the whole batch is refused, and nothing of it is stored.
+    let batch = [
+        text_message(7, T0 - 10, "single", "a", "b"),
+        unnumbered(T0 - 10),
+    ];
+    let (status, body) = s.ingest(ndjson(&batch)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_u64()),
+        (400, Some(899003)),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("2^63-1"),
+        "{body}"
+    );
+    let (_, msgs) = s
+        .walk(&s.app, "/v2/messages", 100, &sh(T0 - 2000), &sh(T0))
+        .await;
+    let ids: Vec<u64> = msgs.iter().map(|m| m["msgid"].as_u64().unwrap()).collect();
+    assert_eq!(ids, vec![1, max - 1, max]);
+    // Messages with their own msgids go on being stored, and the largest is a duplicate.
+    let body = s
+        .ingest_ok(&[
+            text_message(7, T0 - 10, "single", "a", "b"),
+            text_message(max, T0 - 10, "single", "a", "b"),
+        ])
+        .await;
+    assert_eq!(body, json!({"accepted": 1, "duplicates": 1, "expired": 0}));
+}
+
+#[tokio::test]
 async fn server_assigned_msgids_are_unique_and_increasing() {
     let s = TestServer::start_on(BACKEND).await;
     let mut evs = Vec::new();
