@@ -9,7 +9,9 @@ use imreport_domain::cursor::CursorKey;
 use imreport_domain::event::IngestLimits;
 use imreport_domain::time::ReportTz;
 use imreport_server::rate::RateLimiter;
-use imreport_server::{AppState, ConnLimits, admin, router, serve_router, serve_router_with};
+use imreport_server::{
+    AppState, BodyLimits, Capacity, ConnLimits, admin, router, serve_router, serve_router_with,
+};
 use imreport_store::Store;
 use imreport_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use imreport_store::postgres::{PostgresConfig, PostgresStore};
@@ -70,6 +72,45 @@ async fn cursor_key(s: &Settings, pg: Option<&PostgresStore>) -> Result<CursorKe
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     Ok(CursorKey::from_text(&text)?)
+}
+
+/// Descriptors kept for storage files, the admin listener and database connections.
+const RESERVED_FDS: u64 = 1024;
+
+/// Raises the soft open-file limit to the hard one, and returns how many of the `wanted`
+/// connections fit in it beside [`RESERVED_FDS`] (so that accepting never fails for want of a
+/// descriptor: at the cap, idle connections make room instead).
+fn connections_that_fit(wanted: usize) -> usize {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(cur), max) = (limit.current, limit.maximum)
+        && max.is_none_or(|m| m > cur)
+    {
+        // Capped: an unlimited hard limit is not a number the kernel takes for files.
+        let raised = max.unwrap_or(1 << 20).min(1 << 20);
+        if let Err(e) = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(raised),
+                maximum: max,
+            },
+        ) {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+        }
+    }
+    let files = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let fit = files.saturating_sub(RESERVED_FDS).max(64);
+    if (wanted as u64) > fit {
+        tracing::warn!(
+            max_connections = wanted,
+            open_file_limit = files,
+            using = fit,
+            "max_connections lowered to fit the open-file limit"
+        );
+        fit as usize
+    } else {
+        wanted
+    }
 }
 
 async fn shutdown_signal(mut stop: watch::Receiver<bool>) {
@@ -144,8 +185,16 @@ pub async fn run(s: Settings) -> Result<()> {
         },
         Clock::System,
     );
-    state.ingest_slots = Arc::new(tokio::sync::Semaphore::new(s.ingest_concurrency));
-    state.body_read_timeout = Duration::from_secs(s.body_read_timeout_secs);
+    state.set_capacity(Capacity {
+        ingest_slots: s.ingest_concurrency,
+        page_slots: s.page_concurrency,
+        response_bytes: s.response_buffer_mb * 1024 * 1024,
+    });
+    state.body = BodyLimits {
+        read_timeout: Duration::from_secs(s.body_read_timeout_secs),
+        min_rate: s.min_body_rate,
+        ..BodyLimits::default()
+    };
     if s.rate_limit > 0 {
         state.rate_limit = Some(Arc::new(RateLimiter::new(
             s.rate_limit,
@@ -155,6 +204,9 @@ pub async fn run(s: Settings) -> Result<()> {
     }
     let conn_limits = ConnLimits {
         header_read_timeout: Duration::from_secs(s.header_read_timeout_secs),
+        idle_timeout: Duration::from_secs(s.idle_timeout_secs),
+        send_timeout: Duration::from_secs(s.send_timeout_secs),
+        max_connections: connections_that_fit(s.max_connections),
         ..ConnLimits::default()
     };
 

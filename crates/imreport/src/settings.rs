@@ -73,6 +73,24 @@ pub struct ServeArgs {
     /// Seconds a client has to send an ingest body [default: 30]
     #[arg(long, env = "IMREPORT_BODY_READ_TIMEOUT_SECS")]
     pub body_read_timeout_secs: Option<u64>,
+    /// Slowest ingest body accepted, in bytes per second after its first 2 s [default: 32768]
+    #[arg(long, env = "IMREPORT_MIN_BODY_RATE")]
+    pub min_body_rate: Option<u64>,
+    /// Seconds a connection may stay open with no request in progress [default: 60]
+    #[arg(long, env = "IMREPORT_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Seconds a response may go unread before it is dropped with its connection [default: 30]
+    #[arg(long, env = "IMREPORT_SEND_TIMEOUT_SECS")]
+    pub send_timeout_secs: Option<u64>,
+    /// Most connections open at once; at the cap the one idle longest is closed [default: 10000]
+    #[arg(long, env = "IMREPORT_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// History pages built at once [default: 8]
+    #[arg(long, env = "IMREPORT_PAGE_CONCURRENCY")]
+    pub page_concurrency: Option<usize>,
+    /// Memory (MiB) for history pages built and not yet sent [default: 256]
+    #[arg(long, env = "IMREPORT_RESPONSE_BUFFER_MB")]
+    pub response_buffer_mb: Option<u64>,
     /// Create a demo app filled with a week of generated traffic (first start), and print its
     /// credentials
     #[arg(long)]
@@ -105,6 +123,12 @@ struct FileSettings {
     rate_limit_window_secs: Option<u32>,
     header_read_timeout_secs: Option<u64>,
     body_read_timeout_secs: Option<u64>,
+    min_body_rate: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    send_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    page_concurrency: Option<usize>,
+    response_buffer_mb: Option<u64>,
     min_free_disk_mb: Option<u64>,
 }
 
@@ -129,6 +153,12 @@ pub struct Settings {
     pub rate_limit_window_secs: u32,
     pub header_read_timeout_secs: u64,
     pub body_read_timeout_secs: u64,
+    pub min_body_rate: u64,
+    pub idle_timeout_secs: u64,
+    pub send_timeout_secs: u64,
+    pub max_connections: usize,
+    pub page_concurrency: usize,
+    pub response_buffer_mb: u64,
     pub min_free_disk_mb: u64,
     pub demo: bool,
 }
@@ -196,6 +226,27 @@ impl ServeArgs {
                 .body_read_timeout_secs
                 .or(file.body_read_timeout_secs)
                 .unwrap_or(30),
+            min_body_rate: self
+                .min_body_rate
+                .or(file.min_body_rate)
+                .unwrap_or(32 * 1024),
+            idle_timeout_secs: self
+                .idle_timeout_secs
+                .or(file.idle_timeout_secs)
+                .unwrap_or(60),
+            send_timeout_secs: self
+                .send_timeout_secs
+                .or(file.send_timeout_secs)
+                .unwrap_or(30),
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(10_000),
+            page_concurrency: self.page_concurrency.or(file.page_concurrency).unwrap_or(8),
+            response_buffer_mb: self
+                .response_buffer_mb
+                .or(file.response_buffer_mb)
+                .unwrap_or(256),
             min_free_disk_mb: self
                 .min_free_disk_mb
                 .or(file.min_free_disk_mb)
@@ -207,6 +258,17 @@ impl ServeArgs {
             "ingest_concurrency must be at least 1"
         );
         anyhow::ensure!(s.pg_pool_size >= 2, "pg_pool_size must be at least 2");
+        anyhow::ensure!(
+            s.page_concurrency >= 1 && s.max_connections >= 1 && s.response_buffer_mb >= 1,
+            "page_concurrency, max_connections and response_buffer_mb must be at least 1"
+        );
+        anyhow::ensure!(
+            s.header_read_timeout_secs >= 1
+                && s.body_read_timeout_secs >= 1
+                && s.idle_timeout_secs >= 1
+                && s.send_timeout_secs >= 1,
+            "timeouts must be at least 1 second"
+        );
         anyhow::ensure!(s.retention_days >= 1, "retention_days must be at least 1");
         anyhow::ensure!(s.cursor_ttl_secs >= 1, "cursor_ttl_secs must be at least 1");
         anyhow::ensure!(
@@ -299,16 +361,32 @@ max_msg_body_bytes = 16384
 # Ingest requests that may wait for the writer; past this ingest answers 503 with Retry-After.
 queue_depth = 256
 
-# Ingest requests read and decoded at once (bounds memory: each may hold max_body_bytes).
+# Ingest requests read, decoded and stored at once, shared fairly between apps (bounds memory:
+# each may hold about 3 x max_body_bytes).
 ingest_concurrency = 8
+
+# History pages built at once, and memory (MiB) for pages built and not yet sent; both shared
+# fairly between apps, so slow or stalled readers cannot grow memory.
+page_concurrency = 8
+response_buffer_mb = 256
 
 # Per-app rate limit: requests per window (0 = off), as JMessage's X-Rate-Limit-* headers report.
 rate_limit = 0
 rate_limit_window_secs = 60
 
-# Slow clients: seconds to send request headers, and an ingest body.
+# Slow and idle clients: seconds to begin a request and send its headers; to send an ingest
+# body; the slowest body accepted (bytes per second, after its first 2 s); seconds a connection
+# may sit with no request in progress; seconds a response may go unread.
 header_read_timeout_secs = 10
 body_read_timeout_secs = 30
+min_body_rate = 32768
+idle_timeout_secs = 60
+send_timeout_secs = 30
+
+# Most connections open at once; at the cap the one idle longest is closed to admit a new one.
+# The server raises its open-file limit to the hard limit at start and keeps 1024 descriptors
+# for storage, so it may lower this to fit.
+max_connections = 10000
 
 # Ingest answers 503 instead of writing when the data dir's disk has less free space than this.
 min_free_disk_mb = 256

@@ -2,7 +2,7 @@
 //! `/v2/groups/{gid}/messages`, `/v2/chatrooms/{id}/messages`.
 
 use crate::error::ApiError;
-use crate::{AppState, json_parts};
+use crate::{AppState, detached, json_parts};
 use axum::Extension;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
@@ -104,7 +104,26 @@ async fn serve(
             }
         }
     };
-    let page = st.store.page(&app, &scope, req).await?;
+    // Pages are built a few at a time, and then held (built, not yet sent) within a budget of
+    // bytes; a built page keeps its build slot until it has its part of the budget. Both are
+    // shared fairly between apps, so unread pages cannot grow memory.
+    let busy = || crate::ingest::busy("history pages");
+    let slot = st
+        .page_slots
+        .acquire(app.id, 1, st.share_wait)
+        .await
+        .ok_or_else(busy)?;
+    let (page, slot) = {
+        let (store, app, scope) = (st.store.clone(), app.clone(), scope.clone());
+        detached(slot, async move { store.page(&app, &scope, req).await }).await?
+    };
+    let page = page?;
+    let held = st
+        .response_bytes
+        .acquire(app.id, page.json.len() as u64 + 512, st.share_wait)
+        .await
+        .ok_or_else(busy)?;
+    drop(slot);
     let mut body = Vec::with_capacity(256);
     body.extend_from_slice(b"{\"total\":");
     body.extend_from_slice(page.total.to_string().as_bytes());
@@ -126,9 +145,12 @@ async fn serve(
     body.extend_from_slice(b",\"count\":");
     body.extend_from_slice(page.count.to_string().as_bytes());
     body.extend_from_slice(b",\"messages\":[");
-    Ok(json_parts(vec![
-        body.into(),
-        page.json.into(),
-        bytes::Bytes::from_static(b"]}"),
-    ]))
+    Ok(json_parts(
+        vec![
+            body.into(),
+            page.json.into(),
+            bytes::Bytes::from_static(b"]}"),
+        ],
+        Some(held),
+    ))
 }

@@ -1,7 +1,7 @@
 //! `POST /ingest/v1/events`: NDJSON or a JSON array of events, all-or-nothing.
 
-use crate::error::ApiError;
-use crate::{AppState, json_body};
+use crate::error::{ApiError, CODE_INVALID};
+use crate::{AppState, BodyLimits, detached, json_body};
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
@@ -9,9 +9,18 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use imreport_domain::app::App;
 use imreport_domain::event::decode_batch;
+use std::time::Duration;
 
-/// How long an ingest request may wait for a slot before it is answered 503.
-const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The refusal of a request that found no share of a resource in time.
+pub(crate) fn busy(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        crate::error::CODE_BUSY,
+        format!(
+            "the server is busy: too many {what} in progress for this app; retry after the Retry-After delay"
+        ),
+    )
+}
 
 pub async fn ingest(
     State(st): State<AppState>,
@@ -19,57 +28,94 @@ pub async fn ingest(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // Bounds the memory held by bodies being read and decoded, whatever the number of clients:
-    // a request waits (its body unread) for a slot, and is turned away if none frees up soon.
-    let busy = || {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            crate::error::CODE_BUSY,
-            "the server is busy: too many ingest requests in progress; retry after the Retry-After delay",
-        )
-    };
-    let _slot = tokio::time::timeout(SLOT_WAIT, st.ingest_slots.clone().acquire_owned())
+    // Bounds the memory held by bodies being read, decoded and stored, whatever the number of
+    // clients, and shares it fairly between apps: a request waits (its body unread) for a slot,
+    // and is turned away if none frees up soon.
+    let slot = st
+        .ingest_slots
+        .acquire(app.id, 1, st.share_wait)
         .await
-        .map_err(|_| busy())?
-        .map_err(|_| busy())?;
+        .ok_or_else(|| busy("ingest requests"))?;
     let limit = st.limits.max_body_bytes;
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            crate::error::CODE_INVALID,
-            format!("request body is over {limit} bytes; split the batch into smaller requests"),
-        )
-    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
+        return Err(too_large(limit));
     }
-    let bytes =
-        match tokio::time::timeout(st.body_read_timeout, axum::body::to_bytes(body, limit)).await {
-            Ok(read) => read.map_err(|_| too_large())?,
+    let (answer, _slot) = detached(slot, async move {
+        let bytes = read_body(body, declared, limit, st.body).await?;
+        let now = st.clock.now_ms();
+        let limits = st.limits;
+        let key = app.key.clone();
+        // Parsing 16 MiB of JSON takes tens of milliseconds: keep it off the async workers.
+        let events = tokio::task::spawn_blocking(move || decode_batch(&bytes, &key, now, &limits))
+            .await
+            .map_err(ApiError::internal)??;
+        let outcome = st.store.ingest(&app, events).await?;
+        Ok(json_body(
+            serde_json::to_vec(&outcome).expect("serializable"),
+        ))
+    })
+    .await?;
+    answer
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        crate::error::CODE_INVALID,
+        format!("request body is over {limit} bytes; split the batch into smaller requests"),
+    )
+}
+
+/// Reads a body of at most `limit` bytes that arrives within the read timeout and no slower
+/// than the minimum rate (after the grace period).
+async fn read_body(
+    mut body: Body,
+    declared: Option<u64>,
+    limit: usize,
+    l: BodyLimits,
+) -> Result<Vec<u8>, ApiError> {
+    use http_body_util::BodyExt as _;
+    let start = tokio::time::Instant::now();
+    let hard = start + l.read_timeout;
+    let timeout = |why: String| ApiError::new(StatusCode::REQUEST_TIMEOUT, CODE_INVALID, why);
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
+    loop {
+        let due =
+            start + l.grace + Duration::from_secs_f64(buf.len() as f64 / l.min_rate.max(1) as f64);
+        let frame = match tokio::time::timeout_at(due.min(hard), body.frame()).await {
+            Ok(f) => f,
+            Err(_) if due < hard => {
+                return Err(timeout(format!(
+                    "the request body arrived slower than {} bytes per second; send it faster, or in smaller requests",
+                    l.min_rate
+                )));
+            }
             Err(_) => {
-                return Err(ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    crate::error::CODE_INVALID,
-                    format!(
-                        "the request body was not received within {} s",
-                        st.body_read_timeout.as_secs()
-                    ),
-                ));
+                return Err(timeout(format!(
+                    "the request body was not received within {} s",
+                    l.read_timeout.as_secs()
+                )));
             }
         };
-    let now = st.clock.now_ms();
-    let limits = st.limits;
-    let key = app.key.clone();
-    // Parsing 16 MiB of JSON takes tens of milliseconds: keep it off the async workers.
-    let events = tokio::task::spawn_blocking(move || decode_batch(&bytes, &key, now, &limits))
-        .await
-        .map_err(ApiError::internal)??;
-    let outcome = st.store.ingest(&app, events).await?;
-    Ok(json_body(
-        serde_json::to_vec(&outcome).expect("serializable"),
-    ))
+        match frame {
+            None => return Ok(buf),
+            Some(Err(e)) => {
+                return Err(ApiError::invalid(format!(
+                    "the request body could not be read: {e}"
+                )));
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > limit {
+                        return Err(too_large(limit));
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+        }
+    }
 }

@@ -3,16 +3,21 @@
 
 pub mod admin;
 pub mod auth;
+pub mod conn;
 pub mod error;
 pub mod history;
 pub mod ingest;
 pub mod rate;
+pub mod ready;
+pub mod share;
 pub mod stats;
+
+pub use conn::{ConnLimits, Connections};
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Request as HttpRequest, StatusCode, Uri, header};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use error::ApiError;
@@ -25,7 +30,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tower::ServiceExt as _;
 
 /// Everything a request handler needs.
 #[derive(Clone)]
@@ -38,14 +42,60 @@ pub struct AppState {
     pub clock: Clock,
     /// Per-app request quota, when configured.
     pub rate_limit: Option<Arc<rate::RateLimiter>>,
-    /// Ingest requests being read and decoded at once; more get 503.
-    pub ingest_slots: Arc<tokio::sync::Semaphore>,
-    /// A client must send an ingest body within this time.
-    pub body_read_timeout: Duration,
+    /// Ingest requests read, decoded and stored at once, shared fairly between apps.
+    pub ingest_slots: Arc<share::FairShare>,
+    /// How fast and how soon an ingest body must arrive.
+    pub body: BodyLimits,
+    /// History pages built at once, shared fairly between apps.
+    pub page_slots: Arc<share::FairShare>,
+    /// Bytes of history pages built and not yet sent, shared fairly between apps.
+    pub response_bytes: Arc<share::FairShare>,
+    /// How long a request waits for its share of any of the above before it gets 503.
+    pub share_wait: Duration,
+    pub readiness: Arc<ready::Readiness>,
+}
+
+/// How an ingest body must arrive.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// The whole body within this time.
+    pub read_timeout: Duration,
+    /// At least this many bytes a second on average, counted from `grace` after the request
+    /// head: a body trickling in slower is cut off before it holds a slot for long.
+    pub min_rate: u64,
+    pub grace: Duration,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        BodyLimits {
+            read_timeout: Duration::from_secs(30),
+            min_rate: 32 * 1024,
+            grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Capacities of the shared resources (settings).
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity {
+    pub ingest_slots: usize,
+    pub page_slots: usize,
+    pub response_bytes: u64,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Capacity {
+            ingest_slots: 8,
+            page_slots: 8,
+            response_bytes: 256 * 1024 * 1024,
+        }
+    }
 }
 
 impl AppState {
-    /// State with the default protections (no rate limit, 8 ingest slots, 30 s body timeout).
+    /// State with the default protections (no rate limit, default capacities and timeouts).
     pub fn new(
         store: Arc<dyn Store>,
         tz: ReportTz,
@@ -54,7 +104,8 @@ impl AppState {
         limits: IngestLimits,
         clock: Clock,
     ) -> Self {
-        AppState {
+        let mut st = AppState {
+            readiness: ready::Readiness::new(store.clone()),
             store,
             tz,
             cursor_key,
@@ -62,21 +113,46 @@ impl AppState {
             limits,
             clock,
             rate_limit: None,
-            ingest_slots: Arc::new(tokio::sync::Semaphore::new(8)),
-            body_read_timeout: Duration::from_secs(30),
-        }
+            ingest_slots: share::FairShare::new(1),
+            body: BodyLimits::default(),
+            page_slots: share::FairShare::new(1),
+            response_bytes: share::FairShare::new(1),
+            share_wait: Duration::from_secs(5),
+        };
+        st.set_capacity(Capacity::default());
+        st
     }
+
+    pub fn set_capacity(&mut self, c: Capacity) {
+        self.ingest_slots = share::FairShare::new(c.ingest_slots as u64);
+        self.page_slots = share::FairShare::new(c.page_slots as u64);
+        self.response_bytes = share::FairShare::new(c.response_bytes);
+    }
+}
+
+/// Runs `fut` as a task of its own holding `grant`, and waits for it; the grant comes back with
+/// the result. If the client goes away the work still finishes before its share is given back,
+/// so abandoned requests cannot pile up work (decoding, page building, queued batches) beyond
+/// the shares.
+pub async fn detached<T: Send + 'static>(
+    grant: share::Grant,
+    fut: impl Future<Output = T> + Send + 'static,
+) -> Result<(T, share::Grant), ApiError> {
+    tokio::spawn(async move { (fut.await, grant) })
+        .await
+        .map_err(ApiError::internal)
 }
 
 /// A `200` JSON response with the contract's content type.
 pub fn json_body(body: Vec<u8>) -> Response {
-    json_parts(vec![body.into()])
+    json_parts(vec![body.into()], None)
 }
 
 /// A JSON response sent as its parts, in order: a page's messages go out as the store wrote
-/// them instead of being copied behind their envelope (a page is ~430 KB).
-pub fn json_parts(parts: Vec<bytes::Bytes>) -> Response {
-    let mut r = Response::new(Body::new(Parts(parts.into())));
+/// them instead of being copied behind their envelope (a page is ~430 KB). `hold` is given back
+/// once the body is sent or dropped.
+pub fn json_parts(parts: Vec<bytes::Bytes>, hold: Option<share::Grant>) -> Response {
+    let mut r = Response::new(Body::new(Parts(parts.into(), hold)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json; charset=utf-8"),
@@ -84,8 +160,12 @@ pub fn json_parts(parts: Vec<bytes::Bytes>) -> Response {
     r
 }
 
-/// A body of a few buffers with an exact length, so it is sent with `Content-Length`.
-struct Parts(std::collections::VecDeque<bytes::Bytes>);
+/// A body of a few buffers with an exact length, so it is sent with `Content-Length`, and what
+/// it holds of a shared budget.
+struct Parts(
+    std::collections::VecDeque<bytes::Bytes>,
+    #[allow(dead_code)] Option<share::Grant>,
+);
 
 impl hyper::body::Body for Parts {
     type Data = bytes::Bytes;
@@ -117,7 +197,7 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
-    match st.store.check_ready().await {
+    match st.readiness.check().await {
         Ok(()) => json_body(br#"{"status":"ready"}"#.to_vec()),
         Err(e) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -126,6 +206,16 @@ async fn readyz(State(st): State<AppState>) -> Response {
         )
         .into_response(),
     }
+}
+
+/// A handler that panicked still answers, with the JSON error of a bug.
+fn panicked(payload: Box<dyn std::any::Any + Send>) -> Response {
+    let what = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    ApiError::internal(format!("a request handler panicked: {what}")).into_response()
 }
 
 /// The public API's routes.
@@ -153,12 +243,13 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .with_state(state)
 }
 
 /// Collapses doubled slashes (`/v2//statistic/users`, as the PHP SDK sends) and drops a trailing
 /// slash, before routing.
-fn normalize_path(mut req: Request) -> Request {
+pub(crate) fn normalize_path(mut req: Request) -> Request {
     let path = req.uri().path();
     if !(path.contains("//") || (path.len() > 1 && path.ends_with('/'))) {
         return req;
@@ -185,30 +276,7 @@ fn normalize_path(mut req: Request) -> Request {
     req
 }
 
-/// Connection-level protection against slow and oversized requests.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnLimits {
-    /// A client must send its request headers within this time, or the connection is closed.
-    pub header_read_timeout: Duration,
-    /// Largest request head (request line and headers); larger gets 431 and a closed connection.
-    pub max_header_bytes: usize,
-    /// How long shutdown waits for requests in flight.
-    pub shutdown_grace: Duration,
-}
-
-impl Default for ConnLimits {
-    fn default() -> Self {
-        ConnLimits {
-            header_read_timeout: Duration::from_secs(10),
-            max_header_bytes: 64 * 1024,
-            shutdown_grace: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and waits (up
-/// to the grace period) for requests in flight. Built on hyper directly rather than
-/// `axum::serve` for the header timeout and size limits.
+/// Serves `router` on `listener` with the default connection limits until `shutdown` resolves.
 pub async fn serve_router(
     listener: TcpListener,
     router: Router,
@@ -223,52 +291,7 @@ pub async fn serve_router_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     limits: ConnLimits,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    let svc = router
-        .map_request(|req: HttpRequest<hyper::body::Incoming>| normalize_path(req.map(Body::new)));
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let service = hyper_util::service::TowerToHyperService::new(svc.clone());
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
-            _ = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("requests still in flight after the shutdown grace period; closing them");
-    }
-    Ok(())
+    conn::serve(listener, router, shutdown, Connections::new(limits)).await
 }
 
 /// Starts the public API on an already-bound listener (port 0 in tests) and returns its task.

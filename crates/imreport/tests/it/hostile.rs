@@ -1,7 +1,7 @@
 //! Overload, rate limits, a full disk, slow and oversized requests, and tenant isolation.
 
 use crate::support::*;
-use imreport_server::ConnLimits;
+use imreport_server::{BodyLimits, ConnLimits};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -152,7 +152,10 @@ async fn slow_and_oversized_requests_are_cut_off() {
     };
     let s = TestServer::start_with(Options {
         conn,
-        body_read_timeout: Duration::from_millis(300),
+        body: BodyLimits {
+            read_timeout: Duration::from_millis(300),
+            ..BodyLimits::default()
+        },
         ..Options::default()
     })
     .await;
@@ -285,4 +288,149 @@ fn numbers(v: &Value) -> Vec<i64> {
         Value::Object(o) => o.values().flat_map(numbers).collect(),
         _ => vec![],
     }
+}
+
+#[tokio::test]
+async fn readiness_costs_the_writer_nothing() {
+    let s = std::sync::Arc::new(
+        TestServer::start_with(Options {
+            queue_depth: 1,
+            ..Options::default()
+        })
+        .await,
+    );
+    // With the writer stalled, probes still answer at once, and take no place in its queue.
+    let release = s.embedded.as_ref().unwrap().stall_writer();
+    let probes: Vec<_> = (0..200)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let r = s
+                    .http
+                    .get(format!("{}/readyz", s.url))
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
+                r.map(|r| r.status().as_u16()).unwrap_or(0)
+            })
+        })
+        .collect();
+    for p in probes {
+        assert_eq!(p.await.unwrap(), 200, "/readyz while the writer is busy");
+    }
+    let s2 = s.clone();
+    let ingest = tokio::spawn(async move {
+        s2.ingest(ndjson(&[text_message(1, T0 - 10, "single", "a", "b")]))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(release);
+    let (status, body) = ingest.await.unwrap();
+    assert_eq!(
+        status, 200,
+        "the queue's one place was the ingest's: {body}"
+    );
+}
+
+/// Delegates to a store, but panics in `stats_hours`.
+struct PanicsInStatsHours(std::sync::Arc<dyn imreport_store::Store>);
+
+#[async_trait::async_trait]
+impl imreport_store::Store for PanicsInStatsHours {
+    async fn create_app(
+        &self,
+        key: &str,
+        name: &str,
+        secret: imreport_domain::app::SecretHash,
+    ) -> imreport_store::Result<imreport_domain::app::App> {
+        self.0.create_app(key, name, secret).await
+    }
+    async fn list_apps(&self) -> imreport_store::Result<Vec<imreport_domain::app::App>> {
+        self.0.list_apps().await
+    }
+    async fn app(&self, key: &str) -> imreport_store::Result<Option<imreport_domain::app::App>> {
+        self.0.app(key).await
+    }
+    async fn set_secret(
+        &self,
+        key: &str,
+        secret: imreport_domain::app::SecretHash,
+    ) -> imreport_store::Result<imreport_domain::app::App> {
+        self.0.set_secret(key, secret).await
+    }
+    async fn delete_app(&self, key: &str) -> imreport_store::Result<()> {
+        self.0.delete_app(key).await
+    }
+    async fn ingest(
+        &self,
+        app: &imreport_domain::app::App,
+        events: Vec<imreport_domain::event::Event>,
+    ) -> imreport_store::Result<imreport_store::IngestOutcome> {
+        self.0.ingest(app, events).await
+    }
+    async fn page(
+        &self,
+        app: &imreport_domain::app::App,
+        scope: &imreport_domain::scope::Scope,
+        req: imreport_store::PageRequest,
+    ) -> imreport_store::Result<imreport_store::Page> {
+        self.0.page(app, scope, req).await
+    }
+    async fn stats_days(
+        &self,
+        app: &imreport_domain::app::App,
+        from: i64,
+        to: i64,
+    ) -> imreport_store::Result<imreport_store::DaysReport> {
+        self.0.stats_days(app, from, to).await
+    }
+    async fn stats_hours(
+        &self,
+        _: &imreport_domain::app::App,
+        _: i64,
+        _: i64,
+    ) -> imreport_store::Result<Vec<imreport_domain::stats::MsgCounts>> {
+        panic!("injected fault in stats_hours")
+    }
+    fn stats_retained_from(&self) -> i64 {
+        self.0.stats_retained_from()
+    }
+    async fn enforce_retention(&self) -> imreport_store::Result<usize> {
+        self.0.enforce_retention().await
+    }
+    async fn check_ready(&self) -> imreport_store::Result<()> {
+        self.0.check_ready().await
+    }
+}
+
+#[tokio::test]
+async fn a_handler_that_panics_still_answers_500_with_the_json_error() {
+    let s = TestServer::start_with(Options {
+        wrap: Some(|store| std::sync::Arc::new(PanicsInStatsHours(store))),
+        ..Options::default()
+    })
+    .await;
+    let hour = enc(&sh(T0)[..13]);
+    let (status, body) = s
+        .get(&format!(
+            "/v2/statistic/messages?time_unit=HOUR&start={hour}&duration=1"
+        ))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_u64()),
+        (500, Some(899000)),
+        "{body}"
+    );
+    assert!(
+        !body.to_string().contains("injected"),
+        "details stay in the log"
+    );
+    // The server goes on serving.
+    let (status, _) = s
+        .get(&format!(
+            "/v2/statistic/messages?time_unit=DAY&start={}&duration=1",
+            &sh(T0)[..10]
+        ))
+        .await;
+    assert_eq!(status, 200);
 }

@@ -8,9 +8,11 @@
 #![allow(clippy::duplicate_mod)]
 
 mod binary;
+mod connections;
 mod crash;
 mod embedded;
 mod hostile;
+mod memory;
 mod postgres;
 mod replicas;
 mod support;

@@ -7,7 +7,7 @@ use imreport_domain::cursor::CursorKey;
 use imreport_domain::event::IngestLimits;
 use imreport_domain::time::ReportTz;
 use imreport_server::rate::RateLimiter;
-use imreport_server::{AppState, ConnLimits, admin};
+use imreport_server::{AppState, BodyLimits, Capacity, ConnLimits, Connections, admin};
 use imreport_store::Store;
 use imreport_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use imreport_store::postgres::{PostgresConfig, PostgresStore};
@@ -112,6 +112,10 @@ pub struct TestServer {
     pub store: Arc<dyn Store>,
     /// The embedded store, for tests of what only it has (a stalled writer, a full disk).
     pub embedded: Option<EmbeddedStore>,
+    /// The server's state, for tests that look at its shared budgets.
+    pub state: AppState,
+    /// Its connections.
+    pub conns: Arc<Connections>,
     pub app: Creds,
     schema: Option<String>,
     _stop: oneshot::Sender<()>,
@@ -126,6 +130,9 @@ impl Drop for TestServer {
     }
 }
 
+/// Wraps a test server's store, to inject faults.
+pub type WrapStore = fn(Arc<dyn Store>) -> Arc<dyn Store>;
+
 pub struct Options {
     pub backend: Backend,
     pub limits: IngestLimits,
@@ -133,8 +140,12 @@ pub struct Options {
     pub retention_days: u32,
     pub tz: &'static str,
     pub rate_limit: Option<(u32, u32)>,
-    pub body_read_timeout: std::time::Duration,
+    pub body: BodyLimits,
+    pub capacity: Capacity,
+    pub share_wait: std::time::Duration,
     pub conn: ConnLimits,
+    /// Wraps the store the server sees (to inject faults).
+    pub wrap: Option<WrapStore>,
 }
 
 impl Default for Options {
@@ -146,8 +157,11 @@ impl Default for Options {
             retention_days: 60,
             tz: "Asia/Shanghai",
             rate_limit: None,
-            body_read_timeout: std::time::Duration::from_secs(30),
+            body: BodyLimits::default(),
+            capacity: Capacity::default(),
+            share_wait: std::time::Duration::from_secs(5),
             conn: ConnLimits::default(),
+            wrap: None,
         }
     }
 }
@@ -193,8 +207,12 @@ impl TestServer {
                 (Arc::new(store), None, Some(schema))
             }
         };
+        let served = match opts.wrap {
+            Some(wrap) => wrap(store.clone()),
+            None => store.clone(),
+        };
         let mut state = AppState::new(
-            store.clone(),
+            served,
             ReportTz::new(opts.tz).unwrap(),
             CursorKey::from_text("integration-test-cursor-key").unwrap(),
             120_000,
@@ -204,17 +222,20 @@ impl TestServer {
         if let Some((limit, window)) = opts.rate_limit {
             state.rate_limit = Some(Arc::new(RateLimiter::new(limit, window, clock.clone())));
         }
-        state.body_read_timeout = opts.body_read_timeout;
+        state.body = opts.body;
+        state.set_capacity(opts.capacity);
+        state.share_wait = opts.share_wait;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(imreport_server::serve_router_with(
+        let conns = Connections::new(opts.conn);
+        tokio::spawn(imreport_server::conn::serve(
             listener,
-            imreport_server::router(state),
+            imreport_server::router(state.clone()),
             async move {
                 let _ = rx.await;
             },
-            opts.conn,
+            conns.clone(),
         ));
         let mut server = TestServer {
             url,
@@ -222,6 +243,8 @@ impl TestServer {
             clock,
             store,
             embedded,
+            state,
+            conns,
             schema,
             app: Creds {
                 key: String::new(),
@@ -232,6 +255,11 @@ impl TestServer {
         };
         server.app = server.create_app().await;
         server
+    }
+
+    /// The server's `host:port`, for raw sockets.
+    pub fn addr(&self) -> &str {
+        self.url.strip_prefix("http://").unwrap()
     }
 
     pub async fn create_app(&self) -> Creds {

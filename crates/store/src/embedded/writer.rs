@@ -45,15 +45,31 @@ pub(crate) enum Job {
     Retention {
         reply: oneshot::Sender<Result<usize>>,
     },
-    Ping {
-        reply: oneshot::Sender<Result<()>>,
-    },
     Stall(std::sync::mpsc::Receiver<()>),
 }
 
 #[derive(Clone)]
 pub(crate) struct Handle {
     tx: SyncSender<Job>,
+    health: Arc<Health>,
+}
+
+/// What readiness reads of the writer, without queueing anything behind (or ahead of) ingest.
+#[derive(Default)]
+struct Health {
+    /// Cleared when the writer thread ends.
+    running: AtomicBool,
+    /// Set while the last commit failed for a reason other than a full disk.
+    failing: AtomicBool,
+}
+
+/// Marks the writer stopped when its thread ends, however it ends.
+struct Running(Arc<Health>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Relaxed);
+    }
 }
 
 impl Handle {
@@ -91,8 +107,13 @@ impl Handle {
             .collect();
         let sync_failed = Arc::new(AtomicBool::new(false));
         let sync = spawn_syncer(inner.clone(), sync_failed.clone())?;
+        let health = Arc::new(Health {
+            running: AtomicBool::new(true),
+            failing: AtomicBool::new(false),
+        });
         let mut w = Writer {
             inner,
+            health: health.clone(),
             sync,
             sync_failed,
             tidy,
@@ -108,9 +129,25 @@ impl Handle {
         };
         std::thread::Builder::new()
             .name("imreport-writer".into())
-            .spawn(move || w.run(rx))
+            .spawn(move || {
+                let _running = Running(w.health.clone());
+                w.run(rx)
+            })
             .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
-        Ok(Handle { tx })
+        Ok(Handle { tx, health })
+    }
+
+    /// `Ok` while the writer runs and its last commit did not fail.
+    pub(crate) fn check_health(&self) -> Result<()> {
+        if !self.health.running.load(Ordering::Relaxed) {
+            return Err(StoreError::ShuttingDown);
+        }
+        if self.health.failing.load(Ordering::Relaxed) {
+            return Err(StoreError::Storage(
+                "the last ingest commit failed; see the server log".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn send<T>(
@@ -144,15 +181,11 @@ impl Handle {
         let _ = self.tx.send(Job::Stall(rx));
         tx
     }
-
-    pub(crate) async fn ping(&self) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Job::Ping { reply }, rx).await
-    }
 }
 
 struct Writer {
     inner: Arc<Inner>,
+    health: Arc<Health>,
     /// Committed groups' replies, for the thread that answers them once they are durable.
     sync: std::sync::mpsc::Sender<Durable>,
     /// Set by that thread when an fsync failed: the caches may be ahead of the disk.
@@ -376,9 +409,6 @@ impl Writer {
                     let _ = reply.send(self.retention());
                     self.forget();
                 }
-                Job::Ping { reply } => {
-                    let _ = reply.send(self.ping());
-                }
                 Job::Stall(until) => {
                     let _ = until.recv();
                 }
@@ -456,15 +486,6 @@ impl Writer {
         }
     }
 
-    fn ping(&self) -> Result<()> {
-        self.inner.check_free_space()?;
-        self.inner
-            .meta
-            .insert("probe", self.inner.config.clock.now_ms().to_be_bytes())?;
-        self.inner.db.persist(PersistMode::SyncAll)?;
-        Ok(())
-    }
-
     /// Drops whole partitions (messages, indexes, counters; presence sets) before the window,
     /// and the few rollup rows of the days before it. The all-time totals stay.
     fn retention(&self) -> Result<usize> {
@@ -527,7 +548,12 @@ impl Writer {
         if self.sync_failed.swap(false, Ordering::Relaxed) {
             self.forget();
         }
-        match self.write(jobs) {
+        let written = self.write(jobs);
+        self.health.failing.store(
+            matches!(&written, Err(e) if !matches!(e, StoreError::DiskFull(_))),
+            Ordering::Relaxed,
+        );
+        match written {
             Ok(outcomes) => {
                 let mut durable = Vec::with_capacity(outcomes.len());
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
