@@ -92,6 +92,17 @@ impl SecretHash {
     }
 }
 
+/// What the admin API answers to a challenge: HMAC-SHA256 of the nonce under the admin token,
+/// in hex. The `imreport app` commands check it before sending the token or any secret, so a
+/// stale `admin.json` never leads them to another process listening on that port.
+pub fn admin_proof(token: &str, nonce: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut m = Hmac::<Sha256>::new_from_slice(token.as_bytes()).expect("any key length");
+    m.update(b"imreport-admin-proof\0");
+    m.update(nonce.as_bytes());
+    hex(&m.finalize().into_bytes())
+}
+
 /// An app as stored.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct App {
@@ -143,6 +154,15 @@ mod tests {
         assert!(!h.verify("s3cretS3cretS3cretS3cre"));
         assert!(!SecretHash::decoy().verify(""));
         assert!(!h.sha256.contains("s3cret"));
+    }
+
+    #[test]
+    fn admin_proofs_depend_on_token_and_nonce() {
+        let p = admin_proof("token-a", "nonce-1");
+        assert_eq!(p.len(), 64);
+        assert_eq!(p, admin_proof("token-a", "nonce-1"));
+        assert_ne!(p, admin_proof("token-b", "nonce-1"));
+        assert_ne!(p, admin_proof("token-a", "nonce-2"));
     }
 
     #[test]

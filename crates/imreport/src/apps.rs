@@ -6,7 +6,7 @@ use crate::AppAction;
 use crate::serve::{ADMIN_FILE, AdminEndpoint};
 use crate::settings::{StoreArgs, StoreChoice};
 use anyhow::{Context, Result, bail};
-use imreport_domain::app::AppInfo;
+use imreport_domain::app::{AppInfo, admin_proof, generate_token};
 use imreport_server::admin::{self, CreateApp, Credentials, RotateSecret};
 use imreport_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use imreport_store::postgres::{PostgresConfig, PostgresStore};
@@ -32,10 +32,13 @@ async fn open_target(t: &StoreArgs) -> Result<Target> {
         )));
     }
     let data_dir = &t.data_dir;
-    // A server running on this data dir (embedded or not) is asked through its admin API.
-    if let Ok(text) = std::fs::read_to_string(data_dir.join(ADMIN_FILE))
+    let admin_file = data_dir.join(ADMIN_FILE);
+    // A server running on this data dir (embedded or not) is asked through its admin API, once
+    // it has proved it is that server: admin.json outlives a server killed with SIGKILL, and
+    // whatever listens on its port now must not receive the token or a chosen secret.
+    if let Ok(text) = std::fs::read_to_string(&admin_file)
         && let Ok(ep) = serde_json::from_str::<AdminEndpoint>(&text)
-        && reachable(&ep).await
+        && proven(&ep).await
     {
         return Ok(Target::Online(ep));
     }
@@ -46,30 +49,47 @@ async fn open_target(t: &StoreArgs) -> Result<Target> {
             ..EmbeddedConfig::default()
         },
     ) {
-        Ok(store) => Ok(Target::Offline(Box::new(store))),
-        Err(StoreError::Locked(_)) => {
-            let path = data_dir.join(ADMIN_FILE);
-            let text = std::fs::read_to_string(&path).with_context(|| {
-                format!(
-                    "the data dir is in use by a running server, but {} cannot be read",
-                    path.display()
-                )
-            })?;
-            Ok(Target::Online(serde_json::from_str(&text)?))
+        Ok(store) => {
+            // No server holds the data dir: an admin.json left here is stale.
+            if admin_file.exists() {
+                std::fs::remove_file(&admin_file)
+                    .with_context(|| format!("cannot remove {}", admin_file.display()))?;
+                eprintln!(
+                    "removed a stale {} (its server is gone)",
+                    admin_file.display()
+                );
+            }
+            Ok(Target::Offline(Box::new(store)))
         }
+        Err(StoreError::Locked(_)) => bail!(
+            "the data dir {} is in use by a running imreport server, but its admin API (per {}) did not prove itself; restart the server, or stop it and retry",
+            data_dir.display(),
+            admin_file.display()
+        ),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Whether the admin API answers (a server that stopped uncleanly leaves admin.json behind).
-async fn reachable(ep: &AdminEndpoint) -> bool {
-    reqwest::Client::new()
-        .get(format!("{}/admin/v1/apps", ep.url))
-        .bearer_auth(&ep.token)
-        .timeout(std::time::Duration::from_secs(5))
-        .send()
+/// Whether the admin API at `ep` answers a fresh challenge with the proof only the holder of
+/// its token can give. Nothing secret is sent.
+async fn proven(ep: &AdminEndpoint) -> bool {
+    let nonce = generate_token();
+    let answer = async {
+        let v: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/admin/v1/proof", ep.url))
+            .query(&[("nonce", &nonce)])
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["proof"].as_str().map(str::to_owned)
+    };
+    answer
         .await
-        .is_ok_and(|r| r.status().is_success())
+        .is_some_and(|p| p == admin_proof(&ep.token, &nonce))
 }
 
 async fn call<T: serde::de::DeserializeOwned>(

@@ -112,6 +112,9 @@ pub enum AppAction {
 
 fn main() -> anyhow::Result<()> {
     tune_allocator();
+    // Everything imreport writes (data dir, keys, archives, exports) is its owner's alone,
+    // whatever umask it was started with.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     match cli.command {
         Command::Config {

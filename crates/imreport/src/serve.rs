@@ -157,8 +157,7 @@ pub async fn run(s: Settings) -> Result<()> {
             (Arc::new(EmbeddedStore::open(&s.data_dir, config)?), None)
         }
         StoreChoice::Postgres { url, schema } => {
-            std::fs::create_dir_all(&s.data_dir)
-                .with_context(|| format!("cannot create {}", s.data_dir.display()))?;
+            imreport_store::private_dir(&s.data_dir)?;
             let config = PostgresConfig {
                 schema: schema.clone(),
                 pool_size: s.pg_pool_size,

@@ -5,12 +5,15 @@
 use crate::error::ApiError;
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::IntoResponse;
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use imreport_domain::app::{
-    AppInfo, SecretHash, generate_token, validate_app_key, validate_secret,
+    AppInfo, SecretHash, admin_proof, generate_token, validate_app_key, validate_secret,
 };
 use imreport_store::Store;
 use serde::{Deserialize, Serialize};
@@ -83,63 +86,99 @@ struct AdminState {
     token: Arc<str>,
 }
 
-fn check(st: &AdminState, h: &HeaderMap) -> Result<(), ApiError> {
-    let presented = h
+/// Largest admin request body: the JSON of an app's key, secret and name.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+/// Checks the bearer token before anything of the request is looked at (path, body, method),
+/// so that only the token's holder learns anything from the admin API.
+async fn require_token(State(st): State<AdminState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if bool::from(presented.as_bytes().ct_eq(st.token.as_bytes())) {
-        Ok(())
+        next.run(req).await
     } else {
-        Err(ApiError::new(
+        ApiError::new(
             StatusCode::UNAUTHORIZED,
             crate::error::CODE_BAD_AUTH,
             "admin API: send Authorization: Bearer <token from the data dir's admin.json>",
-        ))
+        )
+        .into_response()
     }
 }
 
-/// Parses an optional JSON body (empty means defaults).
-fn body<T: for<'de> Deserialize<'de> + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+/// Reads and parses an optional JSON body (empty means defaults), at most [`MAX_ADMIN_BODY`].
+async fn body<T: for<'de> Deserialize<'de> + Default>(body: Body) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_ADMIN_BODY)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                crate::error::CODE_INVALID,
+                format!("admin API: the body is over {MAX_ADMIN_BODY} bytes"),
+            )
+        })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+}
+
+fn app_key(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    p.map(|Path(k)| k).map_err(|_| {
+        ApiError::invalid("admin API: the app key in the path is not valid percent-encoded UTF-8")
+    })
+}
+
+#[derive(Deserialize)]
+struct Challenge {
+    nonce: String,
+}
+
+/// Proves, without the token being sent, that this server holds it (see
+/// [`imreport_domain::app::admin_proof`]).
+async fn proof(
+    State(st): State<AdminState>,
+    q: Result<Query<Challenge>, QueryRejection>,
+) -> Response {
+    match q {
+        Ok(Query(c)) if (16..=128).contains(&c.nonce.len()) => {
+            Json(serde_json::json!({"proof": admin_proof(&st.token, &c.nonce)})).into_response()
+        }
+        _ => ApiError::invalid("admin API: send ?nonce= with 16 to 128 characters").into_response(),
+    }
 }
 
 /// The admin API router: `GET/POST /admin/v1/apps`, `POST /admin/v1/apps/{key}/rotate-secret`,
-/// `DELETE /admin/v1/apps/{key}`.
+/// `DELETE /admin/v1/apps/{key}`, all behind the bearer token; and `GET /admin/v1/proof`.
 pub fn router(store: Arc<dyn Store>, token: String) -> Router {
     let st = AdminState {
         store,
         token: token.into(),
     };
-    Router::new()
+    let guarded = Router::new()
         .route(
             "/admin/v1/apps",
-            get(|State(st): State<AdminState>, h: HeaderMap| async move {
-                check(&st, &h)?;
+            get(|State(st): State<AdminState>| async move {
                 Ok::<_, ApiError>(Json(list_apps(st.store.as_ref()).await?))
             })
-            .post(
-                |State(st): State<AdminState>, h: HeaderMap, b: axum::body::Bytes| async move {
-                    check(&st, &h)?;
-                    let c = create_app(st.store.as_ref(), body(&b)?).await?;
-                    Ok::<_, ApiError>((StatusCode::CREATED, Json(c)))
-                },
-            ),
+            .post(|State(st): State<AdminState>, b: Body| async move {
+                let c = create_app(st.store.as_ref(), body(b).await?).await?;
+                Ok::<_, ApiError>((StatusCode::CREATED, Json(c)))
+            }),
         )
         .route(
             "/admin/v1/apps/{key}/rotate-secret",
             post(
                 |State(st): State<AdminState>,
-                 h: HeaderMap,
-                 Path(key): Path<String>,
-                 b: axum::body::Bytes| async move {
-                    check(&st, &h)?;
+                 key: Result<Path<String>, PathRejection>,
+                 b: Body| async move {
+                    let key = app_key(key)?;
                     Ok::<_, ApiError>(Json(
-                        rotate_secret(st.store.as_ref(), &key, body(&b)?).await?,
+                        rotate_secret(st.store.as_ref(), &key, body(b).await?).await?,
                     ))
                 },
             ),
@@ -147,13 +186,18 @@ pub fn router(store: Arc<dyn Store>, token: String) -> Router {
         .route(
             "/admin/v1/apps/{key}",
             delete(
-                |State(st): State<AdminState>, h: HeaderMap, Path(key): Path<String>| async move {
-                    check(&st, &h)?;
+                |State(st): State<AdminState>, key: Result<Path<String>, PathRejection>| async move {
+                    let key = app_key(key)?;
                     st.store.delete_app(&key).await?;
                     Ok::<_, ApiError>(Json(serde_json::json!({"deleted": key})))
                 },
             ),
         )
-        .fallback(|| async { ApiError::not_found().into_response() })
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(axum::middleware::from_fn_with_state(st.clone(), require_token));
+    Router::new()
+        .route("/admin/v1/proof", get(proof))
+        .merge(guarded)
         .with_state(st)
 }

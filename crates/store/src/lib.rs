@@ -47,6 +47,41 @@ impl From<fjall::Error> for StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Creates a data directory readable by its owner only, and takes group and other access off
+/// everything already in it (a data dir from a version that left it world-readable): messages
+/// and secret hashes are nobody else's business.
+pub fn private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let fail =
+        |e: std::io::Error| StoreError::Storage(format!("cannot secure {}: {e}", dir.display()));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(fail)?;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).map_err(fail)? {
+            let entry = entry.map_err(fail)?;
+            let meta = entry.metadata().map_err(fail)?;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+            tighten(&entry.path(), &meta).map_err(fail)?;
+        }
+    }
+    let meta = std::fs::metadata(dir).map_err(fail)?;
+    return tighten(dir, &meta).map_err(fail);
+
+    fn tighten(path: &std::path::Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 && !meta.file_type().is_symlink() {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & !0o077))?;
+        }
+        Ok(())
+    }
+}
+
 /// The result of one ingest request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct IngestOutcome {

@@ -231,3 +231,139 @@ async fn export_walks_pages_whatever_their_field_order() {
     assert!(!ok, "a page that is not JSON must fail the export");
     assert!(err.contains("not a history page"), "{err}");
 }
+
+/// Accepts connections on a loopback port and answers every request with an invented app, as
+/// whatever process took a dead server's admin port might; returns its URL and everything it
+/// was sent.
+async fn impostor() -> (String, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = heard.clone();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let n = tokio::time::timeout(std::time::Duration::from_secs(2), c.read(&mut buf))
+                    .await
+                    .map_or(0, |r| r.unwrap_or(0));
+                log.lock().unwrap().extend_from_slice(&buf[..n]);
+                let body =
+                    r#"{"app_key":"invented","master_secret":"invented","name":"x","proof":"0"}"#;
+                let answer = format!(
+                    "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = c.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (url, heard)
+}
+
+#[tokio::test]
+async fn a_stale_admin_json_is_never_trusted_with_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (ok, _, err) = imreport(&["app", "list", "--data-dir", data]);
+    assert!(ok, "{err}");
+    // A server killed with SIGKILL left admin.json; another process now has its port.
+    let (url, heard) = impostor().await;
+    let token = "token-of-a-server-that-died-0123";
+    let admin = dir.path().join("data").join("admin.json");
+    std::fs::write(&admin, json!({"url": url, "token": token}).to_string()).unwrap();
+
+    let secret = "chosen-secret-nobody-else-sees";
+    let data_arg = data.to_owned();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        imreport(&[
+            "app",
+            "create",
+            "--data-dir",
+            &data_arg,
+            "--app-key",
+            "realapp",
+            "--master-secret",
+            secret,
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(
+        field(&out, "app_key"),
+        "realapp",
+        "created for real, not invented"
+    );
+    assert!(err.contains("stale"), "{err}");
+    let heard = String::from_utf8_lossy(&heard.lock().unwrap()).into_owned();
+    assert!(
+        !heard.contains(secret) && !heard.contains(token),
+        "the impostor was sent: {heard}"
+    );
+    assert!(!admin.exists(), "the stale file is removed");
+    let (ok, out, _) = imreport(&["app", "list", "--data-dir", data]);
+    assert!(ok && out.contains("realapp"), "{out}");
+}
+
+/// Every path under `dir` whose mode gives group or others any access.
+fn shared_paths(dir: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode();
+    if mode(dir) & 0o077 != 0 {
+        found.push(format!("{} {:o}", dir.display(), mode(dir)));
+    }
+    while let Some(d) = pending.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if mode(&p) & 0o077 != 0 {
+                found.push(format!("{} {:o}", p.display(), mode(&p)));
+            }
+            if p.is_dir() {
+                pending.push(p);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_data_dir_is_its_owners_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // Started under a permissive umask, as a service manager might.
+    let data = dir.path().join("data");
+    let run = |args: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("umask 022; exec {BIN} {args}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&format!("app create --data-dir {}", data.display()));
+    let (mut child, url) = spawn_server(data.to_str().unwrap(), &[]);
+    let r = reqwest::get(format!("{url}/healthz")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(std::fs::read_dir(data.join("db")).unwrap().count() > 0);
+    assert_eq!(shared_paths(&data), Vec::<String>::new());
+
+    // A data dir an earlier version left readable by everyone is made private when opened.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let key = data.join("cursor.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(!shared_paths(&data).is_empty());
+    run(&format!("app list --data-dir {}", data.display()));
+    assert_eq!(shared_paths(&data), Vec::<String>::new());
+}

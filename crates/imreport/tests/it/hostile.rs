@@ -196,6 +196,20 @@ async fn slow_and_oversized_requests_are_cut_off() {
     if let Ok(r) = r {
         assert_eq!(r.status(), 431);
     }
+    // Header fields: up to the documented 128 pass, more get 431.
+    for (n, want) in [(120, 200), (129, 431)] {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let fields: String = (0..n).map(|i| format!("x-h{i}: v\r\n")).collect();
+        let req = format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{fields}Connection: close\r\n\r\n");
+        c.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf)).await;
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {want}")),
+            "{n} headers: {text}"
+        );
+    }
     // The server is fine afterwards.
     assert_eq!(
         s.http
@@ -433,4 +447,121 @@ async fn a_handler_that_panics_still_answers_500_with_the_json_error() {
         ))
         .await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn the_admin_api_checks_its_token_before_anything_and_answers_json() {
+    let s = TestServer::start().await;
+    let token = "admin-test-token-0123456789abcdef";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(imreport_server::serve_router(
+        listener,
+        imreport_server::admin::router(s.store.clone(), token.into()),
+        std::future::pending(),
+    ));
+    let http = reqwest::Client::new();
+    let send = |method: reqwest::Method, path: &str, auth: bool, body: Vec<u8>| {
+        let mut r = http.request(method, format!("{url}{path}")).body(body);
+        if auth {
+            r = r.bearer_auth(token);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            let ctype = r.headers()["content-type"].to_str().unwrap().to_owned();
+            let text = r.text().await.unwrap();
+            assert!(
+                ctype.starts_with("application/json"),
+                "{status} {ctype}: {text}"
+            );
+            let v: Value = serde_json::from_str(&text).unwrap();
+            (status, v["error"]["code"].as_u64())
+        }
+    };
+    use reqwest::Method;
+    let big = vec![b' '; 3 << 20];
+    // (method, path, body, answer without the token, answer with it)
+    type Answer = (u16, Option<u64>);
+    let cases: Vec<(Method, &str, Vec<u8>, Answer, Answer)> = vec![
+        (
+            Method::GET,
+            "/admin/v1/apps",
+            vec![],
+            (401, Some(899008)),
+            (200, None),
+        ),
+        (
+            Method::PUT,
+            "/admin/v1/apps",
+            vec![],
+            (401, Some(899008)),
+            (405, Some(899003)),
+        ),
+        (
+            Method::POST,
+            "/admin/v1/apps",
+            big.clone(),
+            (401, Some(899008)),
+            (413, Some(899003)),
+        ),
+        (
+            Method::POST,
+            "/admin/v1/apps/%FF/rotate-secret",
+            vec![],
+            (401, Some(899008)),
+            (400, Some(899003)),
+        ),
+        (
+            Method::DELETE,
+            "/admin/v1/apps/%FF",
+            vec![],
+            (401, Some(899008)),
+            (400, Some(899003)),
+        ),
+        (
+            Method::GET,
+            "/admin/v1/nothing",
+            vec![],
+            (401, Some(899008)),
+            (404, Some(899003)),
+        ),
+        (
+            Method::POST,
+            "/admin/v1/apps",
+            b"{not json".to_vec(),
+            (401, Some(899008)),
+            (400, Some(899003)),
+        ),
+    ];
+    for (method, path, body, without, with) in cases {
+        assert_eq!(
+            send(method.clone(), path, false, body.clone()).await,
+            without,
+            "{method} {path} without the token"
+        );
+        assert_eq!(
+            send(method.clone(), path, true, body).await,
+            with,
+            "{method} {path} with the token"
+        );
+    }
+    // The proof needs no token, and only its holder can give it.
+    let nonce = "a-fresh-nonce-0123456789";
+    let v: Value = http
+        .get(format!("{url}/admin/v1/proof?nonce={nonce}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["proof"].as_str().unwrap(),
+        imreport_domain::app::admin_proof(token, nonce)
+    );
+    assert_eq!(
+        send(Method::GET, "/admin/v1/proof?nonce=short", false, vec![]).await,
+        (400, Some(899003))
+    );
 }

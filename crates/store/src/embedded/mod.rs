@@ -258,8 +258,7 @@ const PARTITION_OFFSET: &str = "partition_offset_ms";
 impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`. Fails with `Locked` if another process has it open.
     pub fn open(dir: &Path, config: EmbeddedConfig) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", dir.display())))?;
+        crate::private_dir(dir)?;
         let path = dir.join("db");
         // Bounded memtables and journal: memory stays flat however many day partitions are
         // written (each would otherwise buffer up to 64 MiB until the journal reaches 512 MiB).
