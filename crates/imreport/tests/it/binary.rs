@@ -367,3 +367,43 @@ async fn the_data_dir_is_its_owners_alone() {
     run(&format!("app list --data-dir {}", data.display()));
     assert_eq!(shared_paths(&data), Vec::<String>::new());
 }
+
+#[test]
+fn the_api_docs_match_the_binary() {
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/API.md")).unwrap();
+    let len = imreport_domain::cursor::CURSOR_LEN;
+    assert!(
+        docs.contains(&format!("no padding, {len} characters")),
+        "docs/API.md must give the cursor length, {len}"
+    );
+    // Every flag of `imreport serve` and every key of the example settings file is documented.
+    let (ok, help, _) = imreport(&["serve", "--help"]);
+    assert!(ok);
+    let flags: Vec<&str> = help
+        .split_whitespace()
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()))
+        .filter(|w| !["--help", "--config", "--demo"].contains(w))
+        .collect();
+    assert!(flags.len() > 20, "{help}");
+    for flag in flags {
+        assert!(
+            docs.contains(&format!("`{flag}`")),
+            "{flag} is not in docs/API.md"
+        );
+    }
+    let (ok, example, _) = imreport(&["config", "example"]);
+    assert!(ok);
+    for line in example
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(" = "))
+    {
+        let key = line.split(" = ").next().unwrap().trim_start_matches("# ");
+        let flag = format!("`--{}`", key.replace('_', "-"));
+        assert!(
+            docs.contains(&flag),
+            "{key} of the example is not in docs/API.md"
+        );
+    }
+}

@@ -637,3 +637,121 @@ async fn bad_statistics_parameters_are_400() {
         .await;
     assert_eq!(status, 200);
 }
+
+/// One statistics request anywhere in the input domain: every endpoint and unit, dates from
+/// year 0000 to 9999 (edges weighted), months and days just out of range, any duration.
+fn arb_stats_request() -> impl Strategy<Value = (String, String, i64, String)> {
+    let endpoint = prop_oneof![Just("users"), Just("groups"), Just("messages"),];
+    let unit = prop_oneof![
+        Just("DAY"),
+        Just("HOUR"),
+        Just("MONTH"),
+        Just("day"),
+        Just("week")
+    ];
+    let year = prop_oneof![0i64..=9999, 9995i64..=9999, 2020i64..=2030, Just(0i64)];
+    (
+        endpoint,
+        unit,
+        year,
+        0i64..=13,
+        0i64..=32,
+        0i64..=24,
+        -1i64..=62,
+    )
+        .prop_map(|(endpoint, unit, y, m, d, h, n)| {
+            let start = match unit.to_ascii_uppercase().as_str() {
+                "HOUR" => format!("{y:04}-{m:02}-{d:02} {h:02}"),
+                "MONTH" => format!("{y:04}-{m:02}"),
+                _ => format!("{y:04}-{m:02}-{d:02}"),
+            };
+            (endpoint.to_owned(), unit.to_owned(), n, start)
+        })
+}
+
+/// Buckets a 200 answer labels, in order.
+fn labels(endpoint: &str, v: &Value) -> Vec<String> {
+    let (rows, key) = match endpoint {
+        "messages" => (&v["send_msg_stat"], "time"),
+        _ => (v, "date"),
+    };
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[key].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The label `i` buckets after `start` should carry, or `None` past 9999-12-31.
+fn expected_label(unit: &str, start: &str, i: i64) -> Option<String> {
+    use jiff::ToSpan;
+    match unit {
+        "HOUR" => {
+            let h: i64 = start[11..13].parse().unwrap();
+            Some(format!("{} {:02}", &start[..10], h + i))
+        }
+        "MONTH" => {
+            let (y, m): (i64, i64) = (start[..4].parse().unwrap(), start[5..7].parse().unwrap());
+            let k = y * 12 + m - 1 + i;
+            (k / 12 <= 9999).then(|| format!("{:04}-{:02}", k / 12, k % 12 + 1))
+        }
+        _ => {
+            let d: jiff::civil::Date = start.parse().unwrap();
+            d.checked_add(i.days()).ok().map(|d| d.to_string())
+        }
+    }
+}
+
+#[test]
+fn every_statistics_request_in_the_whole_domain_answers_200_or_400() {
+    use proptest::test_runner::{Config, TestRunner};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = rt.block_on(async {
+        let s = TestServer::start_on(BACKEND).await;
+        s.ingest_ok(&[
+            json!({"event": "user_registered", "username": "a", "time": T0 - DAY}),
+            text_message(1, T0 - HOUR, "group", "g", "a"),
+        ])
+        .await;
+        s
+    });
+    let mut runner = TestRunner::new(Config {
+        cases: 400,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let answered = std::cell::Cell::new(0);
+    runner
+        .run(&arb_stats_request(), |(endpoint, unit, n, start)| {
+            let q = format!(
+                "/v2/statistic/{endpoint}?time_unit={unit}&start={}&duration={n}",
+                enc(&start)
+            );
+            let (status, v) = rt.block_on(s.get(&q));
+            match status {
+                400 => prop_assert_eq!(v["error"]["code"].as_u64(), Some(899003), "{}: {}", q, v),
+                200 => {
+                    answered.set(answered.get() + 1);
+                    let unit = unit.to_ascii_uppercase();
+                    let got = labels(&endpoint, &v);
+                    prop_assert_eq!(got.len() as i64, n, "{}: {}", q, v);
+                    for (i, label) in got.iter().enumerate() {
+                        let want = expected_label(&unit, &start, i as i64);
+                        prop_assert_eq!(Some(label.clone()), want, "{}: bucket {}", q, i);
+                    }
+                }
+                other => prop_assert!(false, "{}: {} {}", q, other, v),
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert!(
+        answered.get() >= 40,
+        "only {} requests answered 200",
+        answered.get()
+    );
+}
