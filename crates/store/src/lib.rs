@@ -59,15 +59,28 @@ pub fn private_dir(dir: &std::path::Path) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .map_err(fail)?;
+    // Files may come and go meanwhile (a store still closing in this process): what vanished
+    // needs no tightening.
+    let gone = |r: std::io::Result<()>| match r {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    };
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
-        for entry in std::fs::read_dir(&d).map_err(fail)? {
+        let entries = match std::fs::read_dir(&d) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            other => other.map_err(fail)?,
+        };
+        for entry in entries {
             let entry = entry.map_err(fail)?;
-            let meta = entry.metadata().map_err(fail)?;
+            let meta = match entry.metadata() {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                other => other.map_err(fail)?,
+            };
             if meta.is_dir() {
                 pending.push(entry.path());
             }
-            tighten(&entry.path(), &meta).map_err(fail)?;
+            gone(tighten(&entry.path(), &meta)).map_err(fail)?;
         }
     }
     let meta = std::fs::metadata(dir).map_err(fail)?;
