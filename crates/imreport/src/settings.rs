@@ -76,7 +76,7 @@ pub struct ServeArgs {
     /// Slowest ingest body accepted, in bytes per second after its first 2 s [default: 32768]
     #[arg(long, env = "IMREPORT_MIN_BODY_RATE")]
     pub min_body_rate: Option<u64>,
-    /// Seconds a connection may stay open with no request in progress [default: 60]
+    /// Seconds a connection may stay open with no request in progress [default: 75]
     #[arg(long, env = "IMREPORT_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
     /// Seconds a response may go unread before it is dropped with its connection [default: 30]
@@ -233,7 +233,7 @@ impl ServeArgs {
             idle_timeout_secs: self
                 .idle_timeout_secs
                 .or(file.idle_timeout_secs)
-                .unwrap_or(60),
+                .unwrap_or(75),
             send_timeout_secs: self
                 .send_timeout_secs
                 .or(file.send_timeout_secs)
@@ -380,7 +380,7 @@ rate_limit_window_secs = 60
 header_read_timeout_secs = 10
 body_read_timeout_secs = 30
 min_body_rate = 32768
-idle_timeout_secs = 60
+idle_timeout_secs = 75
 send_timeout_secs = 30
 
 # Most connections open at once; at the cap the one idle longest is closed to admit a new one.

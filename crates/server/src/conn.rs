@@ -52,7 +52,7 @@ impl Default for ConnLimits {
     fn default() -> Self {
         ConnLimits {
             header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(75),
             send_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             max_header_bytes: 64 * 1024,
