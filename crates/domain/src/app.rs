@@ -36,6 +36,14 @@ pub fn validate_app_key(key: &str) -> Result<(), Error> {
     }
 }
 
+/// Checks an app's display name: at most 256 bytes.
+pub fn validate_app_name(name: &str) -> Result<(), Error> {
+    if name.len() > 256 {
+        return Err(Error::invalid("app name is over 256 bytes"));
+    }
+    Ok(())
+}
+
 /// Checks an operator-chosen master secret: 8..=128 printable ASCII characters.
 pub fn validate_secret(secret: &str) -> Result<(), Error> {
     let ok = (8..=128).contains(&secret.len()) && secret.bytes().all(|b| b.is_ascii_graphic());

@@ -2,54 +2,82 @@
 //! running server's admin API (found in DATA_DIR/admin.json), so changes apply without a restart.
 //! With PostgreSQL, straight in the database: every server reads apps from it on each request.
 
-use crate::AppAction;
-use crate::serve::{ADMIN_FILE, AdminEndpoint};
-use crate::settings::{StoreArgs, StoreChoice};
+use crate::launch::{self, ADMIN_FILE, AdminEndpoint};
+use crate::settings::{Settings, SettingsArgs, StoreChoice};
 use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use imreport_domain::Clock;
 use imreport_domain::app::{AppInfo, admin_proof, generate_token};
-use imreport_server::admin::{self, CreateApp, Credentials, RotateSecret};
-use imreport_store::embedded::{EmbeddedConfig, EmbeddedStore};
-use imreport_store::postgres::{PostgresConfig, PostgresStore};
+use imreport_store::apps::{self, CreateApp, Credentials, RotateSecret};
 use imreport_store::{Store, StoreError};
+use std::sync::Arc;
+
+#[derive(Subcommand)]
+pub enum AppAction {
+    /// Add an app; prints its key and master secret (random 24-character ones when not given).
+    Create {
+        #[command(flatten)]
+        settings: SettingsArgs,
+        #[arg(long)]
+        app_key: Option<String>,
+        #[arg(long)]
+        master_secret: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the credentials as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List apps (keys and names; secrets are never shown again).
+    List {
+        #[command(flatten)]
+        settings: SettingsArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace an app's master secret; the old one stops working at once.
+    RotateSecret {
+        #[command(flatten)]
+        settings: SettingsArgs,
+        #[arg(long)]
+        app_key: String,
+        #[arg(long)]
+        master_secret: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an app: its credentials stop working at once; its data ages out with retention.
+    Delete {
+        #[command(flatten)]
+        settings: SettingsArgs,
+        #[arg(long)]
+        app_key: String,
+    },
+}
 
 enum Target {
     /// The store itself: the embedded one when no server holds it, or PostgreSQL.
-    Offline(Box<dyn Store>),
+    Offline(Arc<dyn Store>),
     Online(AdminEndpoint),
 }
 
-async fn open_target(t: &StoreArgs) -> Result<Target> {
-    if let StoreChoice::Postgres { url, schema } =
-        StoreChoice::parse(t.store.as_deref(), t.pg_schema.clone())?
-    {
-        let config = PostgresConfig {
-            schema,
-            pool_size: 2,
-            ..PostgresConfig::new(url)
-        };
-        return Ok(Target::Offline(Box::new(
-            PostgresStore::connect(config).await?,
-        )));
+async fn open_target(s: &Settings) -> Result<Target> {
+    let clock = Clock::System;
+    if let StoreChoice::Postgres { .. } = s.store_choice()? {
+        return Ok(Target::Offline(launch::open_store(s, &clock).await?.store));
     }
-    let data_dir = &t.data_dir;
-    let admin_file = data_dir.join(ADMIN_FILE);
-    // A server running on this data dir (embedded or not) is asked through its admin API, once
-    // it has proved it is that server: admin.json outlives a server killed with SIGKILL, and
-    // whatever listens on its port now must not receive the token or a chosen secret.
+    let admin_file = s.data_dir.join(ADMIN_FILE);
+    // A server running on this data dir is asked through its admin API, once it has proved it
+    // is that server: admin.json outlives a server killed with SIGKILL, and whatever listens on
+    // its port now must not receive the token or a chosen secret.
     if let Ok(text) = std::fs::read_to_string(&admin_file)
         && let Ok(ep) = serde_json::from_str::<AdminEndpoint>(&text)
         && proven(&ep).await
     {
         return Ok(Target::Online(ep));
     }
-    match EmbeddedStore::open(
-        data_dir,
-        EmbeddedConfig {
-            queue_depth: 1,
-            ..EmbeddedConfig::default()
-        },
-    ) {
-        Ok(store) => {
+    match launch::open_store(s, &clock).await {
+        Ok(stores) => {
             // No server holds the data dir: an admin.json left here is stale.
             if admin_file.exists() {
                 std::fs::remove_file(&admin_file)
@@ -59,14 +87,14 @@ async fn open_target(t: &StoreArgs) -> Result<Target> {
                     admin_file.display()
                 );
             }
-            Ok(Target::Offline(Box::new(store)))
+            Ok(Target::Offline(stores.store))
         }
-        Err(StoreError::Locked(_)) => bail!(
+        Err(e) if matches!(e.downcast_ref(), Some(StoreError::Locked(_))) => bail!(
             "the data dir {} is in use by a running imreport server, but its admin API (per {}) did not prove itself; restart the server, or stop it and retry",
-            data_dir.display(),
+            s.data_dir.display(),
             admin_file.display()
         ),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
@@ -121,10 +149,6 @@ async fn call<T: serde::de::DeserializeOwned>(
     Ok(serde_json::from_value(value)?)
 }
 
-fn api_err(e: imreport_server::error::ApiError) -> anyhow::Error {
-    anyhow::anyhow!(e.message)
-}
-
 fn print_credentials(c: &Credentials, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string(c)?);
@@ -140,9 +164,10 @@ fn print_credentials(c: &Credentials, json: bool) -> Result<()> {
 }
 
 pub async fn run(action: AppAction) -> Result<()> {
+    use reqwest::Method;
     match action {
         AppAction::Create {
-            target,
+            settings,
             app_key,
             master_secret,
             name,
@@ -153,30 +178,19 @@ pub async fn run(action: AppAction) -> Result<()> {
                 master_secret,
                 name,
             };
-            let c = match open_target(&target).await? {
-                Target::Offline(store) => admin::create_app(store.as_ref(), req)
-                    .await
-                    .map_err(api_err)?,
+            let c = match open_target(&settings.resolve()?).await? {
+                Target::Offline(store) => apps::create_app(store.as_ref(), req).await?,
                 Target::Online(ep) => {
-                    call(
-                        &ep,
-                        reqwest::Method::POST,
-                        "/admin/v1/apps",
-                        Some(serde_json::to_value(req)?),
-                    )
-                    .await?
+                    let body = Some(serde_json::to_value(req)?);
+                    call(&ep, Method::POST, "/admin/v1/apps", body).await?
                 }
             };
             print_credentials(&c, json)
         }
-        AppAction::List { target, json } => {
-            let apps: Vec<AppInfo> = match open_target(&target).await? {
-                Target::Offline(store) => {
-                    admin::list_apps(store.as_ref()).await.map_err(api_err)?
-                }
-                Target::Online(ep) => {
-                    call(&ep, reqwest::Method::GET, "/admin/v1/apps", None).await?
-                }
+        AppAction::List { settings, json } => {
+            let apps: Vec<AppInfo> = match open_target(&settings.resolve()?).await? {
+                Target::Offline(store) => apps::list_apps(store.as_ref()).await?,
+                Target::Online(ep) => call(&ep, Method::GET, "/admin/v1/apps", None).await?,
             };
             if json {
                 println!("{}", serde_json::to_string(&apps)?);
@@ -188,40 +202,30 @@ pub async fn run(action: AppAction) -> Result<()> {
             Ok(())
         }
         AppAction::RotateSecret {
-            target,
+            settings,
             app_key,
             master_secret,
             json,
         } => {
             let req = RotateSecret { master_secret };
-            let c = match open_target(&target).await? {
-                Target::Offline(store) => admin::rotate_secret(store.as_ref(), &app_key, req)
-                    .await
-                    .map_err(api_err)?,
+            let c = match open_target(&settings.resolve()?).await? {
+                Target::Offline(store) => {
+                    apps::rotate_secret(store.as_ref(), &app_key, req).await?
+                }
                 Target::Online(ep) => {
                     let path = format!("/admin/v1/apps/{app_key}/rotate-secret");
-                    call(
-                        &ep,
-                        reqwest::Method::POST,
-                        &path,
-                        Some(serde_json::to_value(req)?),
-                    )
-                    .await?
+                    let body = Some(serde_json::to_value(req)?);
+                    call(&ep, Method::POST, &path, body).await?
                 }
             };
             print_credentials(&c, json)
         }
-        AppAction::Delete { target, app_key } => {
-            match open_target(&target).await? {
+        AppAction::Delete { settings, app_key } => {
+            match open_target(&settings.resolve()?).await? {
                 Target::Offline(store) => store.delete_app(&app_key).await?,
                 Target::Online(ep) => {
-                    let _: serde_json::Value = call(
-                        &ep,
-                        reqwest::Method::DELETE,
-                        &format!("/admin/v1/apps/{app_key}"),
-                        None,
-                    )
-                    .await?;
+                    let path = format!("/admin/v1/apps/{app_key}");
+                    let _: serde_json::Value = call(&ep, Method::DELETE, &path, None).await?;
                 }
             }
             println!("deleted {app_key}");

@@ -1,12 +1,7 @@
 //! The `imreport` command: the server and its operator tools.
 
-mod apps;
-mod export;
-mod loadgen;
-mod serve;
-mod settings;
-
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use imreport::{apps, export, loadgen, serve, settings};
 
 // The writer and the decoders allocate many small strings; mimalloc is markedly faster at that
 // than glibc's allocator (see BENCHMARKS.md).
@@ -44,11 +39,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (on the embedded store, or on PostgreSQL with --store).
-    Serve(Box<settings::ServeArgs>),
+    Serve(Box<ServeArgs>),
     /// Manage apps (offline on the data dir, through a running server's admin API, or in PostgreSQL).
     App {
         #[command(subcommand)]
-        action: AppAction,
+        action: Box<apps::AppAction>,
     },
     /// Generate synthetic IM traffic: to NDJSON/CSV, or posted to a server.
     Loadgen(Box<loadgen::LoadgenArgs>),
@@ -61,53 +56,20 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    settings: settings::SettingsArgs,
+    /// Create a demo app filled with a week of generated traffic (first start), and print its
+    /// credentials
+    #[arg(long)]
+    demo: bool,
+}
+
 #[derive(Subcommand)]
 enum ConfigAction {
     /// Print a commented example settings file.
     Example,
-}
-
-#[derive(Subcommand)]
-pub enum AppAction {
-    /// Add an app; prints its key and master secret (random 24-character ones when not given).
-    Create {
-        #[command(flatten)]
-        target: settings::StoreArgs,
-        #[arg(long)]
-        app_key: Option<String>,
-        #[arg(long)]
-        master_secret: Option<String>,
-        #[arg(long)]
-        name: Option<String>,
-        /// Print the credentials as JSON
-        #[arg(long)]
-        json: bool,
-    },
-    /// List apps (keys and names; secrets are never shown again).
-    List {
-        #[command(flatten)]
-        target: settings::StoreArgs,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Replace an app's master secret; the old one stops working at once.
-    RotateSecret {
-        #[command(flatten)]
-        target: settings::StoreArgs,
-        #[arg(long)]
-        app_key: String,
-        #[arg(long)]
-        master_secret: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Remove an app: its credentials stop working at once; its data ages out with retention.
-    Delete {
-        #[command(flatten)]
-        target: settings::StoreArgs,
-        #[arg(long)]
-        app_key: String,
-    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -115,20 +77,21 @@ fn main() -> anyhow::Result<()> {
     // Everything imreport writes (data dir, keys, archives, exports) is its owner's alone,
     // whatever umask it was started with.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&settings::decorate(Cli::command()).get_matches())
+        .unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Config {
             action: ConfigAction::Example,
         } => {
-            print!("{}", settings::EXAMPLE);
+            print!("{}", settings::example());
             Ok(())
         }
         Command::Serve(args) => {
-            let settings = args.resolve()?;
+            let settings = args.settings.resolve()?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(serve::run(settings))
+                .block_on(serve::run(settings, args.demo))
         }
         Command::Loadgen(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -141,7 +104,7 @@ fn main() -> anyhow::Result<()> {
         Command::App { action } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(apps::run(action)),
+            .block_on(apps::run(*action)),
     }
 }
 

@@ -1,6 +1,6 @@
-//! App administration. The same operations back the `imreport app …` commands (offline, on the
-//! data dir) and the admin API (online, on a separate loopback listener guarded by a bearer
-//! token), so apps can be added, listed, rotated and removed while the server runs.
+//! The admin API: app administration ([`imreport_store::apps`], which the `imreport app`
+//! commands also use offline) over HTTP, on a separate loopback listener guarded by a bearer
+//! token, so apps can be added, listed, rotated and removed while the server runs.
 
 use crate::error::ApiError;
 use axum::Json;
@@ -12,73 +12,12 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use imreport_domain::app::{
-    AppInfo, SecretHash, admin_proof, generate_token, validate_app_key, validate_secret,
-};
+use imreport_domain::app::admin_proof;
 use imreport_store::Store;
-use serde::{Deserialize, Serialize};
+use imreport_store::apps::{create_app, list_apps, rotate_secret};
+use serde::Deserialize;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
-
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct CreateApp {
-    pub app_key: Option<String>,
-    pub master_secret: Option<String>,
-    pub name: Option<String>,
-}
-
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct RotateSecret {
-    pub master_secret: Option<String>,
-}
-
-/// Credentials as shown once, at creation or rotation.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Credentials {
-    pub app_key: String,
-    pub master_secret: String,
-    pub name: String,
-}
-
-pub async fn create_app(store: &dyn Store, req: CreateApp) -> Result<Credentials, ApiError> {
-    let app_key = req.app_key.unwrap_or_else(generate_token);
-    validate_app_key(&app_key)?;
-    let master_secret = req.master_secret.unwrap_or_else(generate_token);
-    validate_secret(&master_secret)?;
-    let name = req.name.unwrap_or_else(|| app_key.clone());
-    if name.len() > 256 {
-        return Err(ApiError::invalid("app name is over 256 bytes"));
-    }
-    store
-        .create_app(&app_key, &name, SecretHash::new(&master_secret))
-        .await?;
-    Ok(Credentials {
-        app_key,
-        master_secret,
-        name,
-    })
-}
-
-pub async fn rotate_secret(
-    store: &dyn Store,
-    key: &str,
-    req: RotateSecret,
-) -> Result<Credentials, ApiError> {
-    let master_secret = req.master_secret.unwrap_or_else(generate_token);
-    validate_secret(&master_secret)?;
-    let app = store
-        .set_secret(key, SecretHash::new(&master_secret))
-        .await?;
-    Ok(Credentials {
-        app_key: app.key,
-        master_secret,
-        name: app.name,
-    })
-}
-
-pub async fn list_apps(store: &dyn Store) -> Result<Vec<AppInfo>, ApiError> {
-    Ok(store.list_apps().await?.iter().map(AppInfo::from).collect())
-}
 
 #[derive(Clone)]
 struct AdminState {

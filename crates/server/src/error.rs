@@ -85,7 +85,8 @@ impl From<StoreError> for ApiError {
                     "the server cannot store more data right now ({why}); retry later: nothing of this request was stored"
                 ),
             ),
-            StoreError::AppExists(_) | StoreError::AppNotFound(_) | StoreError::Rejected(_) => {
+            StoreError::Invalid(e) => e.into(),
+            StoreError::AppExists(_) | StoreError::AppNotFound(_) => {
                 ApiError::invalid(e.to_string())
             }
             StoreError::Locked(_) | StoreError::Storage(_) => ApiError::internal(e),

@@ -282,23 +282,7 @@ pub async fn serve_router(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_router_with(listener, router, shutdown, ConnLimits::default()).await
+    conn::serve(listener, router, shutdown, Connections::new(ConnLimits::default())).await
 }
 
-pub async fn serve_router_with(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    limits: ConnLimits,
-) -> std::io::Result<()> {
-    conn::serve(listener, router, shutdown, Connections::new(limits)).await
-}
 
-/// Starts the public API on an already-bound listener (port 0 in tests) and returns its task.
-pub fn launch_with_tcp_listener(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    tokio::spawn(serve_router(listener, router(state), shutdown))
-}

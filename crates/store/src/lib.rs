@@ -2,6 +2,7 @@
 //! backends. The embedded backend ([`embedded::EmbeddedStore`], on fjall) is the default; the
 //! PostgreSQL backend ([`postgres::PostgresStore`]) lets stateless servers share one database.
 
+pub mod apps;
 pub mod embedded;
 pub mod postgres;
 pub mod window;
@@ -32,9 +33,9 @@ pub enum StoreError {
     ShuttingDown,
     #[error("the data directory's disk is (nearly) full: {0}")]
     DiskFull(String),
-    /// The batch is valid but cannot be stored as sent (nothing of it was): a client error.
+    /// What the caller sent cannot be stored as sent (nothing of it was): a client error.
     #[error("{0}")]
-    Rejected(String),
+    Invalid(#[from] imreport_domain::Error),
     #[error("storage error: {0}")]
     Storage(String),
 }

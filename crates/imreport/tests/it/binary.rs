@@ -377,33 +377,35 @@ fn the_api_docs_match_the_binary() {
         docs.contains(&format!("no padding, {len} characters")),
         "docs/API.md must give the cursor length, {len}"
     );
-    // Every flag of `imreport serve` and every key of the example settings file is documented.
+    // Every setting has its row: flag, environment variable, and the declared default.
+    for (name, _) in imreport::settings::SETTINGS {
+        let row = format!(
+            "| `--{}` | `IMREPORT_{}` | ",
+            name.replace('_', "-"),
+            name.to_uppercase()
+        );
+        let line = docs
+            .lines()
+            .find(|l| l.starts_with(&row))
+            .unwrap_or_else(|| panic!("docs/API.md has no row {row}"));
+        let documented = line[row.len()..].split(" |").next().unwrap().trim();
+        match imreport::settings::default_toml(name) {
+            None => assert_eq!(documented, "unset", "{name}"),
+            // As TOML writes it, less the quotes of a string and the `.0` of a whole float.
+            Some(v) => assert_eq!(
+                documented.trim_matches('`'),
+                v.trim_matches('"').trim_end_matches(".0"),
+                "{name}"
+            ),
+        }
+    }
+    // The flags `imreport serve` takes are the settings (and --config, --demo).
     let (ok, help, _) = imreport(&["serve", "--help"]);
     assert!(ok);
-    let flags: Vec<&str> = help
-        .split_whitespace()
-        .filter(|w| w.starts_with("--") && w.len() > 2)
-        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()))
-        .filter(|w| !["--help", "--config", "--demo"].contains(w))
-        .collect();
-    assert!(flags.len() > 20, "{help}");
-    for flag in flags {
+    for (name, _) in imreport::settings::SETTINGS {
         assert!(
-            docs.contains(&format!("`{flag}`")),
-            "{flag} is not in docs/API.md"
-        );
-    }
-    let (ok, example, _) = imreport(&["config", "example"]);
-    assert!(ok);
-    for line in example
-        .lines()
-        .filter(|l| !l.starts_with('#') && l.contains(" = "))
-    {
-        let key = line.split(" = ").next().unwrap().trim_start_matches("# ");
-        let flag = format!("`--{}`", key.replace('_', "-"));
-        assert!(
-            docs.contains(&flag),
-            "{key} of the example is not in docs/API.md"
+            help.contains(&format!("--{}", name.replace('_', "-"))),
+            "{name}"
         );
     }
 }

@@ -3,7 +3,6 @@
 //! does (closes, refuses, answers others), with generous bounds on when.
 
 use crate::support::*;
-use imreport_server::{BodyLimits, Capacity, ConnLimits};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,14 +41,10 @@ async fn healthz_status(s: &TestServer) -> u16 {
 
 #[tokio::test]
 async fn silent_and_idle_connections_are_closed_and_the_cap_keeps_healthz_answering() {
-    let s = TestServer::start_with(Options {
-        conn: ConnLimits {
-            header_read_timeout: Duration::from_millis(500),
-            idle_timeout: Duration::from_millis(500),
-            max_connections: 20,
-            ..ConnLimits::default()
-        },
-        ..Options::default()
+    let s = TestServer::start_with(Backend::Embedded, |s| {
+        s.header_read_timeout_secs = 0.5;
+        s.idle_timeout_secs = 0.5;
+        s.max_connections = 20;
     })
     .await;
     let within = Duration::from_secs(10);
@@ -98,16 +93,9 @@ async fn silent_and_idle_connections_are_closed_and_the_cap_keeps_healthz_answer
 
 #[tokio::test]
 async fn at_the_cap_with_every_connection_busy_a_new_one_is_refused_with_503() {
-    let s = TestServer::start_with(Options {
-        conn: ConnLimits {
-            max_connections: 4,
-            ..ConnLimits::default()
-        },
-        body: BodyLimits {
-            grace: Duration::from_secs(60),
-            ..BodyLimits::default()
-        },
-        ..Options::default()
+    let s = TestServer::start_with(Backend::Embedded, |s| {
+        s.max_connections = 4;
+        s.body_grace_secs = 60.0;
     })
     .await;
     // Four ingest requests whose bodies are still coming: four requests in progress.
@@ -145,19 +133,12 @@ async fn reluctant_reader(addr: &str) -> TcpStream {
 #[tokio::test]
 async fn unread_pages_stay_within_their_budget_and_are_dropped() {
     const BUDGET: u64 = 40 << 20;
-    let s = TestServer::start_with(Options {
-        capacity: Capacity {
-            response_bytes: BUDGET,
-            page_slots: 2,
-            ..Capacity::default()
-        },
-        share_wait: Duration::from_secs(1),
+    let s = TestServer::start_with(Backend::Embedded, |s| {
+        s.response_buffer_mb = BUDGET >> 20;
+        s.page_concurrency = 2;
+        s.busy_wait_secs = 1.0;
         // Longer than any wait for a share, so only refusals free budget before the drops.
-        conn: ConnLimits {
-            send_timeout: Duration::from_secs(4),
-            ..ConnLimits::default()
-        },
-        ..Options::default()
+        s.send_timeout_secs = 4.0;
     })
     .await;
     let b = s.create_app().await;
@@ -226,17 +207,10 @@ async fn unread_pages_stay_within_their_budget_and_are_dropped() {
 
 #[tokio::test]
 async fn one_app_trickling_bodies_cannot_block_another_apps_ingest() {
-    let s = TestServer::start_with(Options {
-        capacity: Capacity {
-            ingest_slots: 4,
-            ..Capacity::default()
-        },
-        body: BodyLimits {
-            min_rate: 1024,
-            grace: Duration::from_millis(500),
-            ..BodyLimits::default()
-        },
-        ..Options::default()
+    let s = TestServer::start_with(Backend::Embedded, |s| {
+        s.ingest_concurrency = 4;
+        s.min_body_rate = 1024;
+        s.body_grace_secs = 0.5;
     })
     .await;
     let b = s.create_app().await;

@@ -1,20 +1,14 @@
 //! Overload, rate limits, a full disk, slow and oversized requests, and tenant isolation.
 
 use crate::support::*;
-use imreport_server::{BodyLimits, ConnLimits};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn a_full_ingest_queue_answers_503_with_retry_after() {
-    let s = std::sync::Arc::new(
-        TestServer::start_with(Options {
-            queue_depth: 1,
-            ..Options::default()
-        })
-        .await,
-    );
+    let s =
+        std::sync::Arc::new(TestServer::start_with(Backend::Embedded, |s| s.queue_depth = 1).await);
     let release = s.embedded.as_ref().unwrap().stall_writer();
     let mut pending = Vec::new();
     let mut refused = None;
@@ -59,9 +53,9 @@ async fn a_full_ingest_queue_answers_503_with_retry_after() {
 
 #[tokio::test]
 async fn rate_limits_answer_429_with_jmessage_headers() {
-    let s = TestServer::start_with(Options {
-        rate_limit: Some((3, 60)),
-        ..Options::default()
+    let s = TestServer::start_with(Backend::Embedded, |s| {
+        s.rate_limit = 3;
+        s.rate_limit_window_secs = 60;
     })
     .await;
     let other = s.create_app().await;
@@ -146,17 +140,9 @@ async fn a_full_disk_refuses_ingest_and_resumes_by_itself() {
 
 #[tokio::test]
 async fn slow_and_oversized_requests_are_cut_off() {
-    let conn = ConnLimits {
-        header_read_timeout: Duration::from_millis(300),
-        ..ConnLimits::default()
-    };
-    let s = TestServer::start_with(Options {
-        conn,
-        body: BodyLimits {
-            read_timeout: Duration::from_millis(300),
-            ..BodyLimits::default()
-        },
-        ..Options::default()
+    let s = TestServer::start_with(Backend::Embedded, |s| {
+        s.header_read_timeout_secs = 0.3;
+        s.body_read_timeout_secs = 0.3;
     })
     .await;
     let addr = s.url.strip_prefix("http://").unwrap().to_owned();
@@ -306,13 +292,8 @@ fn numbers(v: &Value) -> Vec<i64> {
 
 #[tokio::test]
 async fn readiness_costs_the_writer_nothing() {
-    let s = std::sync::Arc::new(
-        TestServer::start_with(Options {
-            queue_depth: 1,
-            ..Options::default()
-        })
-        .await,
-    );
+    let s =
+        std::sync::Arc::new(TestServer::start_with(Backend::Embedded, |s| s.queue_depth = 1).await);
     // With the writer stalled, probes still answer at once, and take no place in its queue.
     let release = s.embedded.as_ref().unwrap().stall_writer();
     let probes: Vec<_> = (0..200)
@@ -419,10 +400,11 @@ impl imreport_store::Store for PanicsInStatsHours {
 
 #[tokio::test]
 async fn a_handler_that_panics_still_answers_500_with_the_json_error() {
-    let s = TestServer::start_with(Options {
-        wrap: Some(|store| std::sync::Arc::new(PanicsInStatsHours(store))),
-        ..Options::default()
-    })
+    let s = TestServer::start_hooked(
+        Backend::Embedded,
+        |_| {},
+        Some(|store| std::sync::Arc::new(PanicsInStatsHours(store))),
+    )
     .await;
     let hour = enc(&sh(T0)[..13]);
     let (status, body) = s

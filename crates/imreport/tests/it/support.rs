@@ -2,18 +2,15 @@
 //! with a settable clock, and a client for it.
 
 use base64::Engine;
+use imreport::launch::{self, Hooks, Running};
+use imreport::settings::Settings;
 use imreport_domain::Clock;
-use imreport_domain::cursor::CursorKey;
-use imreport_domain::event::IngestLimits;
-use imreport_domain::time::ReportTz;
-use imreport_server::rate::RateLimiter;
-use imreport_server::{AppState, BodyLimits, Capacity, ConnLimits, Connections, admin};
-use imreport_store::Store;
-use imreport_store::embedded::{EmbeddedConfig, EmbeddedStore};
-use imreport_store::postgres::{PostgresConfig, PostgresStore};
+use imreport_server::{AppState, Connections};
+use imreport_store::embedded::EmbeddedStore;
+use imreport_store::postgres::PostgresStore;
+use imreport_store::{Store, apps};
 use serde_json::Value;
 use std::sync::Arc;
-use tokio::sync::oneshot;
 
 /// 2026-11-20 12:00:00 UTC: the clock's start in tests.
 pub const T0: i64 = 1_795_176_000_000;
@@ -55,27 +52,26 @@ pub fn fresh_schema() -> String {
     format!("it_{n:016x}")
 }
 
-/// Opens a PostgreSQL store on a fresh schema; fails loudly (never skips) when the database
-/// cannot be reached.
+/// Opens a PostgreSQL store on a schema (created if missing); fails loudly (never skips)
+/// when the database cannot be reached.
 pub async fn postgres_store(
     schema: &str,
     clock: Clock,
     tz: &str,
     retention_days: u32,
 ) -> PostgresStore {
-    let config = PostgresConfig {
-        schema: Some(schema.to_owned()),
-        pool_size: 4,
+    let dir = tempfile::tempdir().unwrap();
+    let s = Settings {
+        report_tz: tz.into(),
         retention_days,
-        clock,
-        tz: ReportTz::new(tz).unwrap(),
-        ..PostgresConfig::new(test_database_url())
+        pg_schema: schema.into(),
+        ..test_settings(Backend::Postgres, dir.path())
     };
-    match PostgresStore::connect(config).await {
-        Ok(store) => store,
+    match launch::open_store(&s, &clock).await {
+        Ok(stores) => stores.postgres.unwrap(),
         Err(e) => panic!(
             "the PostgreSQL tests need a server at {} (set IMREPORT_TEST_DATABASE_URL, or start \
-             this machine's with `pg_ctlcluster --skip-systemctl-redirect 15 main start`): {e}",
+             this machine's with `pg_ctlcluster --skip-systemctl-redirect 15 main start`): {e:#}",
             test_database_url()
         ),
     }
@@ -109,6 +105,7 @@ pub struct TestServer {
     pub url: String,
     pub http: reqwest::Client,
     pub clock: Clock,
+    /// The store itself (not the wrapper a test may have put before the HTTP layer).
     pub store: Arc<dyn Store>,
     /// The embedded store, for tests of what only it has (a stalled writer, a full disk).
     pub embedded: Option<EmbeddedStore>,
@@ -118,7 +115,7 @@ pub struct TestServer {
     pub conns: Arc<Connections>,
     pub app: Creds,
     schema: Option<String>,
-    _stop: oneshot::Sender<()>,
+    _running: Running,
     _dir: tempfile::TempDir,
 }
 
@@ -130,56 +127,46 @@ impl Drop for TestServer {
     }
 }
 
-/// Wraps a test server's store, to inject faults.
-pub type WrapStore = fn(Arc<dyn Store>) -> Arc<dyn Store>;
+pub use imreport::launch::WrapStore;
 
-pub struct Options {
-    pub backend: Backend,
-    pub limits: IngestLimits,
-    pub queue_depth: usize,
-    pub retention_days: u32,
-    pub tz: &'static str,
-    pub rate_limit: Option<(u32, u32)>,
-    pub body: BodyLimits,
-    pub capacity: Capacity,
-    pub share_wait: std::time::Duration,
-    pub conn: ConnLimits,
-    /// Wraps the store the server sees (to inject faults).
-    pub wrap: Option<WrapStore>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            backend: Backend::Embedded,
-            limits: IngestLimits::default(),
-            queue_depth: 256,
-            retention_days: 60,
-            tz: "Asia/Shanghai",
-            rate_limit: None,
-            body: BodyLimits::default(),
-            capacity: Capacity::default(),
-            share_wait: std::time::Duration::from_secs(5),
-            conn: ConnLimits::default(),
-            wrap: None,
-        }
+/// The settings of a test server: the defaults, on loopback port 0, with a fixed cursor key and
+/// no free-disk reserve (temporary dirs may sit on small disks).
+pub fn test_settings(backend: Backend, data_dir: &std::path::Path) -> Settings {
+    let mut s = Settings {
+        data_dir: data_dir.to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cursor_key: "integration-test-cursor-key".into(),
+        min_free_disk_mb: 0,
+        pg_pool_size: 4,
+        ..Settings::default()
+    };
+    if backend == Backend::Postgres {
+        s.store = test_database_url();
+        s.pg_schema = fresh_schema();
     }
+    s
 }
 
 impl TestServer {
     pub async fn start() -> TestServer {
-        Self::start_with(Options::default()).await
+        Self::start_with(Backend::Embedded, |_| {}).await
     }
 
     pub async fn start_on(backend: Backend) -> TestServer {
-        Self::start_with(Options {
-            backend,
-            ..Options::default()
-        })
-        .await
+        Self::start_with(backend, |_| {}).await
     }
 
-    pub async fn start_with(opts: Options) -> TestServer {
+    /// A server whose settings `set` changes from the test defaults.
+    pub async fn start_with(backend: Backend, set: impl FnOnce(&mut Settings)) -> TestServer {
+        Self::start_hooked(backend, set, None).await
+    }
+
+    /// ...and whose HTTP layer sees the store through `wrap`.
+    pub async fn start_hooked(
+        backend: Backend,
+        set: impl FnOnce(&mut Settings),
+        wrap: Option<WrapStore>,
+    ) -> TestServer {
         // Errors the server logs show up in a failing test's output.
         let _ = tracing_subscriber::fmt()
             .with_env_filter("warn,fjall=error,lsm_tree=error")
@@ -187,70 +174,36 @@ impl TestServer {
             .try_init();
         let dir = tempfile::tempdir().unwrap();
         let clock = Clock::manual(T0);
-        let (store, embedded, schema): (Arc<dyn Store>, _, _) = match opts.backend {
-            Backend::Embedded => {
-                let config = EmbeddedConfig {
-                    retention_days: opts.retention_days,
-                    queue_depth: opts.queue_depth,
-                    clock: clock.clone(),
-                    tz: ReportTz::new(opts.tz).unwrap(),
-                    min_free_disk_bytes: 0,
-                    ..EmbeddedConfig::default()
-                };
-                let embedded = EmbeddedStore::open(dir.path(), config).unwrap();
-                (Arc::new(embedded.clone()), Some(embedded), None)
-            }
-            Backend::Postgres => {
-                let schema = fresh_schema();
-                let store =
-                    postgres_store(&schema, clock.clone(), opts.tz, opts.retention_days).await;
-                (Arc::new(store), None, Some(schema))
-            }
+        let mut settings = test_settings(backend, dir.path());
+        set(&mut settings);
+        let schema = (backend == Backend::Postgres).then(|| settings.pg_schema.clone());
+        let hooks = Hooks {
+            clock: clock.clone(),
+            wrap_store: wrap,
         };
-        let served = match opts.wrap {
-            Some(wrap) => wrap(store.clone()),
-            None => store.clone(),
+        let running = match launch::start(&settings, hooks).await {
+            Ok(r) => r,
+            Err(e) => panic!(
+                "cannot start a test server on {backend:?} (the PostgreSQL tests need a server at \
+                 {}: set IMREPORT_TEST_DATABASE_URL, or start this machine's with \
+                 `pg_ctlcluster --skip-systemctl-redirect 15 main start`): {e:#}",
+                test_database_url()
+            ),
         };
-        let mut state = AppState::new(
-            served,
-            ReportTz::new(opts.tz).unwrap(),
-            CursorKey::from_text("integration-test-cursor-key").unwrap(),
-            120_000,
-            opts.limits,
-            clock.clone(),
-        );
-        if let Some((limit, window)) = opts.rate_limit {
-            state.rate_limit = Some(Arc::new(RateLimiter::new(limit, window, clock.clone())));
-        }
-        state.body = opts.body;
-        state.set_capacity(opts.capacity);
-        state.share_wait = opts.share_wait;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = oneshot::channel::<()>();
-        let conns = Connections::new(opts.conn);
-        tokio::spawn(imreport_server::conn::serve(
-            listener,
-            imreport_server::router(state.clone()),
-            async move {
-                let _ = rx.await;
-            },
-            conns.clone(),
-        ));
         let mut server = TestServer {
-            url,
+            url: running.url(),
             http: reqwest::Client::new(),
             clock,
-            store,
-            embedded,
-            state,
-            conns,
+            store: running.stores.store.clone(),
+            embedded: running.stores.embedded.clone(),
+            state: running.state.clone(),
+            conns: running.conns.clone(),
             schema,
             app: Creds {
                 key: String::new(),
                 secret: String::new(),
             },
-            _stop: tx,
+            _running: running,
             _dir: dir,
         };
         server.app = server.create_app().await;
@@ -263,7 +216,7 @@ impl TestServer {
     }
 
     pub async fn create_app(&self) -> Creds {
-        let c = admin::create_app(self.store.as_ref(), admin::CreateApp::default())
+        let c = apps::create_app(self.store.as_ref(), apps::CreateApp::default())
             .await
             .unwrap();
         Creds {

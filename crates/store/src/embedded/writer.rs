@@ -651,7 +651,7 @@ impl Writer {
                 _ => None,
             });
             if let Err(e) = check_msgids_assignable(next, kept) {
-                outcomes.push(Err(StoreError::Rejected(e.to_string())));
+                outcomes.push(Err(StoreError::Invalid(e)));
                 continue;
             }
             let mut out = IngestOutcome::default();

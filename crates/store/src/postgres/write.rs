@@ -92,8 +92,7 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
         _ => None,
     });
     // Refused before anything is written; the transaction rolls back on drop.
-    check_msgids_assignable(stored_next, kept)
-        .map_err(|e| crate::StoreError::Rejected(e.to_string()))?;
+    check_msgids_assignable(stored_next, kept)?;
 
     // Client msgids below the watermark may be stored already: one lookup for all of them.
     let probe: Vec<i64> = events

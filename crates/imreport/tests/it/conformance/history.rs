@@ -339,7 +339,7 @@ async fn next_pages_ignore_other_parameters_and_doubled_slashes_route() {
 #[tokio::test]
 async fn a_cursor_dies_with_its_app_even_when_the_key_is_reused() {
     let s = TestServer::start_on(BACKEND).await;
-    let chosen = |secret: &str| imreport_server::admin::CreateApp {
+    let chosen = |secret: &str| imreport_store::apps::CreateApp {
         app_key: Some("reusedkey000000000000000".into()),
         master_secret: Some(secret.into()),
         name: None,
@@ -348,7 +348,7 @@ async fn a_cursor_dies_with_its_app_even_when_the_key_is_reused() {
         key: "reusedkey000000000000000".into(),
         secret: secret.into(),
     };
-    imreport_server::admin::create_app(s.store.as_ref(), chosen("first-secret"))
+    imreport_store::apps::create_app(s.store.as_ref(), chosen("first-secret"))
         .await
         .unwrap();
     let old = creds("first-secret");
@@ -370,7 +370,7 @@ async fn a_cursor_dies_with_its_app_even_when_the_key_is_reused() {
         .delete_app("reusedkey000000000000000")
         .await
         .unwrap();
-    imreport_server::admin::create_app(s.store.as_ref(), chosen("second-secret"))
+    imreport_store::apps::create_app(s.store.as_ref(), chosen("second-secret"))
         .await
         .unwrap();
     let (status, err) = s

@@ -2,7 +2,6 @@
 
 use super::BACKEND;
 use crate::support::*;
-use imreport_domain::event::IngestLimits;
 use serde_json::{Value, json};
 
 async fn app_total(s: &TestServer, creds: &Creds) -> u64 {
@@ -219,15 +218,10 @@ async fn one_bad_event_rejects_the_batch_and_stores_nothing() {
 
 #[tokio::test]
 async fn limits_answer_413_and_400() {
-    let limits = IngestLimits {
-        max_events: 10,
-        max_body_bytes: 4096,
-        max_msg_body_bytes: 100,
-    };
-    let s = TestServer::start_with(Options {
-        backend: BACKEND,
-        limits,
-        ..Options::default()
+    let s = TestServer::start_with(BACKEND, |s| {
+        s.max_events = 10;
+        s.max_body_bytes = 4096;
+        s.max_msg_body_bytes = 100;
     })
     .await;
     let evs: Vec<Value> = (1..=11u64)

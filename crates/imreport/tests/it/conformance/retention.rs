@@ -13,14 +13,7 @@ fn day_start(day: i64) -> i64 {
 
 #[tokio::test]
 async fn retention_drops_whole_days_at_the_exact_edge() {
-    let s = std::sync::Arc::new(
-        TestServer::start_with(Options {
-            backend: BACKEND,
-            retention_days: 3,
-            ..Options::default()
-        })
-        .await,
-    );
+    let s = std::sync::Arc::new(TestServer::start_with(BACKEND, |s| s.retention_days = 3).await);
     let today = (T0 + SH).div_euclid(DAY);
     // The first and the last millisecond of each of the last four days.
     let mut evs = Vec::new();

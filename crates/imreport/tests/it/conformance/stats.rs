@@ -463,12 +463,7 @@ async fn future_buckets_are_zeros_with_totals_carried() {
 
 #[tokio::test]
 async fn totals_keep_their_baseline_when_old_days_are_dropped() {
-    let s = TestServer::start_with(Options {
-        backend: BACKEND,
-        retention_days: 3,
-        ..Options::default()
-    })
-    .await;
+    let s = TestServer::start_with(BACKEND, |s| s.retention_days = 3).await;
     s.ingest_ok(&[
         json!({"event": "user_registered", "username": "a", "time": T0 - 2 * DAY}),
         json!({"event": "user_registered", "username": "b", "time": T0 - DAY}),
@@ -518,12 +513,7 @@ async fn totals_keep_their_baseline_when_old_days_are_dropped() {
 
 #[tokio::test]
 async fn buckets_follow_dst_in_the_report_zone() {
-    let s = TestServer::start_with(Options {
-        backend: BACKEND,
-        tz: "Europe/Berlin",
-        ..Options::default()
-    })
-    .await;
+    let s = TestServer::start_with(BACKEND, |s| s.report_tz = "Europe/Berlin".into()).await;
     // 2026-10-25: Berlin falls back at 03:00 CEST to 02:00 CET; 02:xx happens twice.
     let first_0230 = 1_792_888_200_000; // 00:30 UTC = 02:30 CEST
     let second_0230 = first_0230 + HOUR; // 01:30 UTC = 02:30 CET
