@@ -247,8 +247,8 @@ impl Running {
     }
 }
 
-/// Opens the store and starts serving: the public API, the admin API (its address and token
-/// written to DATA_DIR/admin.json) and retention (at start and every minute).
+/// Opens the store, applies retention once, and starts serving: the public API, the admin API
+/// (its address and token written to DATA_DIR/admin.json) and retention every minute.
 pub async fn start(s: &Settings, hooks: Hooks) -> Result<Running> {
     let stores = open_store(s, &hooks.clock).await?;
     let state = state(s, &stores, &hooks).await?;
@@ -282,18 +282,25 @@ pub async fn start(s: &Settings, hooks: Hooks) -> Result<Running> {
         }
     };
     let mut tasks = Vec::new();
+    // The first pass before serving, so that nothing old is served; then every minute.
     let retention_store = stores.store.clone();
+    let retain = move || {
+        let store = retention_store.clone();
+        async move {
+            if let Err(e) = store.enforce_retention().await {
+                tracing::warn!(error = %e, "retention pass failed; will retry");
+            }
+        }
+    };
+    retain().await;
     let done = until_stopped();
     tasks.push(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(RETENTION_EVERY);
+        let first = tokio::time::Instant::now() + RETENTION_EVERY;
+        let mut tick = tokio::time::interval_at(first, RETENTION_EVERY);
         tokio::pin!(done);
         loop {
             tokio::select! {
-                _ = tick.tick() => {
-                    if let Err(e) = retention_store.enforce_retention().await {
-                        tracing::warn!(error = %e, "retention pass failed; will retry");
-                    }
-                }
+                _ = tick.tick() => retain().await,
                 _ = &mut done => return,
             }
         }

@@ -89,7 +89,15 @@ impl From<StoreError> for ApiError {
             StoreError::AppExists(_) | StoreError::AppNotFound(_) => {
                 ApiError::invalid(e.to_string())
             }
-            StoreError::Locked(_) | StoreError::Storage(_) => ApiError::internal(e),
+            StoreError::Locked(_)
+            | StoreError::NotReady(_)
+            | StoreError::Engine(_)
+            | StoreError::Postgres(_)
+            | StoreError::PartitionGone(_)
+            | StoreError::Io { .. }
+            | StoreError::Corrupt(_)
+            | StoreError::Config(_)
+            | StoreError::Internal(_) => ApiError::internal(e),
         }
     }
 }

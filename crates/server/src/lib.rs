@@ -282,7 +282,11 @@ pub async fn serve_router(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    conn::serve(listener, router, shutdown, Connections::new(ConnLimits::default())).await
+    conn::serve(
+        listener,
+        router,
+        shutdown,
+        Connections::new(ConnLimits::default()),
+    )
+    .await
 }
-
-

@@ -15,9 +15,12 @@ use imreport_domain::scope::Scope;
 use imreport_domain::stats::{DayStats, MsgCounts};
 use imreport_domain::time::TimeRange;
 use serde::Serialize;
+use std::sync::Arc;
 
-/// What the store can fail with. Callers match on the first variants; `Storage` is the unexpected.
-#[derive(Debug, thiserror::Error)]
+/// What the store can fail with. Callers act on the first variants (through to `Invalid`); the
+/// rest are the unexpected, each with its source. Clone, because one failed commit of the
+/// embedded writer answers every request of its group.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("an app with key {0:?} already exists")]
     AppExists(String),
@@ -36,13 +39,49 @@ pub enum StoreError {
     /// What the caller sent cannot be stored as sent (nothing of it was): a client error.
     #[error("{0}")]
     Invalid(#[from] imreport_domain::Error),
-    #[error("storage error: {0}")]
-    Storage(String),
+    /// The store is open but cannot take writes now (a read-only standby, a failed commit).
+    #[error("not ready: {0}")]
+    NotReady(String),
+    /// The embedded storage engine failed.
+    #[error("storage engine: {0}")]
+    Engine(#[source] Arc<fjall::Error>),
+    /// PostgreSQL answered with an error, or the connection to it failed.
+    #[error("postgres: {0}")]
+    Postgres(#[source] Arc<tokio_postgres::Error>),
+    /// A day partition a write needed was dropped meanwhile (by another server's retention).
+    #[error("a partition was dropped meanwhile: {0}")]
+    PartitionGone(#[source] Arc<tokio_postgres::Error>),
+    /// A file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// Stored data that cannot be read: a bug or a damaged disk.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// Settings the store cannot work with (a URL, a schema name, a schema version).
+    #[error("{0}")]
+    Config(String),
+    /// A store thread or task could not start or ended abnormally, or a store limit was reached.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<fjall::Error> for StoreError {
     fn from(e: fjall::Error) -> Self {
-        StoreError::Storage(e.to_string())
+        StoreError::Engine(Arc::new(e))
+    }
+}
+
+impl StoreError {
+    /// A file operation's failure, saying what was being done.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            what: what.into(),
+            source: Arc::new(source),
+        }
     }
 }
 
@@ -53,8 +92,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// and secret hashes are nobody else's business.
 pub fn private_dir(dir: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let fail =
-        |e: std::io::Error| StoreError::Storage(format!("cannot secure {}: {e}", dir.display()));
+    let fail = |e: std::io::Error| StoreError::io(format!("cannot secure {}", dir.display()), e);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -159,7 +159,7 @@ impl Inner {
             return Ok(());
         }
         let st = rustix::fs::statvfs(&self.path)
-            .map_err(|e| StoreError::Storage(format!("statvfs: {e}")))?;
+            .map_err(|e| StoreError::io("statvfs of the data dir", e.into()))?;
         let free = st.f_bavail.saturating_mul(st.f_frsize);
         if free < min {
             return Err(StoreError::DiskFull(format!(
@@ -323,7 +323,7 @@ impl EmbeddedStore {
         for kv in meta.prefix(APP_PREFIX) {
             let (_, v) = kv.into_inner()?;
             let app: App = serde_json::from_slice(&v)
-                .map_err(|e| StoreError::Storage(format!("corrupt app record: {e}")))?;
+                .map_err(|e| StoreError::Corrupt(format!("an app record: {e}")))?;
             apps.insert(app.key.clone(), app);
         }
         let inner = Arc::new(Inner {
@@ -408,7 +408,7 @@ impl EmbeddedStore {
         let this = self.clone();
         tokio::task::spawn_blocking(move || f(&this))
             .await
-            .map_err(|e| StoreError::Storage(format!("store task failed: {e}")))?
+            .map_err(|e| StoreError::Internal(format!("a store task failed: {e}")))?
     }
 }
 
@@ -430,7 +430,7 @@ impl Store for EmbeddedStore {
                 + 1;
             let app = App {
                 id: u32::try_from(id)
-                    .map_err(|_| StoreError::Storage("app ids exhausted".into()))?,
+                    .map_err(|_| StoreError::Internal("app ids are used up".into()))?,
                 key,
                 name,
                 secret,

@@ -22,7 +22,7 @@ impl Inner {
 }
 
 fn corrupt(_: imreport_domain::message::CorruptRecord) -> StoreError {
-    StoreError::Storage("corrupt message record".into())
+    StoreError::Corrupt("a message record".into())
 }
 
 pub(crate) fn page(inner: &Inner, app: &App, scope: &Scope, req: PageRequest) -> Result<Page> {
@@ -473,7 +473,7 @@ impl Tally<'_> {
                 let whole = self.whole_hours(hour, hour + 1)?;
                 let rest = self.scan(start, t - 1)? + self.scan(b + 1, end)?;
                 n += whole.checked_sub(rest).ok_or_else(|| {
-                    StoreError::Storage(format!("hour {hour}: counter below its index keys"))
+                    StoreError::Corrupt(format!("hour {hour}: counter below its index keys"))
                 })?;
             }
             t = end + 1;

@@ -93,7 +93,7 @@ impl Handle {
                     }
                 }
             })
-            .map_err(|e| StoreError::Storage(format!("cannot start the tidy thread: {e}")))?;
+            .map_err(|e| StoreError::io("cannot start the tidy thread", e))?;
         // Partitions from before this start are checked once, at the first tidy pass.
         let long_ago = Instant::now()
             .checked_sub(inner.config.tidy_after)
@@ -133,7 +133,7 @@ impl Handle {
                 let _running = Running(w.health.clone());
                 w.run(rx)
             })
-            .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::io("cannot start the writer thread", e))?;
         Ok(Handle { tx, health })
     }
 
@@ -143,7 +143,7 @@ impl Handle {
             return Err(StoreError::ShuttingDown);
         }
         if self.health.failing.load(Ordering::Relaxed) {
-            return Err(StoreError::Storage(
+            return Err(StoreError::NotReady(
                 "the last ingest commit failed; see the server log".into(),
             ));
         }
@@ -582,7 +582,7 @@ impl Writer {
                 // What is cached may be ahead of what is on disk: forget it.
                 self.forget();
                 for reply in replies {
-                    let _ = reply.send(Err(StoreError::Storage(e.to_string())));
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
         }
@@ -1164,7 +1164,10 @@ fn spawn_syncer(
             while let Ok(first) = rx.recv() {
                 let mut waiting = vec![first];
                 waiting.extend(rx.try_iter());
-                let synced = inner.db.persist(PersistMode::SyncAll);
+                let synced = inner
+                    .db
+                    .persist(PersistMode::SyncAll)
+                    .map_err(StoreError::from);
                 if let Err(e) = &synced {
                     tracing::error!(error = %e, "fsync failed; the groups it covered are refused");
                     failed.store(true, Ordering::Relaxed);
@@ -1172,12 +1175,12 @@ fn spawn_syncer(
                 for (reply, outcome) in waiting.into_iter().flatten() {
                     let _ = reply.send(match &synced {
                         Ok(()) => Ok(outcome),
-                        Err(e) => Err(StoreError::Storage(e.to_string())),
+                        Err(e) => Err(e.clone()),
                     });
                 }
             }
         })
-        .map_err(|e| StoreError::Storage(format!("cannot start the sync thread: {e}")))?;
+        .map_err(|e| StoreError::io("cannot start the sync thread", e))?;
     Ok(tx)
 }
 

@@ -55,16 +55,18 @@ impl PostgresConfig {
     }
 }
 
-/// Maps a database error to the store's errors: a full disk is `DiskFull`, a broken or
-/// refused connection and everything else `Storage` (with PostgreSQL's own message).
+/// Maps a database error to the store's errors by its SQLSTATE: a full disk is `DiskFull`, a
+/// row with no partition to go to (the schema has no other checks) `PartitionGone`, a broken or
+/// refused connection and everything else `Postgres`.
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     use tokio_postgres::error::SqlState;
-    match e.as_db_error() {
-        Some(db) if *db.code() == SqlState::DISK_FULL => StoreError::DiskFull(db.message().into()),
-        Some(db) => {
-            StoreError::Storage(format!("postgres: {} ({})", db.message(), db.code().code()))
-        }
-        None => StoreError::Storage(format!("postgres: {e}")),
+    match e.code() {
+        Some(c) if *c == SqlState::DISK_FULL => StoreError::DiskFull(
+            e.as_db_error()
+                .map_or_else(|| e.to_string(), |db| db.message().to_owned()),
+        ),
+        Some(c) if *c == SqlState::CHECK_VIOLATION => StoreError::PartitionGone(Arc::new(e)),
+        _ => StoreError::Postgres(Arc::new(e)),
     }
 }
 
@@ -79,7 +81,7 @@ fn pool_error(e: PoolError) -> StoreError {
         // Every connection busy for the whole wait: the database is the bottleneck; shed load.
         PoolError::Timeout(_) => StoreError::Overloaded,
         PoolError::Backend(e) => pg_error(e),
-        other => StoreError::Storage(format!("postgres pool: {other}")),
+        other => StoreError::Internal(format!("postgres connection pool: {other}")),
     }
 }
 
@@ -116,13 +118,13 @@ impl PostgresStore {
         let mut pg: tokio_postgres::Config = config
             .url
             .parse()
-            .map_err(|e| StoreError::Storage(format!("invalid PostgreSQL URL: {e}")))?;
+            .map_err(|e| StoreError::Config(format!("invalid PostgreSQL URL: {e}")))?;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(Duration::from_secs(10));
         }
         if let Some(schema) = &config.schema {
             if !valid_schema(schema) {
-                return Err(StoreError::Storage(format!(
+                return Err(StoreError::Config(format!(
                     "invalid schema name {schema:?}: use lowercase letters, digits and _"
                 )));
             }
@@ -161,7 +163,7 @@ impl PostgresStore {
             .create_timeout(Some(Duration::from_secs(10)))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
-            .map_err(|e| StoreError::Storage(format!("postgres pool: {e}")))?;
+            .map_err(|e| StoreError::Config(format!("postgres connection pool: {e}")))?;
         let mut client = pool.get().await.map_err(pool_error)?;
         schema::migrate(&mut client).await?;
         let offset = i64::from(config.tz.offset_secs(config.clock.now_ms())) * 1000;
@@ -182,7 +184,7 @@ impl PostgresStore {
             .get(0);
         let partition_offset_ms = stored
             .parse()
-            .map_err(|_| StoreError::Storage(format!("corrupt {PARTITION_OFFSET}: {stored:?}")))?;
+            .map_err(|_| StoreError::Corrupt(format!("{PARTITION_OFFSET}: {stored:?}")))?;
         drop(client);
         let window = Window {
             retention_days: config.retention_days,
@@ -544,7 +546,7 @@ impl Store for PostgresStore {
             .map_err(pg_error)?
             .get(0);
         if read_only {
-            return Err(StoreError::Storage(
+            return Err(StoreError::NotReady(
                 "the database is a read-only standby".into(),
             ));
         }

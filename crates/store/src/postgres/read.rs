@@ -131,9 +131,8 @@ pub(super) async fn page(
         let (ctime, msgid): (i64, i64) = (row.get(0), row.get(1));
         let rec: &[u8] = row
             .get::<_, Option<&[u8]>>(2)
-            .ok_or_else(|| StoreError::Storage("an indexed message has no record".into()))?;
-        let view =
-            view_record(rec).map_err(|_| StoreError::Storage("corrupt message record".into()))?;
+            .ok_or_else(|| StoreError::Corrupt("an indexed message has no record".into()))?;
+        let view = view_record(rec).map_err(|_| StoreError::Corrupt("a message record".into()))?;
         if n > 0 {
             json.push(b',');
         }

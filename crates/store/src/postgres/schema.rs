@@ -177,7 +177,7 @@ async fn apply(client: &mut Client) -> Result<()> {
         .map(|r| r.get(0))
         .collect();
     if let Some(newer) = applied.iter().find(|v| **v > MIGRATIONS.len() as i32) {
-        return Err(StoreError::Storage(format!(
+        return Err(StoreError::Config(format!(
             "the database schema is at version {newer}, newer than this imreport knows ({}); upgrade imreport",
             MIGRATIONS.len()
         )));

@@ -42,7 +42,7 @@ pub(super) async fn ingest(
     match try_ingest(s, app, &events).await {
         // Another server's retention dropped a partition this one thought existed; forget
         // what is cached and try once more (the events of that day are expired by now).
-        Err(e) if e.to_string().contains("no partition of relation") => {
+        Err(crate::StoreError::PartitionGone(_)) => {
             s.forget_partitions();
             try_ingest(s, app, &events).await
         }
