@@ -105,7 +105,7 @@ pub struct Lifecycle<'a> {
     /// A user (`true`) or a group.
     pub user: bool,
     pub id: &'a str,
-    /// [`crate::stats::CREATED`] or [`crate::stats::REMOVED`].
+    /// [`crate::lifecycle::CREATED`] or [`crate::lifecycle::REMOVED`].
     pub what: u8,
     pub time: Millis,
 }
@@ -113,7 +113,7 @@ pub struct Lifecycle<'a> {
 impl Event {
     /// The registration, deletion, creation or removal this event records, if it is one.
     pub fn lifecycle(&self) -> Option<Lifecycle<'_>> {
-        use crate::stats::{CREATED, REMOVED};
+        use crate::lifecycle::{CREATED, REMOVED};
         let (user, id, what, time) = match self {
             Event::UserRegistered { username, time } => (true, username, CREATED, *time),
             Event::UserDeleted { username, time } => (true, username, REMOVED, *time),

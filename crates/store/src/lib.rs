@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use imreport_domain::app::{App, SecretHash};
 use imreport_domain::cursor::Position;
 use imreport_domain::event::Event;
+use imreport_domain::rollup::{DayStats, MsgCounts};
 use imreport_domain::scope::Scope;
-use imreport_domain::stats::{DayStats, MsgCounts};
 use imreport_domain::time::TimeRange;
 use serde::Serialize;
 use std::sync::Arc;
@@ -163,6 +163,37 @@ pub struct DaysReport {
     pub days: Vec<DayStats>,
     pub users_before: i64,
     pub groups_before: i64,
+}
+
+impl DaysReport {
+    /// The report of civil days `from..=to` from the stored day rows of `from` on (later days
+    /// included: what they added to the totals is taken off) and the all-time totals of users
+    /// and groups: the arithmetic of `total_*`, written once for every backend.
+    pub fn assemble(
+        from: i64,
+        to: i64,
+        rows: impl IntoIterator<Item = (i64, DayStats)>,
+        (users, groups): (i64, i64),
+    ) -> Self {
+        let n = usize::try_from(to - from + 1).unwrap_or(0);
+        let mut days = vec![DayStats::default(); n];
+        let (mut net_users, mut net_groups) = (0i64, 0i64);
+        for (day, row) in rows {
+            if day < from {
+                continue;
+            }
+            net_users += row.net_users;
+            net_groups += row.net_groups;
+            if day <= to {
+                days[(day - from) as usize] = row;
+            }
+        }
+        DaysReport {
+            days,
+            users_before: users - net_users,
+            groups_before: groups - net_groups,
+        }
+    }
 }
 
 /// Where the walk stands when a page is asked for.

@@ -384,7 +384,7 @@ impl imreport_store::Store for PanicsInStatsHours {
         _: &imreport_domain::app::App,
         _: i64,
         _: i64,
-    ) -> imreport_store::Result<Vec<imreport_domain::stats::MsgCounts>> {
+    ) -> imreport_store::Result<Vec<imreport_domain::rollup::MsgCounts>> {
         panic!("injected fault in stats_hours")
     }
     fn stats_retained_from(&self) -> i64 {

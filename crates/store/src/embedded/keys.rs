@@ -348,11 +348,8 @@ pub fn stat_total_key(app: u32) -> [u8; 5] {
     k
 }
 
-/// Presence sets in `act-{civil day}` keyspaces: `app | kind | id`.
-pub const ACTIVE_USER: u8 = b'a';
-pub const SENDER: u8 = b's';
-pub const ACTIVE_GROUP: u8 = b'g';
-
+/// The keyspace of a civil day's presence sets: keys `app | kind | id`, the kind being the
+/// set's [`imreport_domain::rollup::Presence::code`].
 pub fn act_name(day: i64) -> String {
     format!("act-{day}")
 }

@@ -7,8 +7,8 @@ use imreport_domain::Millis;
 use imreport_domain::app::App;
 use imreport_domain::cursor::Position;
 use imreport_domain::message::view_record;
+use imreport_domain::rollup::{DayStats, MsgCounts, decode_counts};
 use imreport_domain::scope::Scope;
-use imreport_domain::stats::{DayStats, MsgCounts, decode_counts};
 use imreport_domain::time::{MILLIS_PER_HOUR, MILLIS_PER_MINUTE, TimeRange};
 
 impl Inner {
@@ -529,30 +529,19 @@ impl Tally<'_> {
 /// net changes of every day from `from` on (one range scan over at most the retained days).
 pub(crate) fn stats_days(inner: &Inner, app: u32, from: i64, to: i64) -> Result<DaysReport> {
     let snap = inner.db.snapshot();
-    let n = usize::try_from(to - from + 1).unwrap_or(0);
-    let mut days = vec![DayStats::default(); n];
-    let (mut net_users, mut net_groups) = (0i64, 0i64);
     let lo = keys::stat_key(app, keys::STAT_DAY, from);
     let hi = keys::stat_key(app, keys::STAT_DAY, i64::MAX);
+    let mut rows = Vec::new();
     for kv in snap.range(&inner.stats, lo..=hi) {
         let (k, v) = kv.into_inner()?;
         let day = i64::from_be_bytes(k[5..13].try_into().expect("8 bytes")) ^ i64::MIN;
-        let row = DayStats::decode(&v);
-        net_users += row.net_users;
-        net_groups += row.net_groups;
-        if day <= to {
-            days[(day - from) as usize] = row;
-        }
+        rows.push((day, DayStats::decode(&v)));
     }
-    let (users, groups) = snap
+    let totals = snap
         .get(&inner.stats, keys::stat_total_key(app))?
         .map(|v| super::writer::decode_totals(&v))
         .unwrap_or_default();
-    Ok(DaysReport {
-        days,
-        users_before: users - net_users,
-        groups_before: groups - net_groups,
-    })
+    Ok(DaysReport::assemble(from, to, rows, totals))
 }
 
 /// Message counts of civil hours `from..=to`.

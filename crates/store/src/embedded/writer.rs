@@ -11,12 +11,12 @@ use fjall::{Keyspace, OwnedWriteBatch, PersistMode, Slice};
 use imreport_domain::Millis;
 use imreport_domain::app::App;
 use imreport_domain::event::{Event, check_msgids_assignable};
-use imreport_domain::message::{FromType, Message, TargetType, encode_record};
-use imreport_domain::scope::Scope;
-use imreport_domain::stats::{
-    DayStats, MsgCounts, apply_lifecycle, decode_counts, decode_history, encode_counts,
-    encode_history, msg_class, target_index,
+use imreport_domain::lifecycle::{apply_lifecycle, decode_history, encode_history};
+use imreport_domain::message::{Message, encode_record};
+use imreport_domain::rollup::{
+    DayStats, Mark, MessageRollup, MsgCounts, decode_counts, encode_counts, login_mark,
 };
+use imreport_domain::scope::Scope;
 use imreport_domain::time::{MILLIS_PER_HOUR, MILLIS_PER_MINUTE};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
@@ -662,13 +662,8 @@ impl Writer {
                         if inner.pday(time) < g.horizon {
                             None
                         } else {
-                            let day = inner.config.tz.civil_day(time);
-                            let fresh =
-                                self.mark(&mut g, day, app.id, keys::ACTIVE_USER, &username)?;
-                            if fresh {
-                                g.days.entry((app.id, day)).or_default().active_users += 1;
-                            }
-                            Some(fresh)
+                            let mark = login_mark(&username, time, &inner.config.tz);
+                            Some(self.mark(&mut g, app.id, mark)?)
                         }
                     }
                     _ => {
@@ -770,31 +765,23 @@ impl Writer {
         }
 
         // Statistics rollups, in the same batch.
-        let tz = &inner.config.tz;
-        let (cday, chour) = (tz.civil_day(m.msg_ctime), tz.civil_hour(m.msg_ctime));
-        let (t, c) = (target_index(m.target_type), msg_class(&m.msg_type));
-        g.hours.entry((app.id, chour)).or_default()[t][c] += 1;
-        g.days.entry((app.id, cday)).or_default().msgs[t][c] += 1;
-        if m.from_type == FromType::User {
-            if self.mark(g, cday, app.id, keys::SENDER, &m.from_id)? {
-                g.days.entry((app.id, cday)).or_default().send_msg_users += 1;
-            }
-            if self.mark(g, cday, app.id, keys::ACTIVE_USER, &m.from_id)? {
-                g.days.entry((app.id, cday)).or_default().active_users += 1;
-            }
-        }
-        if m.target_type == TargetType::Group
-            && self.mark(g, cday, app.id, keys::ACTIVE_GROUP, &m.target_id)?
-        {
-            g.days.entry((app.id, cday)).or_default().active_groups += 1;
+        let r = MessageRollup::of(&m, &inner.config.tz);
+        r.count(
+            g.hours.entry((app.id, r.hour)).or_default(),
+            g.days.entry((app.id, r.day)).or_default(),
+        );
+        for mark in r.marks() {
+            self.mark(g, app.id, mark)?;
         }
         Ok(Some(true))
     }
 
-    /// Adds `id` to a day's presence set; `true` if it was not there yet. (`g.presence` holds the
-    /// keys this group found or added; they join the cache once the group is committed.)
-    fn mark(&mut self, g: &mut Group, day: i64, app: u32, kind: u8, id: &str) -> Result<bool> {
-        keys::entity_key_into(app, kind, id, &mut g.key);
+    /// Adds an id to a day's presence set and, if it was not there yet, counts it in the day's
+    /// row; `true` then. (`g.presence` holds the keys this group found or added; they join the
+    /// cache once the group is committed.)
+    fn mark(&mut self, g: &mut Group, app: u32, mark: Mark<'_>) -> Result<bool> {
+        let day = mark.day;
+        keys::entity_key_into(app, mark.set.code(), mark.id, &mut g.key);
         let key = g.key.as_slice();
         if self.present.get(&day).is_some_and(|s| s.contains(key))
             || g.presence.get(&day).is_some_and(|s| s.contains(key))
@@ -809,6 +796,7 @@ impl Writer {
         }
         g.staged.put(&ks, key.as_slice(), b"".as_slice());
         g.presence.entry(day).or_default().insert(key);
+        mark.set.count(g.days.entry((app, day)).or_default());
         Ok(true)
     }
 

@@ -18,8 +18,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, Recycli
 use imreport_domain::Clock;
 use imreport_domain::app::{App, SecretHash};
 use imreport_domain::event::Event;
+use imreport_domain::rollup::MsgCounts;
 use imreport_domain::scope::Scope;
-use imreport_domain::stats::MsgCounts;
 use imreport_domain::time::ReportTz;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};

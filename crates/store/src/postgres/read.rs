@@ -5,8 +5,8 @@ use crate::{DaysReport, Page, PageRequest, Result, StoreError};
 use imreport_domain::app::App;
 use imreport_domain::cursor::Position;
 use imreport_domain::message::view_record;
+use imreport_domain::rollup::{DAY_FIELDS, DayStats, MsgCounts};
 use imreport_domain::scope::Scope;
-use imreport_domain::stats::{DAY_FIELDS, DayStats, MsgCounts};
 use imreport_domain::time::MILLIS_PER_HOUR;
 use tokio_postgres::IsolationLevel;
 use tokio_postgres::types::ToSql;
@@ -178,31 +178,17 @@ pub(super) async fn stats_days(
         .await
         .map_err(pg_error)?;
     tx.commit().await.map_err(pg_error)?;
-    let n = usize::try_from(to - from + 1).unwrap_or(0);
-    let mut days = vec![DayStats::default(); n];
-    let (mut net_users, mut net_groups) = (0i64, 0i64);
-    for r in &rows {
-        let day = i64::from(r.get::<_, i32>(0));
-        let v: Vec<i64> = r.get(1);
+    let rows = rows.iter().map(|r| {
         let mut f = [0i64; DAY_FIELDS];
-        for (x, y) in f.iter_mut().zip(v) {
+        for (x, y) in f.iter_mut().zip(r.get::<_, Vec<i64>>(1)) {
             *x = y;
         }
-        let row = DayStats::from_fields(&f);
-        net_users += row.net_users;
-        net_groups += row.net_groups;
-        if day <= to {
-            days[(day - from) as usize] = row;
-        }
-    }
-    let (users, groups) = totals
+        (i64::from(r.get::<_, i32>(0)), DayStats::from_fields(&f))
+    });
+    let totals = totals
         .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
         .unwrap_or_default();
-    Ok(DaysReport {
-        days,
-        users_before: users - net_users,
-        groups_before: groups - net_groups,
-    })
+    Ok(DaysReport::assemble(from, to, rows, totals))
 }
 
 /// Message counts of civil hours `from..=to`.

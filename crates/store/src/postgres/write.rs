@@ -6,22 +6,26 @@ use super::{PostgresStore, pg_error};
 use crate::{IngestOutcome, Result};
 use imreport_domain::app::App;
 use imreport_domain::event::{Event, check_msgids_assignable};
-use imreport_domain::message::{FromType, TargetType, encode_record};
-use imreport_domain::stats::{
-    DayStats, MsgCounts, apply_lifecycle, decode_history, encode_history, msg_class, target_index,
-};
+use imreport_domain::lifecycle::{apply_lifecycle, decode_history, encode_history};
+use imreport_domain::message::encode_record;
+use imreport_domain::rollup::{DayStats, Mark, MessageRollup, MsgCounts, Presence, login_mark};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::BTreeSet;
 
-/// Presence kinds (the same letters as the embedded store's keys).
-const ACTIVE_USER: i16 = b'a' as i16;
-const SENDER: i16 = b's' as i16;
-const ACTIVE_GROUP: i16 = b'g' as i16;
 /// Entity kinds.
 const USER: i16 = b'u' as i16;
 const GROUP: i16 = b'g' as i16;
 
+/// A presence row: civil day, the set's code ([`Presence::code`]) and the id.
 type PresenceKey = (i32, i16, String);
+
+fn presence_key(mark: Mark<'_>) -> PresenceKey {
+    (
+        mark.day as i32,
+        i16::from(mark.set.code()),
+        mark.id.to_owned(),
+    )
+}
 
 /// What an event turned out to be, before presence freshness is known.
 enum Fate {
@@ -170,20 +174,12 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
                         x_ctime.push(m.msg_ctime);
                         x_id.push(m.msgid as i64);
                     }
-                    let (cday, chour) = (
-                        tz.civil_day(m.msg_ctime) as i32,
-                        tz.civil_hour(m.msg_ctime) as i32,
+                    let r = MessageRollup::of(&m, tz);
+                    r.count(
+                        hours.entry(r.hour as i32).or_default(),
+                        days.entry(r.day as i32).or_default(),
                     );
-                    let (t, c) = (target_index(m.target_type), msg_class(&m.msg_type));
-                    hours.entry(chour).or_default()[t][c] += 1;
-                    days.entry(cday).or_default().msgs[t][c] += 1;
-                    if m.from_type == FromType::User {
-                        marks.push((cday, SENDER, m.from_id.clone()));
-                        marks.push((cday, ACTIVE_USER, m.from_id.clone()));
-                    }
-                    if m.target_type == TargetType::Group {
-                        marks.push((cday, ACTIVE_GROUP, m.target_id.clone()));
-                    }
+                    marks.extend(r.marks().map(presence_key));
                     Fate::Accepted
                 }
             }
@@ -191,7 +187,7 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
                 if w.pday(*time) < horizon {
                     Fate::Expired
                 } else {
-                    marks.push((tz.civil_day(*time) as i32, ACTIVE_USER, username.clone()));
+                    marks.push(presence_key(login_mark(username, *time, tz)));
                     Fate::Login
                 }
             }
@@ -278,12 +274,8 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
         for key in &marks[range.clone()] {
             if fresh.contains(key) && claimed.insert(key) {
                 first = true;
-                let row = days.entry(key.0).or_default();
-                match key.1 {
-                    SENDER => row.send_msg_users += 1,
-                    ACTIVE_USER => row.active_users += 1,
-                    _ => row.active_groups += 1,
-                }
+                let set = Presence::from_code(key.1 as u8).expect("a presence code");
+                set.count(days.entry(key.0).or_default());
             }
         }
         if matches!(fate, Fate::Login) {
