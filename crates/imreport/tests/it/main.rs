@@ -3,16 +3,11 @@
 //! each backend (`embedded`, `postgres`); the rest covers what is specific to one.
 //! Run with `cargo nextest run --workspace` (or `cargo test`).
 
-// On purpose: `embedded` and `postgres` each load the same conformance files, with their own
-// `BACKEND`.
-#![allow(clippy::duplicate_mod)]
-
 mod binary;
+mod conformance;
 mod connections;
 mod crash;
-mod embedded;
 mod hostile;
 mod memory;
-mod postgres;
 mod replicas;
 mod support;

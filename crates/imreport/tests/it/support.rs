@@ -412,3 +412,35 @@ pub fn bucket_total(bucket: &Value) -> u64 {
         .map(|k| bucket[k].as_u64().unwrap())
         .sum()
 }
+
+/// A multi-threaded runtime for a test that is not async itself (a property test's cases).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Checks a property on `cases` generated inputs and panics with the smallest failing one.
+/// Failures are kept in, and replayed from, `source`'s `proptest-regressions` file, as
+/// `proptest!` does.
+pub fn check_property<S: proptest::strategy::Strategy>(
+    cases: u32,
+    source: &'static str,
+    inputs: S,
+    test: impl Fn(S::Value) -> Result<(), proptest::test_runner::TestCaseError>,
+) {
+    use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
+    let mut runner = TestRunner::new(Config {
+        cases,
+        source_file: Some(source),
+        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
+            "proptest-regressions",
+        ))),
+        ..Config::default()
+    });
+    if let Err(e) = runner.run(&inputs, test) {
+        panic!("{e}");
+    }
+}

@@ -1,6 +1,5 @@
 //! Every bad input gets its status and code from the contract, never a 500, and changes nothing.
 
-use super::BACKEND;
 use crate::support::*;
 use base64::Engine;
 use serde_json::{Value, json};
@@ -43,9 +42,8 @@ fn case(
     }
 }
 
-#[tokio::test]
-async fn bad_inputs_get_their_status_and_code() {
-    let s = TestServer::start_on(BACKEND).await;
+async fn bad_inputs_get_their_status_and_code(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let other = s.create_app().await;
     let t = T0 - HOUR;
     let evs: Vec<Value> = (1..=3u64)
@@ -569,11 +567,15 @@ async fn bad_inputs_get_their_status_and_code() {
     assert!(msgs.iter().all(|m| m["msgid"] != 77));
 }
 
-#[tokio::test]
-async fn health_needs_no_auth() {
-    let s = TestServer::start_on(BACKEND).await;
+async fn health_needs_no_auth(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     for path in ["/healthz", "/readyz"] {
         let r = s.http.get(format!("{}{path}", s.url)).send().await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
     }
+}
+
+crate::conformance::on_every_backend! {
+    async: bad_inputs_get_their_status_and_code, health_needs_no_auth;
+    sync: ;
 }

@@ -1,6 +1,5 @@
 //! History endpoints over real HTTP: scopes, bounds, order, totals and cursors.
 
-use super::BACKEND;
 use crate::support::*;
 use serde_json::Value;
 
@@ -8,9 +7,8 @@ fn ids(msgs: &[Value]) -> Vec<u64> {
     msgs.iter().map(|m| m["msgid"].as_u64().unwrap()).collect()
 }
 
-#[tokio::test]
-async fn scopes_select_the_contracted_messages() {
-    let s = TestServer::start_on(BACKEND).await;
+async fn scopes_select_the_contracted_messages(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let t = T0 - HOUR;
     s.ingest_ok(&[
         text_message(1, t, "single", "bob", "alice"),
@@ -47,9 +45,8 @@ async fn scopes_select_the_contracted_messages() {
     assert!(body.get("cursor").is_none());
 }
 
-#[tokio::test]
-async fn bounds_are_inclusive_at_second_granularity() {
-    let s = TestServer::start_on(BACKEND).await;
+async fn bounds_are_inclusive_at_second_granularity(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let sec = (T0 - DAY) / 1000 * 1000;
     s.ingest_ok(&[
         text_message(1, sec - 1, "single", "b", "a"),
@@ -68,9 +65,8 @@ async fn bounds_are_inclusive_at_second_granularity() {
     assert_eq!((total, ids(&msgs)), (1, vec![2]));
 }
 
-#[tokio::test]
-async fn thousands_in_one_millisecond_page_without_gaps_or_repeats() {
-    let s = TestServer::start_on(BACKEND).await;
+async fn thousands_in_one_millisecond_page_without_gaps_or_repeats(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let t = T0 - 2 * HOUR;
     // msgids out of order within the same millisecond, in two batches.
     let mut evs: Vec<Value> = (0..3000u64)
@@ -98,9 +94,8 @@ async fn thousands_in_one_millisecond_page_without_gaps_or_repeats() {
     }
 }
 
-#[tokio::test]
-async fn total_spans_days_hours_and_partial_hours() {
-    let s = TestServer::start_on(BACKEND).await;
+async fn total_spans_days_hours_and_partial_hours(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     // Messages every 7 minutes over 6 days: the window cuts hours and days in the middle.
     let start = T0 - 6 * DAY;
     let evs: Vec<Value> = (0..(6 * 24 * 60 / 7))
@@ -147,9 +142,8 @@ async fn total_spans_days_hours_and_partial_hours() {
     }
 }
 
-#[tokio::test]
-async fn messages_carry_every_field() {
-    let s = TestServer::start_on(BACKEND).await;
+async fn messages_carry_every_field(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let ctime = T0 - 1234;
     s.ingest_ok(&[serde_json::json!({
         "event": "message", "msgid": 287090485, "msg_ctime": ctime, "create_time": 1490930940,
@@ -186,9 +180,8 @@ async fn messages_carry_every_field() {
     assert!(m.get("unknown_field").is_none());
 }
 
-#[tokio::test]
-async fn big_numbers_in_bodies_come_back_as_sent() {
-    let s = TestServer::start_on(BACKEND).await;
+async fn big_numbers_in_bodies_come_back_as_sent(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let body = r#"{"event":"message","msgid":9,"msg_ctime":MS,"target_type":"single","target_id":"a","from_id":"b","msg_type":"custom","msg_body":{"n":123456789012345678901234567890,"f":1.5e300}}"#
         .replace("MS", &(T0 - 10).to_string());
     let (status, _) = s.ingest(body).await;
@@ -214,9 +207,8 @@ async fn big_numbers_in_bodies_come_back_as_sent() {
     );
 }
 
-#[tokio::test]
-async fn a_walk_is_a_snapshot_of_when_it_began() {
-    let s = TestServer::start_on(BACKEND).await;
+async fn a_walk_is_a_snapshot_of_when_it_began(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let t = T0 - HOUR;
     let evs: Vec<Value> = (1..=10u64)
         .map(|i| text_message(i * 10, t + i as i64, "single", "b", "a"))
@@ -254,9 +246,8 @@ async fn a_walk_is_a_snapshot_of_when_it_began() {
     assert_eq!(s.walk(&s.app, "/v2/messages", 100, &b, &e).await.0, 12);
 }
 
-#[tokio::test]
-async fn cursors_expire_after_the_ttl_and_every_page_renews() {
-    let s = TestServer::start_on(BACKEND).await;
+async fn cursors_expire_after_the_ttl_and_every_page_renews(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let t = T0 - HOUR;
     let evs: Vec<Value> = (1..=5u64)
         .map(|i| text_message(i, t, "single", "b", "a"))
@@ -302,9 +293,8 @@ async fn cursors_expire_after_the_ttl_and_every_page_renews() {
     );
 }
 
-#[tokio::test]
-async fn next_pages_ignore_other_parameters_and_doubled_slashes_route() {
-    let s = TestServer::start_on(BACKEND).await;
+async fn next_pages_ignore_other_parameters_and_doubled_slashes_route(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let t = T0 - HOUR;
     s.ingest_ok(&[
         text_message(1, t, "single", "b", "a"),
@@ -336,9 +326,8 @@ async fn next_pages_ignore_other_parameters_and_doubled_slashes_route() {
     assert_eq!(s.get(&q).await.1["total"], 2);
 }
 
-#[tokio::test]
-async fn a_cursor_dies_with_its_app_even_when_the_key_is_reused() {
-    let s = TestServer::start_on(BACKEND).await;
+async fn a_cursor_dies_with_its_app_even_when_the_key_is_reused(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let chosen = |secret: &str| imreport_store::apps::CreateApp {
         app_key: Some("reusedkey000000000000000".into()),
         master_secret: Some(secret.into()),
@@ -387,4 +376,9 @@ async fn a_cursor_dies_with_its_app_even_when_the_key_is_reused() {
             .contains("another app"),
         "{err}"
     );
+}
+
+crate::conformance::on_every_backend! {
+    async: scopes_select_the_contracted_messages, bounds_are_inclusive_at_second_granularity, thousands_in_one_millisecond_page_without_gaps_or_repeats, total_spans_days_hours_and_partial_hours, messages_carry_every_field, big_numbers_in_bodies_come_back_as_sent, a_walk_is_a_snapshot_of_when_it_began, cursors_expire_after_the_ttl_and_every_page_renews, next_pages_ignore_other_parameters_and_doubled_slashes_route, a_cursor_dies_with_its_app_even_when_the_key_is_reused;
+    sync: ;
 }

@@ -1,6 +1,5 @@
 //! Ingest over real HTTP: defaults, atomicity, idempotency, expiry, limits, concurrency.
 
-use super::BACKEND;
 use crate::support::*;
 use serde_json::{Value, json};
 
@@ -20,9 +19,8 @@ async fn app_total(s: &TestServer, creds: &Creds) -> u64 {
     page["total"].as_u64().unwrap()
 }
 
-#[tokio::test]
-async fn json_arrays_and_ndjson_are_both_accepted() {
-    let s = TestServer::start_on(BACKEND).await;
+async fn json_arrays_and_ndjson_are_both_accepted(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let arr = json!([text_message(1, T0 - 5, "single", "a", "b"), {"event": "user_registered", "username": "a"}]);
     let r = s
         .http
@@ -45,9 +43,8 @@ async fn json_arrays_and_ndjson_are_both_accepted() {
     assert_eq!(app_total(&s, &s.app).await, 2);
 }
 
-#[tokio::test]
-async fn duplicates_are_stored_once_within_and_across_batches() {
-    let s = TestServer::start_on(BACKEND).await;
+async fn duplicates_are_stored_once_within_and_across_batches(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let m = text_message(42, T0 - 5, "single", "a", "b");
     let body = s.ingest_ok(&[m.clone(), m.clone()]).await;
     assert_eq!(body, json!({"accepted": 1, "duplicates": 1, "expired": 0}));
@@ -68,9 +65,8 @@ async fn duplicates_are_stored_once_within_and_across_batches() {
     assert_eq!((status, body["accepted"].as_u64()), (200, Some(1)));
 }
 
-#[tokio::test]
-async fn lifecycle_repeats_change_nothing() {
-    let s = TestServer::start_on(BACKEND).await;
+async fn lifecycle_repeats_change_nothing(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let evs = [
         json!({"event": "user_registered", "username": "alice", "time": T0 - 10}),
         json!({"event": "user_registered", "username": "alice", "time": T0 - 9}),
@@ -84,9 +80,8 @@ async fn lifecycle_repeats_change_nothing() {
     assert_eq!(body, json!({"accepted": 3, "duplicates": 4, "expired": 0}));
 }
 
-#[tokio::test]
-async fn server_assigned_msgids_stop_at_the_largest_a_java_long_holds() {
-    let s = TestServer::start_on(BACKEND).await;
+async fn server_assigned_msgids_stop_at_the_largest_a_java_long_holds(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let max = i64::MAX as u64;
     let unnumbered = |t: i64| {
         let mut m = text_message(0, t, "single", "a", "b");
@@ -131,9 +126,8 @@ async fn server_assigned_msgids_stop_at_the_largest_a_java_long_holds() {
     assert_eq!(body, json!({"accepted": 1, "duplicates": 1, "expired": 0}));
 }
 
-#[tokio::test]
-async fn server_assigned_msgids_are_unique_and_increasing() {
-    let s = TestServer::start_on(BACKEND).await;
+async fn server_assigned_msgids_are_unique_and_increasing(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let mut evs = Vec::new();
     for i in 0..5 {
         let mut m = text_message(0, T0 - 100 + i, "single", "a", "b");
@@ -160,9 +154,8 @@ async fn server_assigned_msgids_are_unique_and_increasing() {
     assert!(by_arrival[0] > 500);
 }
 
-#[tokio::test]
-async fn old_events_are_expired_and_future_ones_refused() {
-    let s = TestServer::start_on(BACKEND).await;
+async fn old_events_are_expired_and_future_ones_refused(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let old = T0 - 61 * DAY;
     let body = s
         .ingest_ok(&[
@@ -192,9 +185,8 @@ async fn old_events_are_expired_and_future_ones_refused() {
     );
 }
 
-#[tokio::test]
-async fn one_bad_event_rejects_the_batch_and_stores_nothing() {
-    let s = TestServer::start_on(BACKEND).await;
+async fn one_bad_event_rejects_the_batch_and_stores_nothing(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let mut evs: Vec<Value> = (1..=100u64)
         .map(|i| text_message(i, T0 - 10, "group", "g", "u"))
         .collect();
@@ -216,9 +208,8 @@ async fn one_bad_event_rejects_the_batch_and_stores_nothing() {
     assert_eq!(body["accepted"], 1);
 }
 
-#[tokio::test]
-async fn limits_answer_413_and_400() {
-    let s = TestServer::start_with(BACKEND, |s| {
+async fn limits_answer_413_and_400(backend: Backend) {
+    let s = TestServer::start_with(backend, |s| {
         s.max_events = 10;
         s.max_body_bytes = 4096;
         s.max_msg_body_bytes = 100;
@@ -252,9 +243,8 @@ async fn limits_answer_413_and_400() {
     assert_eq!(app_total(&s, &s.app).await, 0);
 }
 
-#[tokio::test]
-async fn concurrent_batches_all_land_once() {
-    let s = std::sync::Arc::new(TestServer::start_on(BACKEND).await);
+async fn concurrent_batches_all_land_once(backend: Backend) {
+    let s = std::sync::Arc::new(TestServer::start_on(backend).await);
     let mut tasks = Vec::new();
     for c in 0..16u64 {
         let s = s.clone();
@@ -282,4 +272,9 @@ async fn concurrent_batches_all_land_once() {
         t.await.unwrap();
     }
     assert_eq!(app_total(&s, &s.app).await, 16 * 5 * 50);
+}
+
+crate::conformance::on_every_backend! {
+    async: json_arrays_and_ndjson_are_both_accepted, duplicates_are_stored_once_within_and_across_batches, lifecycle_repeats_change_nothing, server_assigned_msgids_stop_at_the_largest_a_java_long_holds, server_assigned_msgids_are_unique_and_increasing, old_events_are_expired_and_future_ones_refused, one_bad_event_rejects_the_batch_and_stores_nothing, limits_answer_413_and_400, concurrent_batches_all_land_once;
+    sync: ;
 }

@@ -3,7 +3,6 @@
 //! and windows must equal a plain in-memory model: same messages, same order, no repeats, no
 //! gaps, the right total.
 
-use super::BACKEND;
 use crate::support::*;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -106,8 +105,8 @@ fn in_scope(m: &Msg, scope: (usize, usize)) -> bool {
     }
 }
 
-async fn check(stream: Vec<Msg>, batch_sizes: Vec<usize>, queries: Vec<Query>) {
-    let s = TestServer::start_on(BACKEND).await;
+async fn check(backend: Backend, stream: Vec<Msg>, batch_sizes: Vec<usize>, queries: Vec<Query>) {
+    let s = TestServer::start_on(backend).await;
     let apps = [
         Creds {
             key: s.app.key.clone(),
@@ -170,20 +169,19 @@ async fn check(stream: Vec<Msg>, batch_sizes: Vec<usize>, queries: Vec<Query>) {
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+fn every_walk_matches_the_model(backend: Backend) {
+    let inputs = (
+        proptest::collection::vec(arb_msg(), 50..900),
+        proptest::collection::vec(1usize..400, 1..6),
+        proptest::collection::vec(arb_query(), 4..10),
+    );
+    check_property(12, file!(), inputs, |(stream, batch_sizes, queries)| {
+        runtime().block_on(check(backend, stream, batch_sizes, queries));
+        Ok(())
+    });
+}
 
-    #[test]
-    fn every_walk_matches_the_model(
-        stream in proptest::collection::vec(arb_msg(), 50..900),
-        batch_sizes in proptest::collection::vec(1usize..400, 1..6),
-        queries in proptest::collection::vec(arb_query(), 4..10),
-    ) {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(check(stream, batch_sizes, queries));
-    }
+crate::conformance::on_every_backend! {
+    async: ;
+    sync: every_walk_matches_the_model;
 }

@@ -1,7 +1,6 @@
 //! Retention with a settable clock: whole days go at the exact edge of the window, totals keep
 //! their baseline, and queries keep answering while days are dropped.
 
-use super::BACKEND;
 use crate::support::*;
 use serde_json::Value;
 
@@ -11,9 +10,8 @@ fn day_start(day: i64) -> i64 {
     day * DAY - SH
 }
 
-#[tokio::test]
-async fn retention_drops_whole_days_at_the_exact_edge() {
-    let s = std::sync::Arc::new(TestServer::start_with(BACKEND, |s| s.retention_days = 3).await);
+async fn retention_drops_whole_days_at_the_exact_edge(backend: Backend) {
+    let s = std::sync::Arc::new(TestServer::start_with(backend, |s| s.retention_days = 3).await);
     let today = (T0 + SH).div_euclid(DAY);
     // The first and the last millisecond of each of the last four days.
     let mut evs = Vec::new();
@@ -110,4 +108,9 @@ async fn retention_drops_whole_days_at_the_exact_edge() {
         .ingest_ok(&[text_message(31, day_start(today - 1), "group", "g", "u")])
         .await;
     assert_eq!(body["accepted"], 1);
+}
+
+crate::conformance::on_every_backend! {
+    async: retention_drops_whole_days_at_the_exact_edge;
+    sync: ;
 }

@@ -1,7 +1,6 @@
 //! Statistics over real HTTP: a property test against a brute-force recomputation from the same
 //! events, reconciliation with the history endpoints, DST buckets, and bad parameters.
 
-use super::BACKEND;
 use crate::support::*;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -303,8 +302,14 @@ async fn assert_reconciles(s: &TestServer, stats: &Value, begin: &str, end: &str
     );
 }
 
-async fn check(events: Vec<Ev>, batch: usize, days: Vec<(i64, i64)>, hours: Vec<(i64, i64, i64)>) {
-    let s = TestServer::start_on(BACKEND).await;
+async fn check(
+    backend: Backend,
+    events: Vec<Ev>,
+    batch: usize,
+    days: Vec<(i64, i64)>,
+    hours: Vec<(i64, i64, i64)>,
+) {
+    let s = TestServer::start_on(backend).await;
     for chunk in events.chunks(batch) {
         let body: Vec<Value> = chunk.iter().map(to_json).collect();
         let (status, resp) = s.ingest(ndjson(&body)).await;
@@ -405,28 +410,21 @@ async fn check(events: Vec<Ev>, batch: usize, days: Vec<(i64, i64)>, hours: Vec<
     assert_eq!(msgs, want, "months");
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 10, ..ProptestConfig::default() })]
-
-    #[test]
-    fn statistics_match_a_brute_force_recomputation(
-        events in proptest::collection::vec(arb_ev(), 20..600),
-        batch in 1usize..200,
-        days in proptest::collection::vec((0i64..23, 1i64..40), 1..4),
-        hours in proptest::collection::vec((0i64..23, 0i64..24, 1i64..24), 1..4),
-    ) {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(check(events, batch, days, hours));
-    }
+fn statistics_match_a_brute_force_recomputation(backend: Backend) {
+    let inputs = (
+        proptest::collection::vec(arb_ev(), 20..600),
+        1usize..200,
+        proptest::collection::vec((0i64..23, 1i64..40), 1..4),
+        proptest::collection::vec((0i64..23, 0i64..24, 1i64..24), 1..4),
+    );
+    check_property(10, file!(), inputs, |(events, batch, days, hours)| {
+        runtime().block_on(check(backend, events, batch, days, hours));
+        Ok(())
+    });
 }
 
-#[tokio::test]
-async fn future_buckets_are_zeros_with_totals_carried() {
-    let s = TestServer::start_on(BACKEND).await;
+async fn future_buckets_are_zeros_with_totals_carried(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     s.ingest_ok(&[
         json!({"event": "user_registered", "username": "old", "time": T0 - 300 * DAY}),
         json!({"event": "user_registered", "username": "a", "time": T0 - 1000}),
@@ -461,9 +459,8 @@ async fn future_buckets_are_zeros_with_totals_carried() {
     );
 }
 
-#[tokio::test]
-async fn totals_keep_their_baseline_when_old_days_are_dropped() {
-    let s = TestServer::start_with(BACKEND, |s| s.retention_days = 3).await;
+async fn totals_keep_their_baseline_when_old_days_are_dropped(backend: Backend) {
+    let s = TestServer::start_with(backend, |s| s.retention_days = 3).await;
     s.ingest_ok(&[
         json!({"event": "user_registered", "username": "a", "time": T0 - 2 * DAY}),
         json!({"event": "user_registered", "username": "b", "time": T0 - DAY}),
@@ -511,9 +508,8 @@ async fn totals_keep_their_baseline_when_old_days_are_dropped() {
     assert_eq!(page["total"], 0);
 }
 
-#[tokio::test]
-async fn buckets_follow_dst_in_the_report_zone() {
-    let s = TestServer::start_with(BACKEND, |s| s.report_tz = "Europe/Berlin".into()).await;
+async fn buckets_follow_dst_in_the_report_zone(backend: Backend) {
+    let s = TestServer::start_with(backend, |s| s.report_tz = "Europe/Berlin".into()).await;
     // 2026-10-25: Berlin falls back at 03:00 CEST to 02:00 CET; 02:xx happens twice.
     let first_0230 = 1_792_888_200_000; // 00:30 UTC = 02:30 CEST
     let second_0230 = first_0230 + HOUR; // 01:30 UTC = 02:30 CET
@@ -552,9 +548,8 @@ async fn buckets_follow_dst_in_the_report_zone() {
     assert_eq!(page["total"], 2);
 }
 
-#[tokio::test]
-async fn bad_statistics_parameters_are_400() {
-    let s = TestServer::start_on(BACKEND).await;
+async fn bad_statistics_parameters_are_400(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
     let d = date(cday(T0));
     for (path, says) in [
         (
@@ -692,8 +687,7 @@ fn expected_label(unit: &str, start: &str, i: i64) -> Option<String> {
     }
 }
 
-#[test]
-fn every_statistics_request_in_the_whole_domain_answers_200_or_400() {
+fn every_statistics_request_in_the_whole_domain_answers_200_or_400(backend: Backend) {
     use proptest::test_runner::{Config, TestRunner};
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -701,7 +695,7 @@ fn every_statistics_request_in_the_whole_domain_answers_200_or_400() {
         .build()
         .unwrap();
     let s = rt.block_on(async {
-        let s = TestServer::start_on(BACKEND).await;
+        let s = TestServer::start_on(backend).await;
         s.ingest_ok(&[
             json!({"event": "user_registered", "username": "a", "time": T0 - DAY}),
             text_message(1, T0 - HOUR, "group", "g", "a"),
@@ -744,4 +738,9 @@ fn every_statistics_request_in_the_whole_domain_answers_200_or_400() {
         "only {} requests answered 200",
         answered.get()
     );
+}
+
+crate::conformance::on_every_backend! {
+    async: future_buckets_are_zeros_with_totals_carried, totals_keep_their_baseline_when_old_days_are_dropped, buckets_follow_dst_in_the_report_zone, bad_statistics_parameters_are_400;
+    sync: every_statistics_request_in_the_whole_domain_answers_200_or_400, statistics_match_a_brute_force_recomputation;
 }
