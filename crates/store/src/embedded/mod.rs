@@ -43,21 +43,18 @@ pub struct EmbeddedConfig {
     /// Most per-hour scope counters the writer keeps in memory (see `writer::Counters`); the
     /// oldest hours are dropped beyond it and read from the store again when written.
     pub counter_cache_keys: usize,
-    /// The format of the day partitions this creates: the latest, except in tests of reading
-    /// and writing partitions left by earlier versions.
-    #[doc(hidden)]
+    /// The format of the day partitions this creates: [`Format::LATEST`]; an earlier one only
+    /// to test that partitions left by earlier versions are still read and written.
     pub partition_format: Format,
     /// From how many messages a scope's hour gets a counter (in [`Format::SparseCounters`]
     /// partitions): below it, counting the hour's index chunks is as cheap as reading a
     /// counter, and most scope-hours (a user in one message) never write one. Any value reads
     /// right; tests lower it to reach both sides.
-    #[doc(hidden)]
     pub busy_hour: u64,
 }
 
 /// The layout of a day partition, fixed when it is created (each format's marker key in the
 /// partition says which); each adds to the one before, and every one is still read and written.
-#[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Format {
     /// One record and one index key per message; partial hours counted by scanning.
@@ -359,13 +356,13 @@ impl EmbeddedStore {
 
     /// Blocks the writer until the returned sender is dropped or sent to: for tests of a full
     /// ingest queue.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-util"))]
     pub fn stall_writer(&self) -> std::sync::mpsc::Sender<()> {
         self.writer.stall()
     }
 
     /// Changes the free-space reserve at run time (tests simulate a full disk with it).
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-util"))]
     pub fn set_min_free_disk_bytes(&self, bytes: u64) {
         self.inner
             .min_free

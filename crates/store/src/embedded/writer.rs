@@ -45,6 +45,8 @@ pub(crate) enum Job {
     Retention {
         reply: oneshot::Sender<Result<usize>>,
     },
+    /// Blocks the writer until the sender side is dropped or sent to (tests).
+    #[cfg(any(test, feature = "test-util"))]
     Stall(std::sync::mpsc::Receiver<()>),
 }
 
@@ -176,6 +178,7 @@ impl Handle {
         self.send(Job::Retention { reply }, rx).await
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     pub(crate) fn stall(&self) -> std::sync::mpsc::Sender<()> {
         let (tx, rx) = std::sync::mpsc::channel();
         let _ = self.tx.send(Job::Stall(rx));
@@ -409,6 +412,7 @@ impl Writer {
                     let _ = reply.send(self.retention());
                     self.forget();
                 }
+                #[cfg(any(test, feature = "test-util"))]
                 Job::Stall(until) => {
                     let _ = until.recv();
                 }

@@ -229,19 +229,6 @@ impl PostgresStore {
             .get(0))
     }
 
-    /// Drops the schema this store was opened on, with everything in it (tests clean up with it).
-    #[doc(hidden)]
-    pub async fn drop_schema(&self) -> Result<()> {
-        let Some(schema) = &self.inner.config.schema else {
-            return Ok(());
-        };
-        let client = self.client().await?;
-        client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .await
-            .map_err(pg_error)
-    }
-
     /// Bytes the store's tables and indexes take on disk.
     pub async fn disk_space(&self) -> Result<u64> {
         let client = self.client().await?;
