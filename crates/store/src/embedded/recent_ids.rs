@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 const MAX_RUNS: usize = 1 << 16;
 
 #[derive(Debug, Default)]
-pub(crate) struct Fresh {
+pub(crate) struct RecentIds {
     /// Every msgid at or above `floor` that the app holds was stored since the writer started
     /// (or since `floor` was last raised) and is in `runs`.
     floor: u64,
@@ -20,10 +20,10 @@ pub(crate) struct Fresh {
     runs: BTreeMap<u64, u64>,
 }
 
-impl Fresh {
+impl RecentIds {
     /// Tracking that starts at `watermark`: the app holds no msgid at or above it.
-    pub(crate) fn new(watermark: u64) -> Fresh {
-        Fresh {
+    pub(crate) fn new(watermark: u64) -> RecentIds {
+        RecentIds {
             floor: watermark,
             runs: BTreeMap::new(),
         }
@@ -104,7 +104,7 @@ mod tests {
             commits in prop::collection::vec(prop::collection::vec(0u64..300, 0..40), 0..30),
             probes in prop::collection::vec(0u64..320, 0..100),
         ) {
-            let mut fresh = Fresh::new(watermark);
+            let mut fresh = RecentIds::new(watermark);
             let mut stored = HashSet::new();
             for mut ids in commits {
                 stored.extend(ids.iter().copied());
@@ -139,7 +139,7 @@ mod tests {
 
     #[test]
     fn sparse_ids_are_capped_by_raising_the_floor() {
-        let mut fresh = Fresh::new(0);
+        let mut fresh = RecentIds::new(0);
         let mut ids: Vec<u64> = (0..(MAX_RUNS as u64 + 10)).map(|i| i * 2).collect();
         fresh.extend(&mut ids);
         assert_eq!(fresh.runs.len(), MAX_RUNS);

@@ -1,0 +1,99 @@
+//! Tests of the load generator.
+
+use super::*;
+use clap::Parser;
+
+#[derive(Parser)]
+struct Wrap {
+    #[command(flatten)]
+    a: LoadgenArgs,
+}
+
+fn args(extra: &[&str]) -> LoadgenArgs {
+    let mut v = vec![
+        "x",
+        "--messages",
+        "5000",
+        "--days",
+        "2",
+        "--end",
+        "2026-11-20 12:00:00",
+    ];
+    v.extend_from_slice(extra);
+    Wrap::parse_from(v).a
+}
+
+fn lines(a: &LoadgenArgs) -> Vec<String> {
+    let g = Generator::new(a, end_ms(a).unwrap()).unwrap();
+    g.map(|e| {
+        let mut s = String::new();
+        e.write_ndjson(&mut s);
+        s
+    })
+    .collect()
+}
+
+#[test]
+fn same_seed_same_events_and_the_mix_is_right() {
+    let a = args(&[]);
+    let first = lines(&a);
+    assert_eq!(first, lines(&a));
+    assert_ne!(first, lines(&args(&["--seed", "7"])));
+    let events: Vec<serde_json::Value> = first
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let msgs: Vec<&serde_json::Value> = events.iter().filter(|e| e["event"] == "message").collect();
+    assert_eq!(msgs.len(), 5000);
+    let share = |f: &dyn Fn(&serde_json::Value) -> bool| {
+        msgs.iter().filter(|m| f(m)).count() as f64 / 5000.0
+    };
+    assert!((0.75..0.85).contains(&share(&|m| m["msg_type"] == "text")));
+    assert!((0.5..0.7).contains(&share(&|m| m["target_type"] == "single")));
+    // In time order, inside the window, with ties in one millisecond.
+    let times: Vec<i64> = msgs
+        .iter()
+        .map(|m| m["msg_ctime"].as_i64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]));
+    assert!(times.windows(2).any(|w| w[0] == w[1]));
+    let end = end_ms(&a).unwrap();
+    assert!(times[0] > end - 2 * 86_400_000 && *times.last().unwrap() <= end);
+    // Every body decodes, and the ingest decoder accepts every line.
+    let all = first.concat();
+    let decoded = imreport_domain::event::decode_batch(
+        all.as_bytes(),
+        "K",
+        end + 1,
+        &imreport_domain::event::IngestLimits {
+            max_events: 1_000_000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(decoded.len(), events.len());
+}
+
+/// Activity is Zipf with exponent 1.07: rank k draws in proportion to k^-1.07.
+#[test]
+fn activity_follows_zipf() {
+    let a = args(&[]);
+    let mut g = Generator::new(&a, end_ms(&a).unwrap()).unwrap();
+    let n = a.users;
+    let draws = 400_000;
+    let mut counts = vec![0u32; n as usize];
+    for _ in 0..draws {
+        counts[Generator::pick(&mut g.rng, &g.users) as usize] += 1;
+    }
+    let h: f64 = (1..=n).map(|k| f64::from(k).powf(-1.07)).sum();
+    for rank in [0usize, 1, 9, 99] {
+        let expected = f64::from(draws) * ((rank + 1) as f64).powf(-1.07) / h;
+        let got = f64::from(counts[rank]);
+        // Within five standard deviations of a binomial count.
+        assert!(
+            (got - expected).abs() < 5.0 * expected.sqrt() + 1.0,
+            "rank {rank}: {got} draws, expected {expected:.0}"
+        );
+    }
+    assert!(counts[n as usize - 1] < counts[0] / 1000 + 5);
+}

@@ -1,0 +1,242 @@
+//! Applying one event of a commit group: a message (duplicate check, record, index entries,
+//! counters, rollups) or a lifecycle change, and the presence marks they make.
+
+use super::*;
+
+impl Writer {
+    /// Stores one message; `None` when expired, `Some(false)` when a duplicate.
+    pub(super) fn message(
+        &mut self,
+        g: &mut Group,
+        app: &App,
+        mut m: Message,
+    ) -> Result<Option<bool>> {
+        let inner = self.inner.clone();
+        let day = inner.pday(m.msg_ctime);
+        if day < g.horizon {
+            return Ok(None);
+        }
+        let next = self.next_id(g, app.id)?;
+        if m.msgid == 0 {
+            m.msgid = next;
+        } else if m.msgid < next
+            && (g.seen.contains(&(app.id, m.msgid))
+                || (!self
+                    .fresh
+                    .get(&app.id)
+                    .is_some_and(|f| f.certainly_new(m.msgid))
+                    && self.stored(app, m.msgid, g.horizon)?))
+        {
+            return Ok(Some(false));
+        }
+        g.seen.insert((app.id, m.msgid));
+        g.next_ids.insert(app.id, next.max(m.msgid + 1));
+        let (ks, format) = match g.partitions.get(&day) {
+            Some(p) => p.clone(),
+            None => {
+                let ks = match inner.day(day) {
+                    Some(ks) => ks,
+                    None => {
+                        let ks = inner.day_or_create(day)?;
+                        self.counters.days.insert(day, DayCounters::default());
+                        ks
+                    }
+                };
+                let p = (ks, inner.format(day));
+                g.partitions.insert(day, p.clone());
+                p
+            }
+        };
+        if format >= Format::Runs {
+            let start = g.arena.len();
+            encode_record(&m, &app.key, g.seq, &mut g.arena);
+            g.records
+                .entry((day, app.id))
+                .or_default()
+                .push(((m.msg_ctime, m.msgid), (start, g.arena.len())));
+        } else {
+            g.rec.clear();
+            encode_record(&m, &app.key, g.seq, &mut g.rec);
+            g.staged.put(
+                &ks,
+                keys::msg_key(app.id, m.msg_ctime, m.msgid),
+                g.rec.as_slice(),
+            );
+        }
+        let (block, bit) = keys::id_block(app.id, m.msgid);
+        let pairs = g.id_blocks.entry(block).or_default();
+        match pairs.iter_mut().find(|(d, _)| *d == day) {
+            Some((_, mask)) => *mask |= bit,
+            None => pairs.push((day, bit)),
+        }
+        let hour = (m.msg_ctime / MILLIS_PER_HOUR) as u32;
+        *g.app_hours.entry((day, app.id, hour)).or_default() += 1;
+        if format >= Format::Minutes {
+            let minute = (m.msg_ctime / MILLIS_PER_MINUTE) as u32;
+            *g.app_minutes.entry((day, app.id, minute)).or_default() += 1;
+        }
+        let by_scope = g.scopes.entry((day, hour)).or_default();
+        for (tag, id) in m.scope_ids() {
+            keys::scope_prefix_into(keys::IDX, app.id, tag, id, &mut g.key);
+            let position = (m.msg_ctime, m.msgid);
+            match by_scope.get_mut(g.key.as_slice()) {
+                Some(positions) => positions.push(position),
+                None => {
+                    by_scope.insert(ScopeKey::from_slice(&g.key), vec![position]);
+                }
+            }
+        }
+
+        // Statistics rollups, in the same batch.
+        let r = MessageRollup::of(&m, &inner.config.tz);
+        r.count(
+            g.hours.entry((app.id, r.hour)).or_default(),
+            g.days.entry((app.id, r.day)).or_default(),
+        );
+        for mark in r.marks() {
+            self.mark(g, app.id, mark)?;
+        }
+        Ok(Some(true))
+    }
+
+    /// Adds an id to a day's presence set and, if it was not there yet, counts it in the day's
+    /// row; `true` then. (`g.presence` holds the keys this group found or added; they join the
+    /// cache once the group is committed.)
+    pub(super) fn mark(&mut self, g: &mut Group, app: u32, mark: Mark<'_>) -> Result<bool> {
+        let day = mark.day;
+        keys::entity_key_into(app, mark.set.code(), mark.id, &mut g.key);
+        let key = g.key.as_slice();
+        if self.present.get(&day).is_some_and(|s| s.contains(key))
+            || g.presence.get(&day).is_some_and(|s| s.contains(key))
+        {
+            return Ok(false);
+        }
+        let key = PresenceKey::from_slice(key);
+        let ks = self.act(day)?;
+        if !self.complete.contains(&day) && ks.contains_key(&key)? {
+            g.presence.entry(day).or_default().insert(key);
+            return Ok(false);
+        }
+        g.staged.put(&ks, key.as_slice(), b"".as_slice());
+        g.presence.entry(day).or_default().insert(key);
+        mark.set.count(g.days.entry((app, day)).or_default());
+        Ok(true)
+    }
+
+    /// The day's presence keyspace; one this writer creates starts out complete in `present`.
+    pub(super) fn act(&mut self, day: i64) -> Result<Keyspace> {
+        if let Some(ks) = self.inner.acts.read().expect("lock").get(&day) {
+            return Ok(ks.clone());
+        }
+        let ks = self.inner.act(day)?;
+        self.complete.insert(day);
+        Ok(ks)
+    }
+
+    /// Whether the app already holds a message with this id (in a day still retained).
+    pub(super) fn stored(&self, app: &App, msgid: u64, horizon: i64) -> Result<bool> {
+        // An entry whose day was dropped by retention is stale: that message is gone.
+        let live = |day: i64| day >= horizon && self.inner.day(day).is_some();
+        let (block, bit) = keys::id_block(app.id, msgid);
+        if let Some(v) = self.inner.id_blocks.get(block)?
+            && let Some((day, _)) = keys::id_block_pairs(&v).find(|(_, m)| m & bit != 0)
+        {
+            return Ok(live(day));
+        }
+        // Stored before the blocks, if at all.
+        if !self.inner.legacy_ids {
+            return Ok(false);
+        }
+        let Some(v) = self.inner.ids.get(keys::id_key(app.id, msgid))? else {
+            return Ok(false);
+        };
+        let day = v
+            .as_ref()
+            .try_into()
+            .map(i64::from_be_bytes)
+            .unwrap_or(i64::MIN);
+        Ok(live(day))
+    }
+
+    /// A duplicate-index block with a commit's msgids added: read-modify-write, but a block of
+    /// ids none of which is stored yet (ids mostly come in runs: most blocks are new) needs no
+    /// read. Pairs of days retention dropped go on the way.
+    pub(super) fn merge_id_block(
+        &self,
+        block: &[u8; 12],
+        new: Vec<(i64, u64)>,
+        horizon: i64,
+    ) -> Result<Vec<(i64, u64)>> {
+        let app = u32::from_be_bytes(block[..4].try_into().expect("4 bytes"));
+        let lo = u64::from_be_bytes(block[4..].try_into().expect("8 bytes")) * keys::ID_BLOCK;
+        let unread = self
+            .fresh
+            .get(&app)
+            .is_some_and(|f| f.certainly_none_in(lo, lo.saturating_add(keys::ID_BLOCK)));
+        let mut pairs: Vec<(i64, u64)> = match unread {
+            true => Vec::new(),
+            false => match self.inner.id_blocks.get(block)? {
+                Some(v) => keys::id_block_pairs(&v)
+                    .filter(|(d, _)| *d >= horizon)
+                    .collect(),
+                None => Vec::new(),
+            },
+        };
+        for (day, mask) in new {
+            match pairs.iter_mut().find(|(d, _)| *d == day) {
+                Some((_, m)) => *m |= mask,
+                None => pairs.push((day, mask)),
+            }
+        }
+        pairs.sort_unstable();
+        Ok(pairs)
+    }
+
+    /// Records a user or group lifecycle event in the entity's history and applies the change
+    /// it makes to the day rows and all-time totals. `Some(false)` when it changes nothing.
+    pub(super) fn lifecycle(
+        &self,
+        g: &mut Group,
+        app: u32,
+        kind: u8,
+        id: &str,
+        what: u8,
+        time: Millis,
+    ) -> Result<Option<bool>> {
+        let key = keys::entity_key(app, kind, id);
+        let mut history = match g.entities.get(&key) {
+            Some(h) => h.clone(),
+            None => self
+                .inner
+                .entities
+                .get(&key)?
+                .map(|v| decode_history(&v))
+                .unwrap_or_default(),
+        };
+        let tz = &self.inner.config.tz;
+        let Some(change) = apply_lifecycle(&mut history, time, what, |t| tz.civil_day(t)) else {
+            return Ok(Some(false));
+        };
+        g.batch
+            .insert(&self.inner.entities, key.clone(), encode_history(&history));
+        g.entities.insert(key, history);
+        if change.days.is_empty() {
+            return Ok(Some(false));
+        }
+        for (day, d_new, d_net) in change.days {
+            if day >= g.stats_horizon {
+                g.days
+                    .entry((app, day))
+                    .or_default()
+                    .add_lifecycle(kind == USER, d_new, d_net);
+            }
+        }
+        let total = g.totals.entry(app).or_default();
+        if kind == USER {
+            total.0 += change.net_total;
+        } else {
+            total.1 += change.net_total;
+        }
+        Ok(Some(true))
+    }
+}

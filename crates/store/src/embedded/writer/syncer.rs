@@ -1,0 +1,40 @@
+//! The thread that makes committed groups durable before they are answered.
+
+use super::*;
+
+/// A committed group's replies and what each is to be told.
+pub(super) type Durable = Vec<(oneshot::Sender<Result<IngestOutcome>>, IngestOutcome)>;
+
+/// Starts the thread that makes committed groups durable and only then answers them: one fsync
+/// covers every group committed before it began. The writer goes on preparing the next group
+/// meanwhile, instead of waiting out each fsync (about a fifth of its time when it did).
+pub(super) fn spawn_syncer(
+    inner: Arc<Inner>,
+    failed: Arc<AtomicBool>,
+) -> Result<std::sync::mpsc::Sender<Durable>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Durable>();
+    std::thread::Builder::new()
+        .name("imreport-sync".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut waiting = vec![first];
+                waiting.extend(rx.try_iter());
+                let synced = inner
+                    .db
+                    .persist(PersistMode::SyncAll)
+                    .map_err(StoreError::from);
+                if let Err(e) = &synced {
+                    tracing::error!(error = %e, "fsync failed; the groups it covered are refused");
+                    failed.store(true, Ordering::Relaxed);
+                }
+                for (reply, outcome) in waiting.into_iter().flatten() {
+                    let _ = reply.send(match &synced {
+                        Ok(()) => Ok(outcome),
+                        Err(e) => Err(e.clone()),
+                    });
+                }
+            }
+        })
+        .map_err(|e| StoreError::io("cannot start the sync thread", e))?;
+    Ok(tx)
+}
