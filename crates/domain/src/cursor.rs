@@ -263,109 +263,56 @@ mod tests {
 
     #[test]
     fn refusals_say_which() {
-        let c = seal(&key(), app("appA"), &Scope::User("u".into()), &state());
-        let err = |r: Result<CursorState, Error>| r.unwrap_err().to_string();
-        assert!(
-            err(open(
-                &key(),
+        let user = |u: &str| Scope::User(u.into());
+        let c = seal(&key(), app("appA"), &user("u"), &state());
+        let other = CursorKey::from_text("another-key-of-16-bytes").unwrap();
+        let reborn_id = Binding {
+            id: 8,
+            ..app("appA")
+        };
+        let reborn_later = Binding {
+            created_ms: 2_000,
+            ..app("appA")
+        };
+        // (key, app, scope, cursor, now, what the refusal says)
+        let cases = [
+            (
+                key(),
                 app("appB"),
-                &Scope::User("u".into()),
+                user("u"),
+                c.as_str(),
+                10_000,
+                "another app",
+            ),
+            (key(), reborn_id, user("u"), &c, 10_000, "another app"),
+            (key(), reborn_later, user("u"), &c, 10_000, "another app"),
+            (key(), app("appA"), user("v"), &c, 10_000, "another query"),
+            (
+                key(),
+                app("appA"),
+                Scope::Group("u".into()),
                 &c,
                 10_000,
-                120_000
-            ))
-            .contains("another app")
-        );
-        assert!(
-            err(open(
-                &key(),
+                "another query",
+            ),
+            (key(), app("appA"), user("u"), &c, 130_001, "expired"),
+            (
+                key(),
                 app("appA"),
-                &Scope::User("v".into()),
-                &c,
-                10_000,
-                120_000
-            ))
-            .contains("another query")
-        );
-        assert!(
-            err(open(
-                &key(),
-                app("appA"),
-                &Scope::Group("u".into()),
-                &c,
-                10_000,
-                120_000
-            ))
-            .contains("another query")
-        );
-        assert!(
-            err(open(
-                &key(),
-                app("appA"),
-                &Scope::User("u".into()),
-                &c,
-                130_001,
-                120_000
-            ))
-            .contains("expired")
-        );
-        assert!(
-            err(open(
-                &key(),
-                app("appA"),
-                &Scope::User("u".into()),
+                user("u"),
                 &c[..c.len() - 4],
                 10_000,
-                120_000
-            ))
-            .contains("truncated")
-        );
-        for reborn in [
-            Binding {
-                id: 8,
-                ..app("appA")
-            },
-            Binding {
-                created_ms: 2_000,
-                ..app("appA")
-            },
-        ] {
-            assert!(
-                err(open(
-                    &key(),
-                    reborn,
-                    &Scope::User("u".into()),
-                    &c,
-                    10_000,
-                    120_000
-                ))
-                .contains("another app"),
-                "an app created again with the same key"
-            );
+                "truncated",
+            ),
+            (other, app("appA"), user("u"), &c, 10_000, "forged"),
+            (key(), app("appA"), Scope::App, "!!!", 10_000, "malformed"),
+        ];
+        for (k, a, scope, cursor, now, says) in cases {
+            let err = open(&k, a, &scope, cursor, now, 120_000)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{says}: {err}");
         }
-        let other = CursorKey::from_text("another-key-of-16-bytes").unwrap();
-        assert!(
-            err(open(
-                &other,
-                app("appA"),
-                &Scope::User("u".into()),
-                &c,
-                10_000,
-                120_000
-            ))
-            .contains("forged")
-        );
-        assert!(
-            err(open(
-                &key(),
-                app("appA"),
-                &Scope::App,
-                "!!!",
-                10_000,
-                120_000
-            ))
-            .contains("malformed")
-        );
     }
 
     proptest! {

@@ -55,16 +55,18 @@ pub fn parse_history(params: &[(String, String)], tz: &ReportTz) -> Result<Histo
     Ok(HistoryRequest::First { count, range })
 }
 
+/// Query parameters from string pairs, for tests of the parsers.
+#[cfg(test)]
+pub(crate) fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    }
 
     #[test]
     fn cursor_wins_over_everything() {

@@ -332,12 +332,15 @@ pub fn groups_report(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::query::p;
+
     fn stats_params(unit: &str, start: &str, duration: &str) -> Vec<(String, String)> {
-        vec![
-            ("time_unit".into(), unit.into()),
-            ("start".into(), start.into()),
-            ("duration".into(), duration.into()),
-        ]
+        p(&[
+            ("time_unit", unit),
+            ("start", start),
+            ("duration", duration),
+        ])
     }
 
     #[test]
@@ -369,15 +372,6 @@ mod tests {
                 "{unit} {start} {n}: {err}"
             );
         }
-    }
-
-    use super::*;
-
-    fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
     }
 
     #[test]
