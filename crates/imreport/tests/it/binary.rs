@@ -45,16 +45,8 @@ async fn the_binary_serves_what_a_user_expects() {
     let evs: Vec<Value> = (1..=5u64)
         .map(|i| text_message(i, now - 60_000 + i as i64, "single", "bob", "alice"))
         .collect();
-    let r = http
-        .post(format!("{url}/ingest/v1/events"))
-        .header("authorization", creds.header())
-        .body(ndjson(&evs))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
     assert_eq!(
-        r.json::<Value>().await.unwrap(),
+        ingest_at(&http, &url, &creds, &evs).await,
         json!({"accepted": 5, "duplicates": 0, "expired": 0})
     );
 

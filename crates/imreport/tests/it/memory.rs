@@ -140,14 +140,7 @@ async fn unread_pages_stay_within_the_response_buffer_and_are_given_back() {
                        "msg_type": "text", "msg_body": {"text": text}})
             })
             .collect();
-        let r = http
-            .post(format!("{url}/ingest/v1/events"))
-            .header("authorization", creds.header())
-            .body(ndjson(&evs))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        ingest_at(&http, &url, &creds, &evs).await;
     }
     let q = format!(
         "/v2/users/big/messages?count=1000&begin_time={}&end_time={}",

@@ -24,18 +24,6 @@ fn dir_path(r: &Replicas) -> std::path::PathBuf {
     r._dirs[0].path().to_owned()
 }
 
-async fn ingest(http: &reqwest::Client, url: &str, creds: &Creds, events: &[Value]) -> Value {
-    let r = http
-        .post(format!("{url}/ingest/v1/events"))
-        .header("authorization", creds.header())
-        .body(ndjson(events))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
-}
-
 #[tokio::test]
 async fn two_servers_over_one_database_answer_as_one() {
     let schema = fresh_schema();
@@ -74,7 +62,7 @@ async fn two_servers_over_one_database_answer_as_one() {
     let events: Vec<Value> = (0..2500u64)
         .map(|i| text_message(i + 1, base + (i as i64 / 10), "single", "bob", "alice"))
         .collect();
-    let out = ingest(&http, &url_a, &creds, &events).await;
+    let out = ingest_at(&http, &url_a, &creds, &events).await;
     assert_eq!(out["accepted"], 2500);
     let window = format!(
         "begin_time={}&end_time={}",
@@ -144,8 +132,8 @@ async fn two_servers_over_one_database_answer_as_one() {
         .map(|i| text_message(10_000 + i, now - HOUR, "group", "g1", "carol"))
         .collect();
     let (x, y) = tokio::join!(
-        ingest(&http, &url_a, &creds, &dupes),
-        ingest(&http, &url_b, &creds, &dupes)
+        ingest_at(&http, &url_a, &creds, &dupes),
+        ingest_at(&http, &url_b, &creds, &dupes)
     );
     assert_eq!(
         x["accepted"].as_u64().unwrap() + y["accepted"].as_u64().unwrap(),

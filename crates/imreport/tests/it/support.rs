@@ -393,6 +393,24 @@ pub fn spawn_server(data: &str, extra: &[&str]) -> (std::process::Child, String)
     (child, url)
 }
 
+/// Posts events to a server's ingest API as NDJSON; panics unless 200; returns the answer.
+pub async fn ingest_at(
+    http: &reqwest::Client,
+    url: &str,
+    creds: &Creds,
+    events: &[Value],
+) -> Value {
+    let r = http
+        .post(format!("{url}/ingest/v1/events"))
+        .header("authorization", creds.header())
+        .body(ndjson(events))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
 /// GET `url` with an app's credentials, as JSON.
 pub async fn get_json(http: &reqwest::Client, url: &str, creds: &Creds) -> Value {
     http.get(url)
