@@ -153,18 +153,18 @@ pub async fn state(s: &Settings, stores: &Stores, hooks: &Hooks) -> Result<AppSt
             max_msg_body_bytes: s.max_msg_body_bytes,
         },
         hooks.clock.clone(),
+        Capacity {
+            ingest_slots: s.ingest_concurrency,
+            page_slots: s.page_concurrency,
+            response_bytes: s.response_buffer_mb * 1024 * 1024,
+        },
+        BodyLimits {
+            read_timeout: Settings::secs(s.body_read_timeout_secs),
+            min_rate: s.min_body_rate,
+            grace: Settings::secs(s.body_grace_secs),
+        },
+        Settings::secs(s.busy_wait_secs),
     );
-    state.set_capacity(Capacity {
-        ingest_slots: s.ingest_concurrency,
-        page_slots: s.page_concurrency,
-        response_bytes: s.response_buffer_mb * 1024 * 1024,
-    });
-    state.body = BodyLimits {
-        read_timeout: Settings::secs(s.body_read_timeout_secs),
-        min_rate: s.min_body_rate,
-        grace: Settings::secs(s.body_grace_secs),
-    };
-    state.share_wait = Settings::secs(s.busy_wait_secs);
     if s.rate_limit > 0 {
         state.rate_limit = Some(Arc::new(RateLimiter::new(
             s.rate_limit,
@@ -214,6 +214,20 @@ fn connections_that_fit(wanted: usize) -> usize {
     }
 }
 
+/// What a connection may hold, from the settings. The admin listener has the same limits.
+pub fn conn_limits(s: &Settings) -> ConnLimits {
+    ConnLimits {
+        header_read_timeout: Settings::secs(s.header_read_timeout_secs),
+        idle_timeout: Settings::secs(s.idle_timeout_secs),
+        send_timeout: Settings::secs(s.send_timeout_secs),
+        max_connections: connections_that_fit(s.max_connections),
+        // Fixed limits (docs/API.md, Connections).
+        max_header_bytes: 64 * 1024,
+        max_headers: 128,
+        shutdown_grace: Duration::from_secs(30),
+    }
+}
+
 /// A running server: its addresses, what it serves with, and how to stop it.
 pub struct Running {
     pub addr: SocketAddr,
@@ -252,13 +266,8 @@ impl Running {
 pub async fn start(s: &Settings, hooks: Hooks) -> Result<Running> {
     let stores = open_store(s, &hooks.clock).await?;
     let state = state(s, &stores, &hooks).await?;
-    let conns = Connections::new(ConnLimits {
-        header_read_timeout: Settings::secs(s.header_read_timeout_secs),
-        idle_timeout: Settings::secs(s.idle_timeout_secs),
-        send_timeout: Settings::secs(s.send_timeout_secs),
-        max_connections: connections_that_fit(s.max_connections),
-        ..ConnLimits::default()
-    });
+    let limits = conn_limits(s);
+    let conns = Connections::new(limits);
     let public = TcpListener::bind(s.listen)
         .await
         .with_context(|| format!("cannot listen on {}", s.listen))?;
@@ -305,7 +314,7 @@ pub async fn start(s: &Settings, hooks: Hooks) -> Result<Running> {
             }
         }
     }));
-    let admin_conns = Connections::new(ConnLimits::default());
+    let admin_conns = Connections::new(limits);
     let admin_router = admin::router(stores.store.clone(), token);
     let done = until_stopped();
     tasks.push(tokio::spawn(async move {

@@ -48,20 +48,6 @@ pub struct ConnLimits {
     pub shutdown_grace: Duration,
 }
 
-impl Default for ConnLimits {
-    fn default() -> Self {
-        ConnLimits {
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(75),
-            send_timeout: Duration::from_secs(30),
-            max_connections: 10_000,
-            max_header_bytes: 64 * 1024,
-            max_headers: 128,
-            shutdown_grace: Duration::from_secs(30),
-        }
-    }
-}
-
 /// The open connections of one listener.
 pub struct Connections {
     limits: ConnLimits,

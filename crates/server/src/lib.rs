@@ -29,7 +29,6 @@ use imreport_store::Store;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 /// Everything a request handler needs.
 #[derive(Clone)]
@@ -66,16 +65,6 @@ pub struct BodyLimits {
     pub grace: Duration,
 }
 
-impl Default for BodyLimits {
-    fn default() -> Self {
-        BodyLimits {
-            read_timeout: Duration::from_secs(30),
-            min_rate: 32 * 1024,
-            grace: Duration::from_secs(2),
-        }
-    }
-}
-
 /// Capacities of the shared resources (settings).
 #[derive(Debug, Clone, Copy)]
 pub struct Capacity {
@@ -84,18 +73,9 @@ pub struct Capacity {
     pub response_bytes: u64,
 }
 
-impl Default for Capacity {
-    fn default() -> Self {
-        Capacity {
-            ingest_slots: 8,
-            page_slots: 8,
-            response_bytes: 256 * 1024 * 1024,
-        }
-    }
-}
-
 impl AppState {
-    /// State with the default protections (no rate limit, default capacities and timeouts).
+    /// The state of a server on `store`; everything else comes from its settings.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn Store>,
         tz: ReportTz,
@@ -103,8 +83,11 @@ impl AppState {
         cursor_ttl_ms: i64,
         limits: IngestLimits,
         clock: Clock,
+        capacity: Capacity,
+        body: BodyLimits,
+        share_wait: Duration,
     ) -> Self {
-        let mut st = AppState {
+        AppState {
             readiness: ready::Readiness::new(store.clone()),
             store,
             tz,
@@ -113,20 +96,12 @@ impl AppState {
             limits,
             clock,
             rate_limit: None,
-            ingest_slots: share::FairShare::new(1),
-            body: BodyLimits::default(),
-            page_slots: share::FairShare::new(1),
-            response_bytes: share::FairShare::new(1),
-            share_wait: Duration::from_secs(5),
-        };
-        st.set_capacity(Capacity::default());
-        st
-    }
-
-    pub fn set_capacity(&mut self, c: Capacity) {
-        self.ingest_slots = share::FairShare::new(c.ingest_slots as u64);
-        self.page_slots = share::FairShare::new(c.page_slots as u64);
-        self.response_bytes = share::FairShare::new(c.response_bytes);
+            ingest_slots: share::FairShare::new(capacity.ingest_slots as u64),
+            body,
+            page_slots: share::FairShare::new(capacity.page_slots as u64),
+            response_bytes: share::FairShare::new(capacity.response_bytes),
+            share_wait,
+        }
     }
 }
 
@@ -274,19 +249,4 @@ pub(crate) fn normalize_path(mut req: Request) -> Request {
         }
     }
     req
-}
-
-/// Serves `router` on `listener` with the default connection limits until `shutdown` resolves.
-pub async fn serve_router(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    conn::serve(
-        listener,
-        router,
-        shutdown,
-        Connections::new(ConnLimits::default()),
-    )
-    .await
 }

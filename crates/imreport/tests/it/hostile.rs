@@ -437,10 +437,13 @@ async fn the_admin_api_checks_its_token_before_anything_and_answers_json() {
     let token = "admin-test-token-0123456789abcdef";
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(imreport_server::serve_router(
+    let dir = tempfile::tempdir().unwrap();
+    let limits = imreport::launch::conn_limits(&test_settings(Backend::Embedded, dir.path()));
+    tokio::spawn(imreport_server::conn::serve(
         listener,
         imreport_server::admin::router(s.store.clone(), token.into()),
         std::future::pending(),
+        imreport_server::Connections::new(limits),
     ));
     let http = reqwest::Client::new();
     let send = |method: reqwest::Method, path: &str, auth: bool, body: Vec<u8>| {
