@@ -47,7 +47,8 @@ pub fn check_msgids_assignable<'a>(
     Ok(())
 }
 
-/// Ingest limits (settings).
+/// Ingest limits (settings). The default is the contract's: 10,000 events and 16 MiB a
+/// request, 16 KiB a `msg_body`; the settings take their defaults from here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IngestLimits {
     /// Most events in one request.

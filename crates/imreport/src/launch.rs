@@ -7,7 +7,6 @@ use anyhow::{Context, Result};
 use imreport_domain::Clock;
 use imreport_domain::app::generate_token;
 use imreport_domain::cursor::CursorKey;
-use imreport_domain::event::IngestLimits;
 use imreport_domain::time::ReportTz;
 use imreport_server::rate::RateLimiter;
 use imreport_server::{AppState, BodyLimits, Capacity, ConnLimits, Connections, admin, router};
@@ -75,14 +74,13 @@ pub async fn open_store(s: &Settings, clock: &Clock) -> Result<Stores> {
     let tz = ReportTz::new(&s.report_tz)?;
     Ok(match s.store_choice()? {
         StoreChoice::Embedded => {
-            let config = EmbeddedConfig {
-                retention_days: s.retention_days,
-                queue_depth: s.queue_depth,
-                clock: clock.clone(),
+            let config = EmbeddedConfig::new(
+                s.retention_days,
+                s.queue_depth,
                 tz,
-                min_free_disk_bytes: s.min_free_disk_mb * 1024 * 1024,
-                ..EmbeddedConfig::default()
-            };
+                s.min_free_disk_mb * 1024 * 1024,
+                clock.clone(),
+            );
             let store = EmbeddedStore::open(&s.data_dir, config)?;
             Stores {
                 store: Arc::new(store.clone()),
@@ -98,7 +96,7 @@ pub async fn open_store(s: &Settings, clock: &Clock) -> Result<Stores> {
                 retention_days: s.retention_days,
                 clock: clock.clone(),
                 tz,
-                ..PostgresConfig::new(url)
+                url,
             };
             let pg = PostgresStore::connect(config)
                 .await
@@ -147,11 +145,7 @@ pub async fn state(s: &Settings, stores: &Stores, hooks: &Hooks) -> Result<AppSt
         ReportTz::new(&s.report_tz)?,
         cursor_key(s, stores.postgres.as_ref()).await?,
         (s.cursor_ttl_secs as i64).saturating_mul(1000),
-        IngestLimits {
-            max_events: s.max_events,
-            max_body_bytes: s.max_body_bytes,
-            max_msg_body_bytes: s.max_msg_body_bytes,
-        },
+        s.ingest_limits(),
         hooks.clock.clone(),
         Capacity {
             ingest_slots: s.ingest_concurrency,

@@ -5,7 +5,6 @@
 use crate::launch::{self, Hooks, write_private};
 use crate::settings::Settings;
 use anyhow::{Context, Result};
-use imreport_domain::event::IngestLimits;
 use imreport_store::Store;
 use imreport_store::apps::{self, CreateApp};
 use serde::{Deserialize, Serialize};
@@ -85,10 +84,7 @@ async fn demo_app(s: &Settings, store: &dyn Store) -> Result<DemoApp> {
     let args = crate::loadgen::LoadgenArgs::for_demo(DEMO_MESSAGES, &s.report_tz);
     let now = imreport_domain::time::now_ms();
     let mut generator = crate::loadgen::Generator::new(&args, now)?;
-    let limits = IngestLimits {
-        max_events: 10_000,
-        ..IngestLimits::default()
-    };
+    let limits = s.ingest_limits();
     tracing::info!(
         messages = DEMO_MESSAGES,
         "filling the demo app with a week of generated traffic"
@@ -97,7 +93,7 @@ async fn demo_app(s: &Settings, store: &dyn Store) -> Result<DemoApp> {
         let mut body = String::new();
         let n = generator
             .by_ref()
-            .take(5_000)
+            .take(s.max_events.min(5_000))
             .map(|e| e.write_ndjson(&mut body))
             .count();
         if n == 0 {

@@ -6,6 +6,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
+use imreport_domain::event::IngestLimits;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -80,11 +81,11 @@ settings! {
     /// Days of messages and statistics kept.
     retention_days: u32 = 60;
     /// Most events in one ingest request.
-    max_events: usize = 10_000;
+    max_events: usize = IngestLimits::default().max_events;
     /// Largest ingest request body, in bytes.
-    max_body_bytes: usize = 16 * 1024 * 1024;
+    max_body_bytes: usize = IngestLimits::default().max_body_bytes;
     /// Largest msg_body, in bytes.
-    max_msg_body_bytes: usize = 16 * 1024;
+    max_msg_body_bytes: usize = IngestLimits::default().max_msg_body_bytes;
     /// Ingest requests that may wait for the writer; past this ingest answers 503.
     queue_depth: usize = 256;
     /// Ingest requests read, decoded and stored at once, shared fairly between apps (each may
@@ -192,6 +193,15 @@ impl Settings {
     /// Which store the settings name.
     pub fn store_choice(&self) -> Result<StoreChoice> {
         StoreChoice::parse(&self.store, &self.pg_schema)
+    }
+
+    /// The ingest limits the settings give.
+    pub fn ingest_limits(&self) -> IngestLimits {
+        IngestLimits {
+            max_events: self.max_events,
+            max_body_bytes: self.max_body_bytes,
+            max_msg_body_bytes: self.max_msg_body_bytes,
+        }
     }
 
     /// A duration setting given in (possibly fractional) seconds.

@@ -63,13 +63,7 @@ async fn fresh(backend: Backend, retention_days: u32) -> Fresh {
     let tz = ReportTz::new("Asia/Shanghai").unwrap();
     match backend {
         Backend::Embedded => {
-            let config = EmbeddedConfig {
-                retention_days,
-                clock: clock.clone(),
-                tz,
-                min_free_disk_bytes: 0,
-                ..EmbeddedConfig::default()
-            };
+            let config = EmbeddedConfig::new(retention_days, 256, tz, 0, clock.clone());
             let store = EmbeddedStore::open(dir.path(), config).unwrap();
             Fresh {
                 store: Arc::new(store),
@@ -88,7 +82,7 @@ async fn fresh(backend: Backend, retention_days: u32) -> Fresh {
                 retention_days,
                 clock: clock.clone(),
                 tz,
-                ..PostgresConfig::new(url.clone())
+                url: url.clone(),
             };
             let pg = PostgresStore::connect(config).await.unwrap_or_else(|e| {
                 panic!("the PostgreSQL store suite needs a server at {url}: {e}")

@@ -84,15 +84,23 @@ impl Format {
     ];
 }
 
-impl Default for EmbeddedConfig {
-    fn default() -> Self {
+impl EmbeddedConfig {
+    /// A store's settings (they come from the server's settings), and the engine's own knobs
+    /// at the values measured best (BENCHMARKS.md, bench/LIMITS.md).
+    pub fn new(
+        retention_days: u32,
+        queue_depth: usize,
+        tz: ReportTz,
+        min_free_disk_bytes: u64,
+        clock: Clock,
+    ) -> Self {
         EmbeddedConfig {
-            retention_days: 60,
-            queue_depth: 256,
+            retention_days,
+            queue_depth,
             cache_bytes: 64 * 1024 * 1024,
-            clock: Clock::System,
-            tz: ReportTz::new("Asia/Shanghai").expect("bundled zone"),
-            min_free_disk_bytes: 256 * 1024 * 1024,
+            clock,
+            tz,
+            min_free_disk_bytes,
             tidy_after: std::time::Duration::from_secs(5),
             counter_cache_keys: 256 * 1024,
             partition_format: Format::LATEST,

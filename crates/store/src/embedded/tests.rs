@@ -10,11 +10,13 @@ const T0: i64 = 1_795_176_000_000;
 /// The tests' base settings: a manual clock at `T0`, and no free-disk reserve (temp dirs
 /// may sit on small disks).
 fn test_config() -> EmbeddedConfig {
-    EmbeddedConfig {
-        clock: Clock::manual(T0),
-        min_free_disk_bytes: 0,
-        ..Default::default()
-    }
+    EmbeddedConfig::new(
+        60,
+        256,
+        ReportTz::new("Asia/Shanghai").unwrap(),
+        0,
+        Clock::manual(T0),
+    )
 }
 
 async fn store_with_app(dir: &Path, config: EmbeddedConfig) -> (EmbeddedStore, App) {

@@ -42,19 +42,6 @@ pub struct PostgresConfig {
     pub tz: ReportTz,
 }
 
-impl PostgresConfig {
-    pub fn new(url: impl Into<String>) -> Self {
-        PostgresConfig {
-            url: url.into(),
-            schema: None,
-            pool_size: 16,
-            retention_days: 60,
-            clock: Clock::System,
-            tz: ReportTz::new("Asia/Shanghai").expect("bundled zone"),
-        }
-    }
-}
-
 /// Maps a database error to the store's errors by its SQLSTATE: a full disk is `DiskFull`, a
 /// row with no partition to go to (the schema has no other checks) `PartitionGone`, a broken or
 /// refused connection and everything else `Postgres`.
