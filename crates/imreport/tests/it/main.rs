@@ -10,4 +10,5 @@ mod crash;
 mod hostile;
 mod memory;
 mod replicas;
+mod sdk;
 mod support;

@@ -8,7 +8,12 @@
 //!   and with it the memory it held;
 //! - at most `max_connections` are open: at the cap the connection idle longest makes room for
 //!   a new one, and if none is idle the new one gets a one-line 503 and is closed, so a flood
-//!   of silent sockets neither exhausts descriptors nor locks out `/healthz`.
+//!   of silent sockets neither exhausts descriptors nor locks out `/healthz`;
+//! - request heads pass through [`framer`] first: raw spaces in a request target (as the
+//!   official Java SDK sends them) are percent-encoded, and heads the HTTP/1 parser would
+//!   refuse get the API's JSON error rather than an empty one.
+
+mod framer;
 
 use axum::Router;
 use axum::body::Body;
@@ -103,6 +108,7 @@ impl Connections {
             busy: AtomicU32::new(0),
             started: AtomicU64::new(0),
             blocked_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
             evicted: AtomicBool::new(false),
             close: Notify::new(),
         });
@@ -121,8 +127,12 @@ impl Connections {
             }
             let now = self.now();
             let blocked = a.blocked_since.load(Ordering::Relaxed);
+            let head = a.head_since.load(Ordering::Relaxed);
             let close_at = if blocked != 0 {
                 blocked + ms(l.send_timeout)
+            } else if head != 0 {
+                // A head must arrive whole within the header timeout, however it trickles.
+                head + ms(l.header_read_timeout)
             } else if a.busy.load(Ordering::Relaxed) > 0 {
                 // Handlers bound their own time; look again for a response that stops moving.
                 now + ms(l.send_timeout) / 2 + 1
@@ -153,6 +163,8 @@ struct Activity {
     started: AtomicU64,
     /// When a write first found the socket full without progress since; 0 while writes flow.
     blocked_since: AtomicU64,
+    /// When the request head now arriving began; 0 between heads.
+    head_since: AtomicU64,
     evicted: AtomicBool,
     close: Notify,
 }
@@ -182,12 +194,24 @@ impl Drop for Busy {
     }
 }
 
-/// The socket, noting when writes stall (the client reads nothing) and when they flow again.
+/// The socket, noting when writes stall (the client reads nothing) and when they flow again,
+/// and handing the HTTP parser what the [`framer::Framer`] makes of what it reads.
 struct TrackedIo {
     inner: TcpStream,
     conns: Arc<Connections>,
     a: Arc<Activity>,
+    framer: framer::Framer,
+    /// What the framer passed on and the parser has not taken yet, from `taken`.
+    out: Vec<u8>,
+    taken: usize,
+    /// Allocated at the first read: silent connections hold none.
+    scratch: Vec<u8>,
+    /// A head was refused (and answered): the parser sees the end of the stream.
+    refused: bool,
 }
+
+/// Bytes read from the socket at a time while the framer looks at them.
+const SCRATCH_BYTES: usize = 8 * 1024;
 
 impl TrackedIo {
     fn note<T>(&self, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
@@ -212,7 +236,61 @@ impl AsyncRead for TrackedIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        loop {
+            if this.taken < this.out.len() {
+                let n = (this.out.len() - this.taken).min(buf.remaining());
+                buf.put_slice(&this.out[this.taken..this.taken + n]);
+                this.taken += n;
+                return Poll::Ready(Ok(()));
+            }
+            this.out.clear();
+            this.taken = 0;
+            if this.refused {
+                return Poll::Ready(Ok(()));
+            }
+            // Body bytes of known length, and everything after the HTTP/2 preface, go straight
+            // into the parser's buffer.
+            if let Some(limit) = this.framer.direct() {
+                let want = buf
+                    .remaining()
+                    .min(usize::try_from(limit).unwrap_or(usize::MAX));
+                let mut direct = buf.take(want);
+                std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut direct))?;
+                let n = direct.filled().len();
+                // SAFETY: `direct` wrote `n` initialized bytes into `buf`'s unfilled part.
+                unsafe { buf.assume_init(n) };
+                buf.advance(n);
+                this.framer.passed(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.scratch.is_empty() {
+                this.scratch = vec![0; SCRATCH_BYTES];
+            }
+            let mut read = ReadBuf::new(&mut this.scratch);
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            let n = read.filled().len();
+            if n == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            let fed = this.framer.feed(&this.scratch[..n], &mut this.out);
+            let head = if this.framer.in_head() {
+                match this.a.head_since.load(Ordering::Relaxed) {
+                    0 => this.conns.now(),
+                    since => since,
+                }
+            } else {
+                0
+            };
+            this.a.head_since.store(head, Ordering::Relaxed);
+            if let Err(refusal) = fed {
+                // Answered here (a fresh response fits the socket's buffer), then the parser
+                // sees the stream end and the connection closes.
+                let _ = this.inner.try_write(&refusal.response());
+                this.refused = true;
+                this.out.clear();
+            }
+        }
     }
 }
 
@@ -351,7 +429,16 @@ pub async fn serve(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let io = TrackedIo { inner: stream, conns: conns.clone(), a: a.clone() };
+                let io = TrackedIo {
+                    inner: stream,
+                    conns: conns.clone(),
+                    a: a.clone(),
+                    framer: framer::Framer::new(limits.max_header_bytes, limits.max_headers),
+                    out: Vec::new(),
+                    taken: 0,
+                    scratch: Vec::new(),
+                    refused: false,
+                };
                 let service = Tracked { inner: svc.clone(), conns: conns.clone(), a: a.clone() };
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                 let conn = graceful.watch(conn.into_owned());
