@@ -6,7 +6,7 @@ mod body;
 mod decode;
 
 pub use body::compact_body;
-pub use decode::decode_batch;
+pub use decode::{Form, decode_batch, decode_lines_from, decode_routed};
 
 use crate::message::Message;
 use crate::{Error, Millis};

@@ -7,8 +7,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
+use imreport_domain::Millis;
 use imreport_domain::app::App;
-use imreport_domain::event::decode_batch;
+use imreport_domain::event::{Event, IngestLimits, decode_batch, decode_routed};
 use std::time::Duration;
 
 /// The refusal of a request that found no share of a resource in time.
@@ -22,11 +23,37 @@ pub(crate) fn busy(what: &str) -> ApiError {
     )
 }
 
+/// How a body becomes events.
+type Decode = fn(&[u8], &str, Millis, &IngestLimits) -> Result<Vec<Event>, imreport_domain::Error>;
+
+/// `POST /ingest/v1/events`: NDJSON or a JSON array of ingest events.
 pub async fn ingest(
+    st: State<AppState>,
+    app: Extension<App>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    ingest_with(st, app, headers, body, decode_batch).await
+}
+
+/// `POST /ingest/v1/jmessage`: what JMessage's real-time message routing posts,
+/// `{"total": N, "messages": [<Report V2 message objects>]}`, so that a JMessage app mirrors its
+/// live traffic by pointing its routing URL here. The answer is the callback's `200` with JSON.
+pub async fn routed(
+    st: State<AppState>,
+    app: Extension<App>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    ingest_with(st, app, headers, body, decode_routed).await
+}
+
+async fn ingest_with(
     State(st): State<AppState>,
     Extension(app): Extension<App>,
     headers: HeaderMap,
     body: Body,
+    decode: Decode,
 ) -> Result<Response, ApiError> {
     // Bounds the memory held by bodies being read, decoded and stored, whatever the number of
     // clients, and shares it fairly between apps: a request waits (its body unread) for a slot,
@@ -50,7 +77,7 @@ pub async fn ingest(
         let limits = st.limits;
         let key = app.key.clone();
         // Parsing 16 MiB of JSON takes tens of milliseconds: keep it off the async workers.
-        let events = tokio::task::spawn_blocking(move || decode_batch(&bytes, &key, now, &limits))
+        let events = tokio::task::spawn_blocking(move || decode(&bytes, &key, now, &limits))
             .await
             .map_err(ApiError::internal)??;
         let outcome = st.store.ingest(&app, events).await?;

@@ -86,6 +86,18 @@ struct Ctx<'a> {
     app_key: &'a str,
     now: Millis,
     limits: &'a IngestLimits,
+    form: Form,
+}
+
+/// What a body holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// Ingest events, each with its `event`.
+    Events,
+    /// Ingest events, where an object without `event` is a message: Report V2 message objects
+    /// (as `imreport export` writes them, and JMessage's message routing posts them) mixed
+    /// with events.
+    EventsOrMessages,
 }
 
 impl Ctx<'_> {
@@ -320,10 +332,11 @@ impl Ctx<'_> {
                 self.place
             ))
         })?;
-        let kind_raw = present(r.event).ok_or_else(|| {
-            self.err("event", "is required: one of message, user_registered, user_deleted, user_login, group_created, group_deleted")
-        })?;
-        let kind = self.str("event", kind_raw, 32)?;
+        let kind = match (present(r.event), self.form) {
+            (Some(raw), _) => self.str("event", raw, 32)?,
+            (None, Form::EventsOrMessages) => Cow::Borrowed("message"),
+            (None, Form::Events) => return Err(self.err("event", "is required: one of message, user_registered, user_deleted, user_login, group_created, group_deleted")),
+        };
         Ok(match &*kind {
             "message" => Event::Message(self.message(&r)?),
             "user_registered" | "user_deleted" | "user_login" => {
@@ -432,6 +445,73 @@ fn decode_array<'c>(
     })
 }
 
+/// Decodes the body JMessage's real-time message routing posts, `{"total": N, "messages":
+/// [...]}` with Report V2 message objects, as a batch of messages (`total` is not checked: the
+/// messages are what counts). Errors name the message's index in `messages`.
+pub fn decode_routed(
+    body: &[u8],
+    app_key: &str,
+    now: Millis,
+    limits: &IngestLimits,
+) -> Result<Vec<Event>, Error> {
+    #[derive(Deserialize)]
+    struct Routed<'a> {
+        #[serde(borrow)]
+        messages: Option<&'a RawValue>,
+    }
+    let text = utf8(body, limits)?;
+    let routed: Routed<'_> = serde_json::from_str(text).map_err(|e| {
+        Error::invalid(format!(
+            "request body is not a JSON object with \"messages\", as JMessage's message routing posts: {e}"
+        ))
+    })?;
+    let messages = routed
+        .messages
+        .ok_or_else(|| {
+            Error::invalid("field \"messages\" is required: an array of message objects")
+        })?
+        .get();
+    let mut events = Vec::new();
+    decode_array(
+        messages,
+        &|place| Ctx {
+            place,
+            app_key,
+            now,
+            limits,
+            form: Form::EventsOrMessages,
+        },
+        limits.max_events,
+        || too_many(limits),
+        &mut events,
+    )?;
+    Ok(events)
+}
+
+fn too_many(limits: &IngestLimits) -> Error {
+    Error::TooLarge(format!(
+        "the batch holds more than {} events; split it into requests of at most {} events",
+        limits.max_events, limits.max_events
+    ))
+}
+
+/// The body as text, within its size limit.
+fn utf8<'b>(body: &'b [u8], limits: &IngestLimits) -> Result<&'b str, Error> {
+    if body.len() > limits.max_body_bytes {
+        return Err(Error::TooLarge(format!(
+            "request body is {} bytes; at most {} bytes are accepted per request: split the batch",
+            body.len(),
+            limits.max_body_bytes
+        )));
+    }
+    std::str::from_utf8(body).map_err(|e| {
+        Error::invalid(format!(
+            "request body is not valid UTF-8 (at byte {}); send UTF-8 JSON",
+            e.valid_up_to()
+        ))
+    })
+}
+
 /// Decodes and validates a whole ingest request body. A body whose first non-blank character is
 /// `[` is a JSON array of events; anything else is NDJSON (blank lines are skipped). `now` is the
 /// server's clock, used for defaults and the 5-minute future limit.
@@ -441,34 +521,36 @@ pub fn decode_batch(
     now: Millis,
     limits: &IngestLimits,
 ) -> Result<Vec<Event>, Error> {
-    if body.len() > limits.max_body_bytes {
-        return Err(Error::TooLarge(format!(
-            "request body is {} bytes; at most {} bytes are accepted per request: split the batch",
-            body.len(),
-            limits.max_body_bytes
-        )));
-    }
-    let text = std::str::from_utf8(body).map_err(|e| {
-        Error::invalid(format!(
-            "request body is not valid UTF-8 (at byte {}); send UTF-8 JSON",
-            e.valid_up_to()
-        ))
-    })?;
-    let too_many = || {
-        Error::TooLarge(format!(
-            "the batch holds more than {} events; split it into requests of at most {} events",
-            limits.max_events, limits.max_events
-        ))
-    };
+    decode_lines_from(body, app_key, now, limits, Form::Events, 1)
+}
+
+/// [`decode_batch`] for a body of the given form, numbering NDJSON lines from `first_line` (for a body cut from a larger
+/// file, so that errors name the file's line).
+pub fn decode_lines_from(
+    body: &[u8],
+    app_key: &str,
+    now: Millis,
+    limits: &IngestLimits,
+    form: Form,
+    first_line: usize,
+) -> Result<Vec<Event>, Error> {
+    let text = utf8(body, limits)?;
     let mut events = Vec::new();
     let ctx = |place| Ctx {
         place,
         app_key,
         now,
         limits,
+        form,
     };
     if text.trim_start_matches(json_ws).starts_with('[') {
-        decode_array(text, &ctx, limits.max_events, too_many, &mut events)?;
+        decode_array(
+            text,
+            &ctx,
+            limits.max_events,
+            || too_many(limits),
+            &mut events,
+        )?;
     } else {
         // Sized up front: growing a Vec of a few thousand events by doubling copied megabytes
         // per request into freshly faulted pages (~15% of the decoding threads' time).
@@ -480,9 +562,9 @@ pub fn decode_batch(
                 continue;
             }
             if events.len() == limits.max_events {
-                return Err(too_many());
+                return Err(too_many(limits));
             }
-            events.push(ctx(Place::Line(i + 1)).event(line)?);
+            events.push(ctx(Place::Line(first_line + i)).event(line)?);
         }
     }
     Ok(events)

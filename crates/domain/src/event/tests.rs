@@ -297,3 +297,41 @@ fn minify_keeps_strings() {
         "{\"a b\":[1,2],\"c\":\"x \\\" y\"}"
     );
 }
+
+#[test]
+fn message_objects_without_event_are_messages_where_the_form_allows() {
+    let object = r#"{"msgid":7,"msg_ctime":1699999999000,"target_type":"single","target_id":"b","from_id":"a","msg_type":"text","msg_body":{"text":"hi"}}"#;
+    let err = decode(object).unwrap_err().to_string();
+    assert!(err.contains("field \"event\" is required"), "{err}");
+    let limits = IngestLimits::default();
+    let lines = format!("{object}\n{{\"event\":\"user_login\",\"username\":\"a\"}}\n");
+    let ev = decode_lines_from(
+        lines.as_bytes(),
+        "K",
+        NOW,
+        &limits,
+        Form::EventsOrMessages,
+        41,
+    )
+    .unwrap();
+    assert!(matches!(&ev[0], Event::Message(m) if m.msgid == 7));
+    assert!(matches!(&ev[1], Event::UserLogin { .. }));
+    let bad = format!("{object}\n{{\"msgid\":8}}\n");
+    let err = decode_lines_from(
+        bad.as_bytes(),
+        "K",
+        NOW,
+        &limits,
+        Form::EventsOrMessages,
+        41,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.starts_with("line 42: field \"target_type\""), "{err}");
+    // JMessage's message routing body.
+    let routed = format!(r#"{{"total":1,"messages":[{object}]}}"#);
+    let ev = decode_routed(routed.as_bytes(), "K", NOW, &limits).unwrap();
+    assert_eq!(ev.len(), 1);
+    assert!(decode_routed(b"{\"total\":1}", "K", NOW, &limits).is_err());
+    assert!(decode_routed(b"[1]", "K", NOW, &limits).is_err());
+}

@@ -274,7 +274,95 @@ async fn concurrent_batches_all_land_once(backend: Backend) {
     assert_eq!(app_total(&s, &s.app).await, 16 * 5 * 50);
 }
 
+async fn jmessage_message_routing_posts_are_stored_as_sent(backend: Backend) {
+    let s = TestServer::start_on(backend).await;
+    // The body JMessage's real-time message routing posts (its documentation's example, two
+    // messages), with the app's Basic auth.
+    let msg = |msgid: u64, ctime: i64, target_type: &str, target: &str| {
+        json!({"target_type": target_type, "msg_type": "text", "target_name": "JMessage",
+               "target_id": target, "from_id": "10000001", "from_name": "JPush",
+               "from_type": "user", "from_platform": "a",
+               "msg_body": {"text": "text", "extras": {}}, "create_time": ctime / 1000,
+               "version": 1, "msgid": msgid, "msg_level": 0, "msg_ctime": ctime})
+    };
+    let body = json!({"total": 2, "messages": [
+        msg(12345678, T0 - 2000, "single", "10000002"),
+        msg(12345679, T0 - 1000, "group", "g1"),
+    ]});
+    let post = |body: String| {
+        s.http
+            .post(format!("{}/ingest/v1/jmessage", s.url))
+            .header("authorization", s.app.header())
+            .header("content-type", "application/json; charset=utf-8")
+            .body(body)
+            .send()
+    };
+    let r = post(body.to_string()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/json; charset=utf-8"
+    );
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"accepted": 2, "duplicates": 0, "expired": 0})
+    );
+    let (_, msgs) = s
+        .walk(&s.app, "/v2/messages", 10, &sh(T0 - 5000), &sh(T0))
+        .await;
+    assert_eq!(msgs.len(), 2);
+    let sent = &body["messages"][1];
+    for field in [
+        "msgid",
+        "msg_ctime",
+        "create_time",
+        "target_type",
+        "target_id",
+        "target_name",
+        "from_type",
+        "from_id",
+        "from_name",
+        "from_platform",
+        "msg_type",
+        "msg_body",
+        "version",
+        "msg_level",
+    ] {
+        assert_eq!(msgs[1][field], sent[field], "{field}");
+    }
+    assert_eq!(msgs[1]["target_appkey"], s.app.key.as_str());
+    // JMessage retries what it could not deliver: stored once.
+    let r = post(body.to_string()).await.unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"accepted": 0, "duplicates": 2, "expired": 0})
+    );
+    // One bad message refuses the post, naming it; a body that is not the routing's too.
+    let mut bad = body.clone();
+    bad["messages"][1]["target_type"] = json!("room");
+    let r = post(bad.to_string()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("index 1"),
+        "{v}"
+    );
+    let r = post(json!({"total": 0}).to_string()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = s
+        .http
+        .post(format!("{}/ingest/v1/jmessage", s.url))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the app's Basic auth is required");
+}
+
 crate::conformance::on_every_backend! {
-    async: json_arrays_and_ndjson_are_both_accepted, duplicates_are_stored_once_within_and_across_batches, lifecycle_repeats_change_nothing, server_assigned_msgids_stop_at_the_largest_a_java_long_holds, server_assigned_msgids_are_unique_and_increasing, old_events_are_expired_and_future_ones_refused, one_bad_event_rejects_the_batch_and_stores_nothing, limits_answer_413_and_400, concurrent_batches_all_land_once;
+    async: json_arrays_and_ndjson_are_both_accepted, jmessage_message_routing_posts_are_stored_as_sent, duplicates_are_stored_once_within_and_across_batches, lifecycle_repeats_change_nothing, server_assigned_msgids_stop_at_the_largest_a_java_long_holds, server_assigned_msgids_are_unique_and_increasing, old_events_are_expired_and_future_ones_refused, one_bad_event_rejects_the_batch_and_stores_nothing, limits_answer_413_and_400, concurrent_batches_all_land_once;
     sync: ;
 }
