@@ -128,6 +128,53 @@ impl Event {
         })
     }
 
+    /// The event as one ingest line (NDJSON, no newline), every field explicit: decoding it
+    /// gives the event back. Messages are written by the one wire writer, after `event`.
+    pub fn write_ingest_json(&self, app_key: &str, out: &mut Vec<u8>) {
+        match self {
+            Event::Message(m) => {
+                let mut rec = Vec::with_capacity(256);
+                crate::message::encode_record(m, app_key, 0, &mut rec);
+                let mut wire = Vec::with_capacity(rec.len() + 256);
+                crate::message::view_record(&rec)
+                    .expect("a record just encoded")
+                    .write_json(m.msgid, m.msg_ctime, app_key, &mut wire);
+                out.extend_from_slice(b"{\"event\":\"message\"");
+                // The wire object starts `{"msgid":N,`; a message without one keeps none.
+                let from = match m.msgid {
+                    0 => wire
+                        .iter()
+                        .position(|b| *b == b',')
+                        .expect("more fields follow"),
+                    _ => 0,
+                };
+                out.push(b',');
+                out.extend_from_slice(&wire[from + 1..]);
+            }
+            Event::UserLogin { username, time } => {
+                write_plain(out, "user_login", "username", username, *time)
+            }
+            _ => {
+                let l = self
+                    .lifecycle()
+                    .expect("every other event is a lifecycle event");
+                let kind = match (l.user, l.what == crate::lifecycle::CREATED) {
+                    (true, true) => "user_registered",
+                    (true, false) => "user_deleted",
+                    (false, true) => "group_created",
+                    (false, false) => "group_deleted",
+                };
+                write_plain(
+                    out,
+                    kind,
+                    if l.user { "username" } else { "gid" },
+                    l.id,
+                    l.time,
+                );
+            }
+        }
+    }
+
     /// The instant the event happened (`msg_ctime` for messages).
     pub fn time(&self) -> Millis {
         match self {
@@ -139,6 +186,11 @@ impl Event {
             | Event::GroupDeleted { time, .. } => *time,
         }
     }
+}
+
+fn write_plain(out: &mut Vec<u8>, kind: &str, field: &str, id: &str, time: Millis) {
+    let v = serde_json::json!({"event": kind, field: id, "time": time});
+    serde_json::to_writer(&mut *out, &v).expect("writing to a Vec cannot fail");
 }
 
 #[cfg(test)]

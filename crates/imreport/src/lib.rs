@@ -3,7 +3,9 @@
 //! `imreport app` commands and the tests alike; and the operator tools.
 
 pub mod apps;
+pub mod client;
 pub mod export;
+pub mod import;
 pub mod launch;
 pub mod loadgen;
 pub mod serve;

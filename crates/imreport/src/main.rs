@@ -1,7 +1,7 @@
 //! The `imreport` command: the server and its operator tools.
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use imreport::{apps, export, loadgen, serve, settings};
+use imreport::{apps, export, import, loadgen, serve, settings};
 
 // The writer and the decoders allocate many small strings; mimalloc is markedly faster at that
 // than glibc's allocator (see BENCHMARKS.md).
@@ -49,6 +49,8 @@ enum Command {
     Loadgen(Box<loadgen::LoadgenArgs>),
     /// Walk a history window through a server's Report V2 API; write its messages as NDJSON.
     Export(Box<export::ExportArgs>),
+    /// Load NDJSON of ingest events or message objects (an export) into a server or a store.
+    Import(Box<import::ImportArgs>),
     /// Settings helpers.
     Config {
         #[command(subcommand)]
@@ -101,6 +103,10 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(export::run(*args)),
+        Command::Import(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(import::run(*args)),
         Command::App { action } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?

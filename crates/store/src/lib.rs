@@ -135,11 +135,19 @@ pub fn private_dir(dir: &std::path::Path) -> Result<()> {
 }
 
 /// The result of one ingest request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct IngestOutcome {
     pub accepted: u64,
     pub duplicates: u64,
     pub expired: u64,
+}
+
+impl std::ops::AddAssign for IngestOutcome {
+    fn add_assign(&mut self, o: IngestOutcome) {
+        self.accepted += o.accepted;
+        self.duplicates += o.duplicates;
+        self.expired += o.expired;
+    }
 }
 
 /// One page of history, its messages already in wire JSON.

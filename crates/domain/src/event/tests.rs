@@ -335,3 +335,26 @@ fn message_objects_without_event_are_messages_where_the_form_allows() {
     assert!(decode_routed(b"{\"total\":1}", "K", NOW, &limits).is_err());
     assert!(decode_routed(b"[1]", "K", NOW, &limits).is_err());
 }
+
+#[test]
+fn events_written_as_ingest_lines_decode_to_themselves() {
+    let body = r#"{"event":"message","msgid":9,"msg_ctime":1699999999000,"create_time":5,"target_type":"group","target_id":"g\"1","target_name":"n","from_type":"admin","from_id":"a","from_name":"A","from_platform":"web","msg_type":"image","msg_body":{"media_id":"x","w":[1,2.5e3]},"version":3,"msg_level":1,"set_from_name":1}
+{"event":"message","target_type":"single","target_id":"b","from_id":"a","msg_type":"text","msg_body":{}}
+{"event":"user_registered","username":"z\u00e9","time":5}
+{"event":"user_deleted","username":"z","time":6}
+{"event":"user_login","username":"z","time":7}
+{"event":"group_created","gid":"g","time":8}
+{"event":"group_deleted","gid":"g","time":9}"#;
+    let events = decode(body).unwrap();
+    let mut lines = Vec::new();
+    for e in &events {
+        e.write_ingest_json("APPKEY", &mut lines);
+        lines.push(b'\n');
+    }
+    let again = decode(std::str::from_utf8(&lines).unwrap()).unwrap();
+    assert_eq!(again, events);
+    let Event::Message(m) = &again[1] else {
+        panic!()
+    };
+    assert_eq!(m.msgid, 0, "a message without msgid stays without one");
+}

@@ -54,63 +54,35 @@ pub(super) async fn post(
         .context("cannot start the generator thread")?;
     let batches = Arc::new(tokio::sync::Mutex::new(batches));
     let summary = Arc::new(Mutex::new(Summary::default()));
-    let client = reqwest::Client::new();
-    let endpoint = format!("{}/ingest/v1/events", url.trim_end_matches('/'));
+    let client = crate::client::IngestClient::new(url, &key, &secret);
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (batches, summary, client, endpoint, bar) = (
+        let (batches, summary, client, bar) = (
             batches.clone(),
             summary.clone(),
             client.clone(),
-            endpoint.clone(),
             bar.clone(),
         );
-        let (key, secret) = (key.clone(), secret.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let next = batches.lock().await.recv().await;
                 let Some((payload, n, msgs)) = next else {
                     return;
                 };
-                let result = loop {
-                    let r = client
-                        .post(&endpoint)
-                        .basic_auth(&key, Some(&secret))
-                        .header("content-type", "application/x-ndjson")
-                        .body(payload.clone())
-                        .send()
-                        .await;
-                    match r {
-                        Ok(r) if r.status() == 503 || r.status() == 429 => {
-                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                        }
-                        Ok(r) if r.status().is_success() => {
-                            break r.json::<serde_json::Value>().await.ok();
-                        }
-                        Ok(r) => {
-                            eprintln!(
-                                "loadgen: {} {}",
-                                r.status(),
-                                r.text().await.unwrap_or_default()
-                            );
-                            break None;
-                        }
-                        Err(e) => {
-                            eprintln!("loadgen: {e}");
-                            break None;
-                        }
-                    }
-                };
+                let result = client.post(payload).await;
                 let mut s = summary.lock().expect("lock");
                 s.requests += 1;
                 s.events += n;
                 match result {
-                    Some(v) => {
-                        s.accepted += v["accepted"].as_u64().unwrap_or(0);
-                        s.duplicates += v["duplicates"].as_u64().unwrap_or(0);
-                        s.expired += v["expired"].as_u64().unwrap_or(0);
+                    Ok(o) => {
+                        s.accepted += o.accepted;
+                        s.duplicates += o.duplicates;
+                        s.expired += o.expired;
                     }
-                    None => s.errors += 1,
+                    Err(e) => {
+                        eprintln!("loadgen: {e:#}");
+                        s.errors += 1;
+                    }
                 }
                 bar.inc(msgs);
             }

@@ -401,3 +401,146 @@ fn the_api_docs_match_the_binary() {
         );
     }
 }
+
+/// Exports a whole window of a server's app to a file with the real binary.
+fn export_to(url: &str, creds: &Creds, begin: &str, end: &str, out: &std::path::Path) {
+    let (ok, _, err) = imreport(&[
+        "export",
+        "--url",
+        url,
+        "--app-key",
+        &creds.key,
+        "--master-secret",
+        &creds.secret,
+        "--begin",
+        begin,
+        "--end",
+        end,
+        "--count",
+        "7",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+}
+
+#[tokio::test]
+async fn an_export_imports_into_an_empty_store_and_exports_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds {
+        key: "importtestkey00000000000".into(),
+        secret: "importtestsecret00000000".into(),
+    };
+    let create = |data: &std::path::Path| {
+        let (ok, _, err) = imreport(&[
+            "app",
+            "create",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--app-key",
+            &creds.key,
+            "--master-secret",
+            &creds.secret,
+        ]);
+        assert!(ok, "{err}");
+    };
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    create(&a_dir);
+    create(&b_dir);
+    let (mut a, url_a) = spawn_server(a_dir.to_str().unwrap(), &[]);
+    let http = reqwest::Client::new();
+    let now = jiff::Timestamp::now().as_millisecond();
+    let mut evs = Vec::new();
+    for i in 0..40u64 {
+        let t = now - 3_600_000 + i as i64 * 1000;
+        evs.push(match i % 4 {
+            0 => text_message(i + 1, t, "single", "bob", "alice"),
+            1 => json!({"event": "message", "msgid": i + 1, "msg_ctime": t, "target_type": "group",
+                        "target_id": "g\"1", "from_id": "zoë", "from_type": "admin", "msg_type": "image",
+                        "msg_body": {"media_id": "qiniu/image/j/1", "width": 640, "fsize": 1.5e3, "t": "é\n\"x\""}}),
+            2 => json!({"event": "message", "msgid": i + 1, "msg_ctime": t, "target_type": "chatroom",
+                        "target_id": 10055201, "from_id": "carol", "msg_type": "custom", "from_platform": "i",
+                        "target_name": "room", "msg_body": {"a": [1, {"b": null}]}, "set_from_name": 1}),
+            _ => text_message(i + 1, t - 1, "single", "alice", "bob"),
+        });
+    }
+    ingest_at(&http, &url_a, &creds, &evs).await;
+    let (begin, end) = (sh(now - 2 * 3_600_000), sh(now));
+    let first = dir.path().join("first.ndjson");
+    export_to(&url_a, &creds, &begin, &end, &first);
+    a.kill().unwrap();
+    let _ = a.wait();
+    // Gzipped, into the stopped server's data dir, straight into its store.
+    let gz = dir.path().join("first.ndjson.gz");
+    {
+        use std::io::Write;
+        let mut w = flate2::write::GzEncoder::new(
+            std::fs::File::create(&gz).unwrap(),
+            flate2::Compression::default(),
+        );
+        w.write_all(&std::fs::read(&first).unwrap()).unwrap();
+        w.finish().unwrap();
+    }
+    let (ok, _, err) = imreport(&[
+        "import",
+        gz.to_str().unwrap(),
+        "--app-key",
+        &creds.key,
+        "--data-dir",
+        b_dir.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(ok && err.contains("40 accepted"), "{err}");
+    let (mut b, url_b) = spawn_server(b_dir.to_str().unwrap(), &[]);
+    let second = dir.path().join("second.ndjson");
+    export_to(&url_b, &creds, &begin, &end, &second);
+    assert_eq!(
+        std::fs::read_to_string(&first).unwrap(),
+        std::fs::read_to_string(&second).unwrap(),
+        "an export, imported and exported again, is the same"
+    );
+    // Again, through the running server: nothing twice.
+    let (ok, _, err) = imreport(&[
+        "import",
+        first.to_str().unwrap(),
+        "--app-key",
+        &creds.key,
+        "--url",
+        &url_b,
+        "--master-secret",
+        &creds.secret,
+        "--quiet",
+    ]);
+    assert!(ok && err.contains("0 accepted, 40 duplicates"), "{err}");
+    // A bad line is reported by number and skipped; the others go in.
+    let mixed = dir.path().join("mixed.ndjson");
+    let extra = [
+        text_message(100, now - 1000, "single", "bob", "alice").to_string(),
+        "{\"event\":\"message\",\"msgid\":101}".to_owned(),
+        "not json".to_owned(),
+        json!({"event": "user_registered", "username": "newbie", "time": now - 500}).to_string(),
+    ];
+    std::fs::write(&mixed, extra.join("\n")).unwrap();
+    let (ok, _, err) = imreport(&[
+        "import",
+        mixed.to_str().unwrap(),
+        "--app-key",
+        &creds.key,
+        "--url",
+        &url_b,
+        "--master-secret",
+        &creds.secret,
+        "--quiet",
+    ]);
+    assert!(!ok, "bad lines make the import fail: {err}");
+    assert!(
+        err.contains("line 2: field \"target_type\"") && err.contains("line 3:"),
+        "{err}"
+    );
+    assert!(
+        err.contains("2 accepted") && err.contains("2 bad lines"),
+        "{err}"
+    );
+    b.kill().unwrap();
+    let _ = b.wait();
+}
