@@ -81,3 +81,77 @@ pub fn retry_after(r: &reqwest::Response) -> Option<Duration> {
         .ok()
         .map(Duration::from_secs)
 }
+
+/// Where `import` and `mirror` store what they read: a running server, or a store opened
+/// directly (the server must then be stopped).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DestArgs {
+    /// The app the events are stored for
+    #[arg(long)]
+    pub app_key: String,
+    /// A running server to store through, e.g. http://127.0.0.1:8080 (with --master-secret);
+    /// without it, the store the settings name is opened directly (the server must be stopped)
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The app's master secret on that server
+    #[arg(long)]
+    pub master_secret: Option<String>,
+    #[command(flatten)]
+    pub settings: crate::settings::SettingsArgs,
+}
+
+/// An open destination: batches of validated events go in with every ingest rule.
+pub enum Destination {
+    Server(IngestClient),
+    Store(
+        std::sync::Arc<dyn imreport_store::Store>,
+        imreport_domain::app::App,
+    ),
+}
+
+impl Destination {
+    pub async fn open(d: &DestArgs) -> Result<Destination> {
+        Ok(match &d.url {
+            Some(url) => {
+                let secret = d
+                    .master_secret
+                    .as_deref()
+                    .context("--master-secret is required with --url")?;
+                Destination::Server(IngestClient::new(url, &d.app_key, secret))
+            }
+            None => {
+                let s = d.settings.clone().resolve()?;
+                let stores = crate::launch::open_store(&s, &imreport_domain::Clock::System)
+                    .await
+                    .context(
+                        "cannot open the store (a running server holds it: go through it with --url)",
+                    )?;
+                let app = stores
+                    .store
+                    .app(&d.app_key)
+                    .await?
+                    .with_context(|| format!("no app has key {:?} in this store", d.app_key))?;
+                Destination::Store(stores.store, app)
+            }
+        })
+    }
+
+    /// Stores one batch; returns once it is durable.
+    pub async fn send(
+        &self,
+        app_key: &str,
+        events: Vec<imreport_domain::event::Event>,
+    ) -> Result<IngestOutcome> {
+        match self {
+            Destination::Server(client) => {
+                let mut body = Vec::with_capacity(events.len() * 512);
+                for e in &events {
+                    e.write_ingest_json(app_key, &mut body);
+                    body.push(b'\n');
+                }
+                client.post(body.into()).await
+            }
+            Destination::Store(store, app) => Ok(store.ingest(app, events).await?),
+        }
+    }
+}

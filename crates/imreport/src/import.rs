@@ -5,12 +5,9 @@
 //! batches with every ingest rule, so importing the same file twice stores nothing twice
 //! (messages are known by their `msgid`).
 
-use crate::client::IngestClient;
-use crate::launch;
-use crate::settings::SettingsArgs;
+use crate::client::{DestArgs, Destination};
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use imreport_domain::Clock;
 use imreport_domain::event::{Event, Form, IngestLimits, decode_lines_from};
 use imreport_store::IngestOutcome;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -22,23 +19,14 @@ pub struct ImportArgs {
     /// NDJSON file of ingest events or message objects (`-` for standard input; `.gz`, or
     /// gzip data, is decompressed)
     pub file: String,
-    /// The app the events are for
-    #[arg(long)]
-    pub app_key: String,
-    /// A running server to import through, e.g. http://127.0.0.1:8080 (with --master-secret);
-    /// without it, the store the settings name is opened directly (the server must be stopped)
-    #[arg(long)]
-    pub url: Option<String>,
-    #[arg(long)]
-    pub master_secret: Option<String>,
+    #[command(flatten)]
+    pub dest: DestArgs,
     /// Events per batch
     #[arg(long, default_value_t = 5000)]
     pub batch: usize,
     /// No progress bar
     #[arg(long)]
     pub quiet: bool,
-    #[command(flatten)]
-    pub settings: SettingsArgs,
 }
 
 /// Bad lines listed in full in the summary; the rest are counted.
@@ -83,52 +71,8 @@ fn open(file: &str, bar: &ProgressBar) -> Result<Box<dyn BufRead>> {
     })
 }
 
-enum Sink {
-    Server(IngestClient),
-    Store(
-        std::sync::Arc<dyn imreport_store::Store>,
-        imreport_domain::app::App,
-    ),
-}
-
-impl Sink {
-    async fn send(&self, app_key: &str, events: Vec<Event>) -> Result<IngestOutcome> {
-        match self {
-            Sink::Server(client) => {
-                let mut body = Vec::with_capacity(events.len() * 512);
-                for e in &events {
-                    e.write_ingest_json(app_key, &mut body);
-                    body.push(b'\n');
-                }
-                client.post(body.into()).await
-            }
-            Sink::Store(store, app) => Ok(store.ingest(app, events).await?),
-        }
-    }
-}
-
 pub async fn run(a: ImportArgs) -> Result<()> {
-    let sink = match &a.url {
-        Some(url) => {
-            let secret = a
-                .master_secret
-                .as_deref()
-                .context("--master-secret is required with --url")?;
-            Sink::Server(IngestClient::new(url, &a.app_key, secret))
-        }
-        None => {
-            let s = a.settings.clone().resolve()?;
-            let stores = launch::open_store(&s, &Clock::System).await.context(
-                "cannot open the store (a running server holds it: import through it with --url)",
-            )?;
-            let app = stores
-                .store
-                .app(&a.app_key)
-                .await?
-                .with_context(|| format!("no app has key {:?} in this store", a.app_key))?;
-            Sink::Store(stores.store, app)
-        }
-    };
+    let sink = Destination::open(&a.dest).await?;
     let bar = if a.quiet {
         ProgressBar::hidden()
     } else {
@@ -158,7 +102,7 @@ pub async fn run(a: ImportArgs) -> Result<()> {
             let now = imreport_domain::time::now_ms();
             match decode_lines_from(
                 &line,
-                &a.app_key,
+                &a.dest.app_key,
                 now,
                 &limits,
                 Form::EventsOrMessages,
@@ -176,7 +120,7 @@ pub async fn run(a: ImportArgs) -> Result<()> {
         }
         if events.len() >= batch || (n == 0 && !events.is_empty()) {
             total += sink
-                .send(&a.app_key, std::mem::take(&mut events))
+                .send(&a.dest.app_key, std::mem::take(&mut events))
                 .await
                 .with_context(|| format!("importing the batch that ends at line {lines}"))?;
             bar.set_message(format!("{lines} lines, {} accepted", total.accepted));

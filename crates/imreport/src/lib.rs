@@ -8,5 +8,6 @@ pub mod export;
 pub mod import;
 pub mod launch;
 pub mod loadgen;
+pub mod mirror;
 pub mod serve;
 pub mod settings;

@@ -1,7 +1,7 @@
 //! The `imreport` command: the server and its operator tools.
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use imreport::{apps, export, import, loadgen, serve, settings};
+use imreport::{apps, export, import, loadgen, mirror, serve, settings};
 
 // The writer and the decoders allocate many small strings; mimalloc is markedly faster at that
 // than glibc's allocator (see BENCHMARKS.md).
@@ -51,6 +51,9 @@ enum Command {
     Export(Box<export::ExportArgs>),
     /// Load NDJSON of ingest events or message objects (an export) into a server or a store.
     Import(Box<import::ImportArgs>),
+    /// Copy an app's history from a Report V2 endpoint (JMessage, or another imreport), then
+    /// follow it.
+    Mirror(Box<mirror::MirrorArgs>),
     /// Settings helpers.
     Config {
         #[command(subcommand)]
@@ -107,6 +110,10 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(import::run(*args)),
+        Command::Mirror(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(mirror::run(*args)),
         Command::App { action } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?

@@ -9,7 +9,8 @@ use imreport_store::Store;
 use imreport_store::apps::{self, CreateApp};
 use serde::{Deserialize, Serialize};
 
-async fn shutdown_signal() {
+/// SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -25,16 +26,22 @@ async fn shutdown_signal() {
     }
 }
 
-pub async fn run(s: Settings, demo: bool) -> Result<()> {
+/// Log lines to stderr at `level` (the storage engine's own at warn), or as `IMREPORT_LOG` says.
+pub fn init_logging(level: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
             // The storage engine's own info lines (tables created, flushes) are noise for operators.
             tracing_subscriber::EnvFilter::try_from_env("IMREPORT_LOG")
-                .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
+                .unwrap_or_else(|_| format!("{level},fjall=warn,lsm_tree=warn").into()),
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
-        .init();
+        .try_init()
+        .ok();
+}
+
+pub async fn run(s: Settings, demo: bool) -> Result<()> {
+    init_logging("info");
     let running = launch::start(&s, Hooks::default()).await?;
     let demo = match demo {
         true => Some(demo_app(&s, running.stores.store.as_ref()).await?),

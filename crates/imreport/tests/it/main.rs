@@ -9,6 +9,7 @@ mod connections;
 mod crash;
 mod hostile;
 mod memory;
+mod mirror;
 mod replicas;
 mod sdk;
 mod support;
