@@ -255,6 +255,50 @@ impl Running {
     }
 }
 
+/// The NATS intake until `done`: connects (again and again while NATS is unreachable), then
+/// consumes.
+async fn consume_nats(
+    config: imreport_intake::nats::NatsConfig,
+    engine: imreport_intake::Engine,
+    done: impl Future<Output = ()>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    tokio::pin!(done);
+    *engine
+        .status
+        .describe
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = serde_json::json!({
+        "kind": "nats", "url": config.url, "stream": config.stream,
+        "subjects": format!("{}.<app key>", config.subject_prefix),
+        "dead_letters": format!("{}.<app key>", config.dead_letter_prefix),
+        "dead_letter_stream": config.dead_letter_stream(), "consumer": config.consumer,
+    });
+    let mut pause = Duration::from_millis(500);
+    loop {
+        let connected = tokio::select! {
+            _ = &mut done => return,
+            c = imreport_intake::nats::NatsSource::connect(&config) => c,
+        };
+        match connected {
+            Ok(source) => {
+                tracing::info!(url = %config.url, stream = %config.stream, "stream intake: consuming from NATS");
+                engine.status.connected.store(true, Relaxed);
+                return engine.run(source, done).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "stream intake: cannot reach NATS; retrying");
+                engine.status.error(&e);
+                tokio::select! {
+                    _ = &mut done => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
 /// Opens the store, applies retention once, and starts serving: the public API, the admin API
 /// (its address and token written to DATA_DIR/admin.json) and retention every minute.
 pub async fn start(s: &Settings, hooks: Hooks) -> Result<Running> {
@@ -308,8 +352,21 @@ pub async fn start(s: &Settings, hooks: Hooks) -> Result<Running> {
             }
         }
     }));
+    let intake = s.nats().map(|config| {
+        let status = Arc::new(imreport_intake::Status::default());
+        let engine = imreport_intake::Engine {
+            store: stores.store.clone(),
+            limits: state.limits,
+            clock: hooks.clock.clone(),
+            status: status.clone(),
+            batch: s.nats_batch,
+        };
+        tasks.push(tokio::spawn(consume_nats(config, engine, until_stopped())));
+        let shown: admin::StatusFn = Arc::new(move || status.to_json());
+        shown
+    });
     let admin_conns = Connections::new(limits);
-    let admin_router = admin::router(stores.store.clone(), token);
+    let admin_router = admin::router(stores.store.clone(), token, intake);
     let done = until_stopped();
     tasks.push(tokio::spawn(async move {
         if let Err(e) =

@@ -120,6 +120,24 @@ settings! {
     max_connections: usize = 10_000;
     /// Free disk space (MiB) below which ingest answers 503 instead of writing.
     min_free_disk_mb: u64 = 256;
+    /// NATS server to consume ingest events from through JetStream, e.g.
+    /// nats://127.0.0.1:4222 (empty: no stream intake).
+    nats_url: String = String::new();
+    /// JetStream stream holding the ingest subjects (created when missing); dead letters go
+    /// to a stream named after it with _DEAD appended.
+    nats_stream: String = "IMREPORT_INGEST".into();
+    /// Events for an app are published to PREFIX.<app key>.
+    nats_subject_prefix: String = "imreport.ingest".into();
+    /// Messages that can never be stored are published to PREFIX.<app key>, with their error.
+    nats_dead_letter_prefix: String = "imreport.dead".into();
+    /// Durable pull consumer's name; servers sharing it share the work.
+    nats_consumer: String = "imreport".into();
+    /// Most NATS messages taken and stored at once.
+    nats_batch: usize = 256;
+    /// Seconds a NATS message taken and not yet acknowledged waits before it is delivered
+    /// again (to another server, or to this one after a crash); set when the consumer is
+    /// created.
+    nats_ack_wait_secs: f64 = 30.0;
 }
 
 /// The settings every command that opens the store takes: a file, and any setting as a flag or
@@ -180,6 +198,7 @@ impl Settings {
             ("send_timeout_secs", self.send_timeout_secs),
             ("body_grace_secs", self.body_grace_secs),
             ("busy_wait_secs", self.busy_wait_secs),
+            ("nats_ack_wait_secs", self.nats_ack_wait_secs),
         ] {
             anyhow::ensure!(
                 secs.is_finite() && (0.001..=86_400.0).contains(&secs),
@@ -187,7 +206,33 @@ impl Settings {
             );
         }
         self.store_choice()?;
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.nats_batch),
+            "nats_batch must be 1..=10000"
+        );
+        let token = |v: &str| {
+            !v.is_empty()
+                && !v.contains(['*', '>', ' '])
+                && !v.starts_with('.')
+                && !v.ends_with('.')
+        };
+        anyhow::ensure!(
+            token(&self.nats_subject_prefix) && token(&self.nats_dead_letter_prefix),
+            "nats_subject_prefix and nats_dead_letter_prefix must be NATS subjects without wildcards"
+        );
         Ok(())
+    }
+
+    /// The stream intake the settings ask for, if any.
+    pub fn nats(&self) -> Option<imreport_intake::nats::NatsConfig> {
+        (!self.nats_url.is_empty()).then(|| imreport_intake::nats::NatsConfig {
+            url: self.nats_url.clone(),
+            stream: self.nats_stream.clone(),
+            subject_prefix: self.nats_subject_prefix.clone(),
+            dead_letter_prefix: self.nats_dead_letter_prefix.clone(),
+            consumer: self.nats_consumer.clone(),
+            ack_wait: Settings::secs(self.nats_ack_wait_secs),
+        })
     }
 
     /// Which store the settings name.

@@ -2,7 +2,7 @@
 //! commands also use offline) over HTTP, on a separate loopback listener guarded by a bearer
 //! token, so apps can be added, listed, rotated and removed while the server runs.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, CODE_INVALID};
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
@@ -23,7 +23,11 @@ use subtle::ConstantTimeEq;
 struct AdminState {
     store: Arc<dyn Store>,
     token: Arc<str>,
+    intake: Option<StatusFn>,
 }
+
+/// What `GET /admin/v1/intake` shows: the stream intake's status, as JSON.
+pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// Largest admin request body: the JSON of an app's key, secret and name.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
@@ -92,11 +96,13 @@ async fn proof(
 }
 
 /// The admin API router: `GET/POST /admin/v1/apps`, `POST /admin/v1/apps/{key}/rotate-secret`,
-/// `DELETE /admin/v1/apps/{key}`, all behind the bearer token; and `GET /admin/v1/proof`.
-pub fn router(store: Arc<dyn Store>, token: String) -> Router {
+/// `DELETE /admin/v1/apps/{key}`, `GET /admin/v1/intake`, all behind the bearer token; and
+/// `GET /admin/v1/proof`.
+pub fn router(store: Arc<dyn Store>, token: String, intake: Option<StatusFn>) -> Router {
     let st = AdminState {
         store,
         token: token.into(),
+        intake,
     };
     let guarded = Router::new()
         .route(
@@ -131,6 +137,19 @@ pub fn router(store: Arc<dyn Store>, token: String) -> Router {
                     Ok::<_, ApiError>(Json(serde_json::json!({"deleted": key})))
                 },
             ),
+        )
+        .route(
+            "/admin/v1/intake",
+            get(|State(st): State<AdminState>| async move {
+                match &st.intake {
+                    Some(status) => Ok(Json(status())),
+                    None => Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        CODE_INVALID,
+                        "no stream intake is configured (see the nats_url setting)",
+                    )),
+                }
+            }),
         )
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })

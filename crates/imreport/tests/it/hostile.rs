@@ -441,7 +441,7 @@ async fn the_admin_api_checks_its_token_before_anything_and_answers_json() {
     let limits = imreport::launch::conn_limits(&test_settings(Backend::Embedded, dir.path()));
     tokio::spawn(imreport_server::conn::serve(
         listener,
-        imreport_server::admin::router(s.store.clone(), token.into()),
+        imreport_server::admin::router(s.store.clone(), token.into(), None),
         std::future::pending(),
         imreport_server::Connections::new(limits),
     ));

@@ -10,6 +10,7 @@ mod crash;
 mod hostile;
 mod memory;
 mod mirror;
+mod nats;
 mod replicas;
 mod sdk;
 mod support;
