@@ -70,6 +70,11 @@ impl CursorKey {
         }
         Ok(CursorKey(Sha256::digest(text.as_bytes()).into()))
     }
+
+    /// The key's bytes, for keys derived from it for other purposes.
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
 }
 
 /// Position in a walk: the last message served, in `(msg_ctime, msgid)` order.

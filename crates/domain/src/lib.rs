@@ -10,6 +10,7 @@ pub mod message;
 pub mod query;
 pub mod rollup;
 pub mod scope;
+pub mod session;
 pub mod stats;
 pub mod time;
 

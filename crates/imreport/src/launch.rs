@@ -158,6 +158,7 @@ pub async fn state(s: &Settings, stores: &Stores, hooks: &Hooks) -> Result<AppSt
             grace: Settings::secs(s.body_grace_secs),
         },
         Settings::secs(s.busy_wait_secs),
+        Settings::secs(s.console_session_secs),
     );
     if s.rate_limit > 0 {
         state.rate_limit = Some(Arc::new(RateLimiter::new(

@@ -9,6 +9,15 @@ use imreport_store::Store;
 use imreport_store::apps::{self, CreateApp};
 use serde::{Deserialize, Serialize};
 
+/// A line to stdout for the person or script that started the server. A stdout nobody reads any
+/// more (a closed pipe) must not stop a running server, so write errors are ignored.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -48,7 +57,8 @@ pub async fn run(s: Settings, demo: bool) -> Result<()> {
         false => None,
     };
     tracing::info!(addr = %running.addr, admin = %running.admin_addr, store = %s.store_choice()?.kind(), data_dir = %s.data_dir.display(), report_tz = %s.report_tz, "imreport serving");
-    println!("imreport listening on http://{}", running.addr);
+    say!("imreport listening on http://{}", running.addr);
+    say!("console: {}/console", running.url());
     if let Some(d) = &demo {
         print_demo(d, &running.url());
     }
@@ -119,17 +129,21 @@ async fn demo_app(s: &Settings, store: &dyn Store) -> Result<DemoApp> {
 }
 
 fn print_demo(d: &DemoApp, url: &str) {
-    println!(
+    say!(
         "demo app: app_key={} master_secret={}",
-        d.app_key, d.master_secret
+        d.app_key,
+        d.master_secret
     );
-    println!("try:");
-    println!(
+    say!("open {url}/console and sign in with that key and secret, or");
+    say!("try:");
+    say!(
         "  curl -s -u {}:{} \"{url}/v2/statistic/messages?time_unit=DAY&start=$(TZ=Asia/Shanghai date -d '-6 day' +%Y-%m-%d)&duration=7\"",
-        d.app_key, d.master_secret
+        d.app_key,
+        d.master_secret
     );
-    println!(
+    say!(
         "  curl -s -u {}:{} \"{url}/v2/messages?count=5&begin_time=$(TZ=Asia/Shanghai date -d '-1 hour' '+%Y-%m-%d+%H:%M:%S')&end_time=$(TZ=Asia/Shanghai date '+%Y-%m-%d+%H:%M:%S')\"",
-        d.app_key, d.master_secret
+        d.app_key,
+        d.master_secret
     );
 }

@@ -120,6 +120,8 @@ settings! {
     max_connections: usize = 10_000;
     /// Free disk space (MiB) below which ingest answers 503 instead of writing.
     min_free_disk_mb: u64 = 256;
+    /// Seconds a console sign-in lasts.
+    console_session_secs: f64 = 8.0 * 3600.0;
     /// NATS server to consume ingest events from through JetStream, e.g.
     /// nats://127.0.0.1:4222 (empty: no stream intake).
     nats_url: String = String::new();
@@ -199,6 +201,7 @@ impl Settings {
             ("body_grace_secs", self.body_grace_secs),
             ("busy_wait_secs", self.busy_wait_secs),
             ("nats_ack_wait_secs", self.nats_ack_wait_secs),
+            ("console_session_secs", self.console_session_secs),
         ] {
             anyhow::ensure!(
                 secs.is_finite() && (0.001..=86_400.0).contains(&secs),

@@ -76,9 +76,50 @@ async fn serve(
     RawQuery(raw): RawQuery,
     scope: Result<Scope, ApiError>,
 ) -> Result<Response, ApiError> {
-    let scope = scope?;
+    let page = load_page(&st, &app, &scope?, &query_pairs(raw.as_deref())).await?;
+    let mut body = Vec::with_capacity(256);
+    body.extend_from_slice(b"{\"total\":");
+    body.extend_from_slice(page.total.to_string().as_bytes());
+    if let Some(c) = &page.cursor {
+        body.extend_from_slice(b",\"cursor\":\"");
+        body.extend_from_slice(c.as_bytes());
+        body.push(b'"');
+    }
+    body.extend_from_slice(b",\"count\":");
+    body.extend_from_slice(page.count.to_string().as_bytes());
+    body.extend_from_slice(b",\"messages\":[");
+    Ok(json_parts(
+        vec![
+            body.into(),
+            page.json.into(),
+            bytes::Bytes::from_static(b"]}"),
+        ],
+        Some(page.held),
+    ))
+}
+
+/// A history page as the API answers it, before it is written out.
+pub(crate) struct LoadedPage {
+    pub total: u64,
+    pub count: usize,
+    /// The next page's cursor, when more messages remain.
+    pub cursor: Option<String>,
+    /// The page's message objects, comma-separated (the inside of a JSON array).
+    pub json: Vec<u8>,
+    /// The page's part of the response budget, held until it is sent.
+    pub held: crate::share::Grant,
+}
+
+/// Loads the page a history query (first page or cursor) asks for, within the app's fair share
+/// of page building and page memory: for the API and the console alike.
+pub(crate) async fn load_page(
+    st: &AppState,
+    app: &App,
+    scope: &Scope,
+    pairs: &[(String, String)],
+) -> Result<LoadedPage, ApiError> {
     let now = st.clock.now_ms();
-    let req = match parse_history(&query_pairs(raw.as_deref()), &st.tz)? {
+    let req = match parse_history(pairs, &st.tz)? {
         HistoryRequest::First { count, range } => PageRequest {
             range,
             count,
@@ -89,8 +130,8 @@ async fn serve(
         HistoryRequest::Next { cursor } => {
             let c = cursor::open(
                 &st.cursor_key,
-                (&app).into(),
-                &scope,
+                app.into(),
+                scope,
                 &cursor,
                 now,
                 st.cursor_ttl_ms,
@@ -124,10 +165,7 @@ async fn serve(
         .await
         .ok_or_else(busy)?;
     drop(slot);
-    let mut body = Vec::with_capacity(256);
-    body.extend_from_slice(b"{\"total\":");
-    body.extend_from_slice(page.total.to_string().as_bytes());
-    if let Some(after) = page.next {
+    let cursor = page.next.map(|after| {
         let state = CursorState {
             range: req.range,
             count: req.count,
@@ -136,21 +174,13 @@ async fn serve(
             snapshot: page.snapshot,
             issued_ms: now,
         };
-        body.extend_from_slice(b",\"cursor\":\"");
-        body.extend_from_slice(
-            cursor::seal(&st.cursor_key, (&app).into(), &scope, &state).as_bytes(),
-        );
-        body.push(b'"');
-    }
-    body.extend_from_slice(b",\"count\":");
-    body.extend_from_slice(page.count.to_string().as_bytes());
-    body.extend_from_slice(b",\"messages\":[");
-    Ok(json_parts(
-        vec![
-            body.into(),
-            page.json.into(),
-            bytes::Bytes::from_static(b"]}"),
-        ],
-        Some(held),
-    ))
+        cursor::seal(&st.cursor_key, app.into(), scope, &state)
+    });
+    Ok(LoadedPage {
+        total: page.total,
+        count: page.count,
+        cursor,
+        json: page.json,
+        held,
+    })
 }

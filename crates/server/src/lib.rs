@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod auth;
 pub mod conn;
+pub mod console;
 pub mod error;
 pub mod history;
 pub mod ingest;
@@ -52,6 +53,10 @@ pub struct AppState {
     /// How long a request waits for its share of any of the above before it gets 503.
     pub share_wait: Duration,
     pub readiness: Arc<ready::Readiness>,
+    /// Seals console sessions (derived from the cursor key, so servers sharing it share them).
+    pub session_key: imreport_domain::session::SessionKey,
+    /// How long a console session lasts.
+    pub session_ttl_ms: i64,
 }
 
 /// How an ingest body must arrive.
@@ -86,8 +91,11 @@ impl AppState {
         capacity: Capacity,
         body: BodyLimits,
         share_wait: Duration,
+        session_ttl: Duration,
     ) -> Self {
         AppState {
+            session_key: imreport_domain::session::SessionKey::derive(&cursor_key),
+            session_ttl_ms: session_ttl.as_millis().min(i64::MAX as u128) as i64,
             readiness: ready::Readiness::new(store.clone()),
             store,
             tz,
@@ -216,6 +224,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(apps)
+        .merge(console::router())
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -7,14 +7,20 @@ use axum::Extension;
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use imreport_domain::app::App;
+use imreport_domain::rollup::MsgCounts;
 use imreport_domain::stats::{
-    StatsKind, StatsRequest, TimeUnit, groups_report, messages_report, month_counts, parse_stats,
-    users_report,
+    GroupsBucket, StatsKind, StatsRequest, TimeUnit, UsersBucket, groups_report, messages_report,
+    month_counts, parse_stats, users_report,
 };
 use imreport_domain::time::date_of_day;
 
-fn request(st: &AppState, raw: Option<&str>, kind: StatsKind) -> Result<StatsRequest, ApiError> {
-    let req = parse_stats(kind, &query_pairs(raw))?;
+/// A statistics request checked as the API checks it.
+pub(crate) fn request(
+    st: &AppState,
+    pairs: &[(String, String)],
+    kind: StatsKind,
+) -> Result<StatsRequest, ApiError> {
+    let req = parse_stats(kind, pairs)?;
     let retained = st.store.stats_retained_from();
     if req.day_span().1 < retained {
         return Err(ApiError::invalid(format!(
@@ -37,43 +43,39 @@ async fn days(
         .await?)
 }
 
-pub async fn users(
-    State(st): State<AppState>,
-    Extension(app): Extension<App>,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    let req = request(&st, q.as_deref(), StatsKind::Users)?;
-    let r = days(&st, &app, &req).await?;
-    Ok(json_body(
-        serde_json::to_vec(&users_report(&req, &r.days, r.users_before)).expect("serializable"),
-    ))
+/// The users statistics of a request: what the API answers and the console draws.
+pub(crate) async fn users_buckets(
+    st: &AppState,
+    app: &App,
+    req: &StatsRequest,
+) -> Result<Vec<UsersBucket>, ApiError> {
+    let r = days(st, app, req).await?;
+    Ok(users_report(req, &r.days, r.users_before))
 }
 
-pub async fn groups(
-    State(st): State<AppState>,
-    Extension(app): Extension<App>,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    let req = request(&st, q.as_deref(), StatsKind::Groups)?;
-    let r = days(&st, &app, &req).await?;
-    Ok(json_body(
-        serde_json::to_vec(&groups_report(&req, &r.days, r.groups_before)).expect("serializable"),
-    ))
+/// The groups statistics of a request.
+pub(crate) async fn groups_buckets(
+    st: &AppState,
+    app: &App,
+    req: &StatsRequest,
+) -> Result<Vec<GroupsBucket>, ApiError> {
+    let r = days(st, app, req).await?;
+    Ok(groups_report(req, &r.days, r.groups_before))
 }
 
-pub async fn messages(
-    State(st): State<AppState>,
-    Extension(app): Extension<App>,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    let req = request(&st, q.as_deref(), StatsKind::Messages)?;
-    let buckets = match req.unit {
+/// The message counts of each bucket of a request, by kind and class.
+pub(crate) async fn message_buckets(
+    st: &AppState,
+    app: &App,
+    req: &StatsRequest,
+) -> Result<Vec<MsgCounts>, ApiError> {
+    Ok(match req.unit {
         TimeUnit::Hour => {
             st.store
-                .stats_hours(&app, req.first, req.first + req.n - 1)
+                .stats_hours(app, req.first, req.first + req.n - 1)
                 .await?
         }
-        TimeUnit::Day => days(&st, &app, &req)
+        TimeUnit::Day => days(st, app, req)
             .await?
             .days
             .iter()
@@ -81,10 +83,39 @@ pub async fn messages(
             .collect(),
         TimeUnit::Month => {
             let (from, to) = req.day_span();
-            month_counts(&req, from, &st.store.stats_days(&app, from, to).await?.days)
+            month_counts(req, from, &st.store.stats_days(app, from, to).await?.days)
         }
-    };
-    Ok(json_body(
-        serde_json::to_vec(&messages_report(&req, &buckets)).expect("serializable"),
-    ))
+    })
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Response {
+    json_body(serde_json::to_vec(v).expect("serializable"))
+}
+
+pub async fn users(
+    State(st): State<AppState>,
+    Extension(app): Extension<App>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let req = request(&st, &query_pairs(q.as_deref()), StatsKind::Users)?;
+    Ok(json(&users_buckets(&st, &app, &req).await?))
+}
+
+pub async fn groups(
+    State(st): State<AppState>,
+    Extension(app): Extension<App>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let req = request(&st, &query_pairs(q.as_deref()), StatsKind::Groups)?;
+    Ok(json(&groups_buckets(&st, &app, &req).await?))
+}
+
+pub async fn messages(
+    State(st): State<AppState>,
+    Extension(app): Extension<App>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let req = request(&st, &query_pairs(q.as_deref()), StatsKind::Messages)?;
+    let buckets = message_buckets(&st, &app, &req).await?;
+    Ok(json(&messages_report(&req, &buckets)))
 }

@@ -6,6 +6,7 @@
 mod binary;
 mod conformance;
 mod connections;
+mod console;
 mod crash;
 mod hostile;
 mod memory;

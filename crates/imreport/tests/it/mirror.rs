@@ -347,7 +347,10 @@ async fn a_following_mirror_picks_up_new_and_late_messages_and_stops_on_sigterm(
     assert!(out.status.success(), "SIGTERM ends it cleanly: {err}");
     // The summary counts what the destination acknowledged; a batch in flight at the signal
     // may be stored without being counted (the next run reads it again as a duplicate).
-    assert!(err.contains("mirror: ") && err.contains(" stored, "), "{err}");
+    assert!(
+        err.contains("mirror: ") && err.contains(" stored, "),
+        "{err}"
+    );
     let (_, want) = source.walk(&source.app, "/v2/messages", 1000, &b, &e).await;
     let (_, got) = dest.walk(&dest.app, "/v2/messages", 1000, &b, &e).await;
     assert_eq!(got, want);

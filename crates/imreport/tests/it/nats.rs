@@ -179,7 +179,8 @@ async fn jetstream_events_are_stored_once_through_sigkills_and_bad_ones_dead_let
         "--nats-ack-wait-secs",
         "1",
     ];
-    let (mut server, mut url) = spawn_server(data.to_str().unwrap(), &flags);
+    let (child, mut url) = spawn_server(data.to_str().unwrap(), &flags);
+    let mut server = Reaped(child);
     // The server creates the streams.
     for _ in 0..200 {
         if js.get_stream(&stream).await.is_ok() {
@@ -209,9 +210,9 @@ async fn jetstream_events_are_stored_once_through_sigkills_and_bad_ones_dead_let
     // SIGKILL mid-stream, three times.
     for k in 0..3 {
         tokio::time::sleep(Duration::from_millis(400 + 150 * k)).await;
-        server.kill().unwrap();
-        let _ = server.wait();
-        (server, url) = spawn_server(data.to_str().unwrap(), &flags);
+        drop(server);
+        let (child, u) = spawn_server(data.to_str().unwrap(), &flags);
+        (server, url) = (Reaped(child), u);
     }
     let sent = publisher.await.unwrap();
     assert!(sent.bad.len() >= 60 && sent.valid.len() >= 1000);
@@ -321,6 +322,5 @@ async fn jetstream_events_are_stored_once_through_sigkills_and_bad_ones_dead_let
     }
     assert_eq!(got.len(), sent.bad.len(), "each bad message once");
     assert_eq!(got.into_iter().collect::<HashSet<_>>(), sent.bad);
-    server.kill().unwrap();
-    let _ = server.wait();
+    drop(server);
 }

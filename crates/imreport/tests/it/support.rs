@@ -369,6 +369,16 @@ pub fn field(out: &str, name: &str) -> String {
         .to_owned()
 }
 
+/// A child process killed (SIGKILL) when dropped, so that a failing test leaves no server behind.
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the real binary serving `data` on a free loopback port, with `extra` flags; returns the
 /// process and its URL (read from the line it prints when it listens).
 pub fn spawn_server(data: &str, extra: &[&str]) -> (std::process::Child, String) {
@@ -382,9 +392,10 @@ pub fn spawn_server(data: &str, extra: &[&str]) -> (std::process::Child, String)
         .spawn()
         .unwrap();
     let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    // The rest of its output is read (and dropped) for as long as it runs.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     let url = line
         .trim()
         .strip_prefix("imreport listening on ")
