@@ -161,7 +161,7 @@ class Imreport:
                                       "--queue-depth", "1024", "--ingest-concurrency", "8"],
                                      stdout=subprocess.PIPE, text=True,
                                      # BENCH_SERVER_LOG=FILE keeps the server's log (with
-                                     # IMREPORT_LOG=tower_http=debug: each request's latency).
+                                     # its access log: one line per request with its latency).
                                      stderr=open(os.environ["BENCH_SERVER_LOG"], "a")
                                      if os.environ.get("BENCH_SERVER_LOG") else subprocess.DEVNULL)
         url = self.proc.stdout.readline().strip().rsplit(" ", 1)[1]

@@ -459,7 +459,7 @@ pub async fn run(a: MirrorArgs) -> Result<()> {
     let dest = Destination::open(&a.dest).await?;
     let started = Instant::now();
     let mut tally = Tally::default();
-    crate::serve::init_logging("warn");
+    crate::serve::init_logging("warn", false);
     let stop = crate::serve::shutdown_signal();
     tokio::pin!(stop);
     loop {

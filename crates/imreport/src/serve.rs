@@ -36,21 +36,28 @@ pub async fn shutdown_signal() {
 }
 
 /// Log lines to stderr at `level` (the storage engine's own at warn), or as `IMREPORT_LOG` says.
-pub fn init_logging(level: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // The storage engine's own info lines (tables created, flushes) are noise for operators.
-            tracing_subscriber::EnvFilter::try_from_env("IMREPORT_LOG")
-                .unwrap_or_else(|_| format!("{level},fjall=warn,lsm_tree=warn").into()),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init()
-        .ok();
+pub fn init_logging(level: &str, json: bool) {
+    // The storage engine's own info lines (tables created, flushes) are noise for operators.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IMREPORT_LOG")
+        .unwrap_or_else(|_| format!("{level},fjall=warn,lsm_tree=warn").into());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match json {
+        // One JSON object a line, with the request's span (and so its id) in every line.
+        true => fmt
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        false => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
 }
 
 pub async fn run(s: Settings, demo: bool) -> Result<()> {
-    init_logging("info");
+    init_logging("info", s.log_format == "json");
     let running = launch::start(&s, Hooks::default()).await?;
     let demo = match demo {
         true => Some(demo_app(&s, running.stores.store.as_ref()).await?),

@@ -120,6 +120,8 @@ settings! {
     max_connections: usize = 10_000;
     /// Free disk space (MiB) below which ingest answers 503 instead of writing.
     min_free_disk_mb: u64 = 256;
+    /// Log lines as `text` (for people) or `json` (one object a line, for log collectors).
+    log_format: String = "text".into();
     /// Seconds a console sign-in lasts.
     console_session_secs: f64 = 8.0 * 3600.0;
     /// NATS server to consume ingest events from through JetStream, e.g.
@@ -209,6 +211,10 @@ impl Settings {
             );
         }
         self.store_choice()?;
+        anyhow::ensure!(
+            self.log_format == "text" || self.log_format == "json",
+            "log_format must be text or json"
+        );
         anyhow::ensure!(
             (1..=10_000).contains(&self.nats_batch),
             "nats_batch must be 1..=10000"

@@ -10,6 +10,7 @@ pub mod history;
 pub mod ingest;
 pub mod rate;
 pub mod ready;
+pub mod requests;
 pub mod share;
 pub mod stats;
 
@@ -227,8 +228,19 @@ pub fn router(state: AppState) -> Router {
         .merge(console::router())
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(requests::span)
+                .on_request(())
+                .on_response(requests::log_response)
+                .on_failure(()),
+        )
+        .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
+        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
+            requests::Fresh,
+        ))
+        .layer(axum::middleware::from_fn(requests::keep_usable_ids))
         .with_state(state)
 }
 

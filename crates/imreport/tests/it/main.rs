@@ -9,6 +9,7 @@ mod connections;
 mod console;
 mod crash;
 mod hostile;
+mod logs;
 mod memory;
 mod mirror;
 mod nats;
