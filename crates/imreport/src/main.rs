@@ -28,7 +28,7 @@ fn tune_allocator() {
 #[derive(Parser)]
 #[command(
     name = "imreport",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("IMREPORT_COMMIT"), ")"),
     about = "Message archive and analytics server, wire-compatible with JMessage IM REST Report V2"
 )]
 struct Cli {
@@ -54,6 +54,10 @@ enum Command {
     /// Copy an app's history from a Report V2 endpoint (JMessage, or another imreport), then
     /// follow it.
     Mirror(Box<mirror::MirrorArgs>),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to standard output.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) to standard output.
+    Man,
     /// Settings helpers.
     Config {
         #[command(subcommand)]
@@ -89,6 +93,21 @@ fn main() -> anyhow::Result<()> {
             action: ConfigAction::Example,
         } => {
             print!("{}", settings::example());
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            let mut cmd = settings::decorate(Cli::command());
+            clap_complete::generate(shell, &mut cmd, "imreport", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let cmd = settings::decorate(Cli::command());
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            // Every subcommand's own page follows, so one file documents them all.
+            for sub in settings::decorate(Cli::command()).get_subcommands() {
+                clap_mangen::Man::new(sub.clone().name(format!("imreport-{}", sub.get_name())))
+                    .render(&mut std::io::stdout())?;
+            }
             Ok(())
         }
         Command::Serve(args) => {

@@ -544,3 +544,64 @@ async fn an_export_imports_into_an_empty_store_and_exports_the_same() {
     b.kill().unwrap();
     let _ = b.wait();
 }
+
+#[test]
+fn the_binary_names_its_commit_documents_itself_and_its_unit_verifies() {
+    // `--version` names the commit it was built from.
+    let (ok, out, _) = imreport(&["--version"]);
+    assert!(ok);
+    let built = out
+        .trim()
+        .strip_prefix("imreport ")
+        .and_then(|v| v.split_once(" ("))
+        .and_then(|(_, c)| c.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned();
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    match head {
+        Some(h) => assert!(
+            built.starts_with(String::from_utf8_lossy(&h.stdout).trim()),
+            "{built}"
+        ),
+        None => assert_eq!(built, "unknown"),
+    }
+    // Completions and the man page come from the CLI definition itself.
+    for shell in ["bash", "zsh", "fish"] {
+        let (ok, out, err) = imreport(&["completions", shell]);
+        assert!(
+            ok && out.contains("mirror") && out.contains("nats-url"),
+            "{shell}: {err}"
+        );
+    }
+    let (ok, man, _) = imreport(&["man"]);
+    assert!(ok && man.contains(".TH imreport 1"));
+    for sub in ["serve", "app", "mirror", "import", "export"] {
+        assert!(man.contains(&format!(".TH imreport-{sub} 1")), "{sub}");
+    }
+    // The systemd unit in the repository passes systemd's own check (with ExecStart pointing at
+    // this binary, since verify checks that it exists).
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../packaging/imreport.service"
+    ))
+    .unwrap()
+    .replace("/usr/local/bin/imreport", BIN);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("imreport.service");
+    std::fs::write(&path, unit).unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian: systemd; .ci/run installs it)");
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
