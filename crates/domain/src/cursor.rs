@@ -13,6 +13,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+/// How the message of an expired cursor's refusal begins (callers tell expiry apart by it).
+pub const EXPIRED: &str = "cursor expired";
+
 /// 2: bound to the app itself (number, key, creation time), not only its key.
 const VERSION: u8 = 2;
 const MAC_LEN: usize = 16;
@@ -202,7 +205,7 @@ pub fn open(
     let issued_ms = r.i64();
     if now_ms.saturating_sub(issued_ms) > ttl_ms {
         return Err(Error::invalid(format!(
-            "cursor expired: cursors are valid for {} seconds after they are issued; start again with count, begin_time and end_time",
+            "{EXPIRED}: cursors are valid for {} seconds after they are issued; start again with count, begin_time and end_time",
             ttl_ms / 1000
         )));
     }

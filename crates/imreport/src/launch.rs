@@ -227,6 +227,8 @@ pub fn conn_limits(s: &Settings) -> ConnLimits {
 pub struct Running {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Where `GET /metrics` answers, when `metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub stores: Stores,
     pub state: AppState,
     pub conns: Arc<Connections>,
@@ -254,6 +256,37 @@ impl Running {
         }
         let _ = std::fs::remove_file(&self.admin_file);
     }
+}
+
+/// What is read at each scrape: the store's size, refused connections, the stream's lag.
+fn scrape(
+    stores: &Stores,
+    conns: &Arc<Connections>,
+    intake: Option<Arc<imreport_intake::Status>>,
+) -> crate::metrics::Scrape {
+    let (embedded, conns) = (stores.embedded.clone(), conns.clone());
+    Arc::new(move || {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(e) = &embedded {
+            metrics::gauge!("imreport_store_disk_bytes").set(e.disk_space() as f64);
+            metrics::gauge!("imreport_store_day_partitions").set(e.day_partitions() as f64);
+        }
+        metrics::counter!("imreport_connections_refused_total").absolute(conns.refused());
+        if let Some(st) = &intake {
+            metrics::gauge!("imreport_intake_pending_messages")
+                .set(st.pending.load(Relaxed) as f64);
+            metrics::gauge!("imreport_intake_ack_pending_messages")
+                .set(st.ack_pending.load(Relaxed) as f64);
+            for (what, n) in [
+                ("acked", &st.acked),
+                ("dead_lettered", &st.dead_lettered),
+                ("retried", &st.retried),
+            ] {
+                metrics::counter!("imreport_intake_messages_total", "result" => what)
+                    .absolute(n.load(Relaxed));
+            }
+        }
+    })
 }
 
 /// The NATS intake until `done`: connects (again and again while NATS is unreachable), then
@@ -303,6 +336,11 @@ async fn consume_nats(
 /// Opens the store, applies retention once, and starts serving: the public API, the admin API
 /// (its address and token written to DATA_DIR/admin.json) and retention every minute.
 pub async fn start(s: &Settings, hooks: Hooks) -> Result<Running> {
+    // Installed first, so that nothing recorded from the start on is lost.
+    let metrics = match s.metrics_listen.is_empty() {
+        true => None,
+        false => Some(crate::metrics::handle()?),
+    };
     let stores = open_store(s, &hooks.clock).await?;
     let state = state(s, &stores, &hooks).await?;
     let limits = conn_limits(s);
@@ -335,8 +373,10 @@ pub async fn start(s: &Settings, hooks: Hooks) -> Result<Running> {
     let retain = move || {
         let store = retention_store.clone();
         async move {
-            if let Err(e) = store.enforce_retention().await {
-                tracing::warn!(error = %e, "retention pass failed; will retry");
+            match store.enforce_retention().await {
+                Ok(n) => metrics::counter!("imreport_retention_dropped_partitions_total")
+                    .increment(n as u64),
+                Err(e) => tracing::warn!(error = %e, "retention pass failed; will retry"),
             }
         }
     };
@@ -353,8 +393,10 @@ pub async fn start(s: &Settings, hooks: Hooks) -> Result<Running> {
             }
         }
     }));
+    let mut intake_status = None;
     let intake = s.nats().map(|config| {
         let status = Arc::new(imreport_intake::Status::default());
+        intake_status = Some(status.clone());
         let engine = imreport_intake::Engine {
             store: stores.store.clone(),
             limits: state.limits,
@@ -376,6 +418,24 @@ pub async fn start(s: &Settings, hooks: Hooks) -> Result<Running> {
             tracing::error!(error = %e, "the admin API stopped");
         }
     }));
+    let metrics_addr = match metrics {
+        None => None,
+        Some(handle) => {
+            let addr = s.metrics_listen.as_str();
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (metrics)"))?;
+            let bound = listener.local_addr()?;
+            let scrape = scrape(&stores, &conns, intake_status);
+            let done = until_stopped();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve(listener, handle, scrape, done).await {
+                    tracing::error!(error = %e, "the metrics listener stopped");
+                }
+            }));
+            Some(bound)
+        }
+    };
     let (app, public_conns) = (router(state.clone()), conns.clone());
     let done = until_stopped();
     tasks.push(tokio::spawn(async move {
@@ -386,6 +446,7 @@ pub async fn start(s: &Settings, hooks: Hooks) -> Result<Running> {
     Ok(Running {
         addr,
         admin_addr,
+        metrics_addr,
         stores,
         state,
         conns,

@@ -8,6 +8,7 @@ pub mod export;
 pub mod import;
 pub mod launch;
 pub mod loadgen;
+pub mod metrics;
 pub mod mirror;
 pub mod serve;
 pub mod settings;

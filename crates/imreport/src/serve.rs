@@ -66,6 +66,9 @@ pub async fn run(s: Settings, demo: bool) -> Result<()> {
     tracing::info!(addr = %running.addr, admin = %running.admin_addr, store = %s.store_choice()?.kind(), data_dir = %s.data_dir.display(), report_tz = %s.report_tz, "imreport serving");
     say!("imreport listening on http://{}", running.addr);
     say!("console: {}/console", running.url());
+    if let Some(m) = running.metrics_addr {
+        say!("metrics: http://{m}/metrics");
+    }
     if let Some(d) = &demo {
         print_demo(d, &running.url());
     }

@@ -120,6 +120,9 @@ settings! {
     max_connections: usize = 10_000;
     /// Free disk space (MiB) below which ingest answers 503 instead of writing.
     min_free_disk_mb: u64 = 256;
+    /// Address of the Prometheus metrics listener (GET /metrics), e.g. 127.0.0.1:9464; keep it
+    /// off the public network (empty: no metrics; port 0: a free one).
+    metrics_listen: String = String::new();
     /// Log lines as `text` (for people) or `json` (one object a line, for log collectors).
     log_format: String = "text".into();
     /// Seconds a console sign-in lasts.
@@ -211,6 +214,11 @@ impl Settings {
             );
         }
         self.store_choice()?;
+        if !self.metrics_listen.is_empty() {
+            self.metrics_listen
+                .parse::<SocketAddr>()
+                .map_err(|e| anyhow::anyhow!("metrics_listen must be host:port ({e})"))?;
+        }
         anyhow::ensure!(
             self.log_format == "text" || self.log_format == "json",
             "log_format must be text or json"

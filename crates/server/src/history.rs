@@ -135,7 +135,12 @@ pub(crate) async fn load_page(
                 &cursor,
                 now,
                 st.cursor_ttl_ms,
-            )?;
+            )
+            .inspect_err(|e| {
+                if e.to_string().starts_with(cursor::EXPIRED) {
+                    metrics::counter!("imreport_cursor_expired_total").increment(1);
+                }
+            })?;
             PageRequest {
                 range: c.range,
                 count: c.count,

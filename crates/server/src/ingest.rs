@@ -49,6 +49,23 @@ pub async fn routed(
 }
 
 async fn ingest_with(
+    st: State<AppState>,
+    app: Extension<App>,
+    headers: HeaderMap,
+    body: Body,
+    decode: Decode,
+) -> Result<Response, ApiError> {
+    let answer = store_batch(st, app, headers, body, decode).await;
+    let result = match &answer {
+        Ok(_) => "stored",
+        Err(e) if e.status.is_client_error() => "rejected",
+        Err(_) => "refused",
+    };
+    metrics::counter!("imreport_ingest_batches_total", "result" => result).increment(1);
+    answer
+}
+
+async fn store_batch(
     State(st): State<AppState>,
     Extension(app): Extension<App>,
     headers: HeaderMap,
@@ -81,6 +98,13 @@ async fn ingest_with(
             .await
             .map_err(ApiError::internal)??;
         let outcome = st.store.ingest(&app, events).await?;
+        for (result, n) in [
+            ("accepted", outcome.accepted),
+            ("duplicate", outcome.duplicates),
+            ("expired", outcome.expired),
+        ] {
+            metrics::counter!("imreport_ingest_events_total", "result" => result).increment(n);
+        }
         Ok(json_body(
             serde_json::to_vec(&outcome).expect("serializable"),
         ))

@@ -229,11 +229,12 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .layer(axum::middleware::from_fn(requests::observe))
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(requests::span)
                 .on_request(())
-                .on_response(requests::log_response)
+                .on_response(())
                 .on_failure(()),
         )
         .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())

@@ -1,13 +1,14 @@
 //! Request ids and the access log: every response carries `X-Request-Id` (the caller's when it
 //! sent a usable one, else a fresh one), every log line of a request is inside a span that
-//! carries it, and each request ends with one access-log line (method, path, status, latency).
+//! carries it, and each request ends with one access-log line (method, path, status, latency)
+//! and its metrics (by route and status).
 //! Nothing of a request's headers, query string or body is logged: secrets and message content
 //! never reach the logs.
 
-use axum::extract::Request;
-use axum::http::{HeaderValue, Response};
+use axum::extract::{MatchedPath, Request};
+use axum::http::HeaderValue;
 use axum::middleware::Next;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tower_http::request_id::{MakeRequestId, RequestId};
 use tracing::Span;
 
@@ -58,12 +59,35 @@ pub fn span<B>(req: &axum::http::Request<B>) -> Span {
     )
 }
 
-/// The access-log line, at the end of each request.
-pub fn log_response<B>(res: &Response<B>, latency: Duration, _: &Span) {
+/// The access-log line and the request metrics, at the end of each request (inside its span).
+pub async fn observe(req: Request, next: Next) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = Instant::now();
+    let res = next.run(req).await;
+    let latency = started.elapsed();
+    let status = res.status().as_u16();
     tracing::info!(
         target: "imreport::access",
-        status = res.status().as_u16(),
+        status,
         latency_ms = latency.as_secs_f64() * 1000.0,
         "access"
     );
+    record(&route, status, latency);
+    res
+}
+
+fn record(route: &str, status: u16, latency: Duration) {
+    metrics::counter!("imreport_http_requests_total", "route" => route.to_owned(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("imreport_http_request_duration_seconds", "route" => route.to_owned())
+        .record(latency.as_secs_f64());
+    let reason = match status {
+        429 => "rate_limit",
+        503 => "overloaded",
+        _ => return,
+    };
+    metrics::counter!("imreport_refusals_total", "reason" => reason).increment(1);
 }

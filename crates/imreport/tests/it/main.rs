@@ -11,6 +11,7 @@ mod crash;
 mod hostile;
 mod logs;
 mod memory;
+mod metrics;
 mod mirror;
 mod nats;
 mod replicas;

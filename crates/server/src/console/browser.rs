@@ -187,7 +187,7 @@ pub async fn show(
                 Some(c) => match load_page(&st, &app, &scope, &[("cursor".into(), c.clone())]).await {
                     Ok(p) => Ok((p, q.shown, None)),
                     // An expired cursor: the walk starts again, and says so.
-                    Err(e) if e.message.contains("expired") => {
+                    Err(e) if e.message.starts_with(imreport_domain::cursor::EXPIRED) => {
                         load_page(&st, &app, &scope, &q.first_page())
                             .await
                             .map(|p| {

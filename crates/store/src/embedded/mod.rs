@@ -378,6 +378,11 @@ impl EmbeddedStore {
             .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Day partitions held.
+    pub fn day_partitions(&self) -> usize {
+        self.inner.days.read().expect("lock").len()
+    }
+
     /// Bytes on disk of the whole database.
     pub fn disk_space(&self) -> u64 {
         self.inner.db.disk_space().unwrap_or(0)

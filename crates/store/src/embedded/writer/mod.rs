@@ -169,7 +169,10 @@ impl Handle {
         rx: oneshot::Receiver<Result<T>>,
     ) -> impl Future<Output = Result<T>> + use<T> {
         let sent = match self.tx.try_send(job) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                metrics::gauge!("imreport_writer_queue_depth").increment(1.0);
+                Ok(())
+            }
             Err(TrySendError::Full(_)) => Err(StoreError::Overloaded),
             Err(TrySendError::Disconnected(_)) => Err(StoreError::ShuttingDown),
         };
@@ -294,7 +297,10 @@ impl Writer {
             let job = match carry.take() {
                 Some(j) => j,
                 None => match rx.recv_timeout(IDLE_FLUSH) {
-                    Ok(j) => j,
+                    Ok(j) => {
+                        metrics::gauge!("imreport_writer_queue_depth").decrement(1.0);
+                        j
+                    }
                     Err(RecvTimeoutError::Timeout) => {
                         if std::mem::take(&mut dirty) {
                             self.flush_memtables();
@@ -318,7 +324,11 @@ impl Writer {
                     let mut size = events.len();
                     let mut group: Vec<IngestJob> = vec![(app, events, reply)];
                     while size < MAX_GROUP_EVENTS {
-                        match rx.try_recv() {
+                        let next = rx.try_recv();
+                        if next.is_ok() {
+                            metrics::gauge!("imreport_writer_queue_depth").decrement(1.0);
+                        }
+                        match next {
                             Ok(Job::Ingest { app, events, reply }) => {
                                 size += events.len();
                                 group.push((app, events, reply));
@@ -450,7 +460,10 @@ impl Writer {
         if self.sync_failed.swap(false, Ordering::Relaxed) {
             self.forget();
         }
+        let started = std::time::Instant::now();
         let written = self.write(jobs);
+        metrics::histogram!("imreport_writer_commit_seconds")
+            .record(started.elapsed().as_secs_f64());
         self.health.failing.store(
             matches!(&written, Err(e) if !matches!(e, StoreError::DiskFull(_))),
             Ordering::Relaxed,

@@ -19,10 +19,13 @@ pub(super) fn spawn_syncer(
             while let Ok(first) = rx.recv() {
                 let mut waiting = vec![first];
                 waiting.extend(rx.try_iter());
+                let started = std::time::Instant::now();
                 let synced = inner
                     .db
                     .persist(PersistMode::SyncAll)
                     .map_err(StoreError::from);
+                metrics::histogram!("imreport_writer_fsync_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 if let Err(e) = &synced {
                     tracing::error!(error = %e, "fsync failed; the groups it covered are refused");
                     failed.store(true, Ordering::Relaxed);
