@@ -180,6 +180,20 @@ async fn healthz() -> Response {
     json_body(br#"{"status":"ok"}"#.to_vec())
 }
 
+/// The OpenAPI description of the public API, kept in the repository (docs/openapi.json).
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI,
+    )
+        .into_response()
+}
+
 async fn readyz(State(st): State<AppState>) -> Response {
     match st.readiness.check().await {
         Ok(()) => json_body(br#"{"status":"ready"}"#.to_vec()),
@@ -224,6 +238,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
         .merge(apps)
         .merge(console::router())
         .fallback(|| async { ApiError::not_found() })

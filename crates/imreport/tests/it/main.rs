@@ -14,6 +14,7 @@ mod memory;
 mod metrics;
 mod mirror;
 mod nats;
+mod openapi;
 mod replicas;
 mod sdk;
 mod support;
