@@ -24,7 +24,7 @@ import time
 import urllib.parse
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-BIN = ROOT / "target" / "release" / "imreport"
+BIN = pathlib.Path(os.environ["IMREPORT_BIN"]) if os.environ.get("IMREPORT_BIN") else ROOT / "target" / "release" / "imreport"
 SMOKE = os.environ.get("BENCH_SMOKE") == "1"
 # 200: a p99 of 40 samples is their slowest, so one pause of the shared machine decided it.
 REPS = 3 if SMOKE else 200
