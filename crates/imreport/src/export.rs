@@ -36,13 +36,14 @@ pub struct ExportArgs {
     pub out: String,
 }
 
+/// A Report V2 history page, its messages left as they were sent (for `mirror` too).
 #[derive(Deserialize)]
-struct PageBody<'a> {
-    total: u64,
+pub(crate) struct PageBody<'a> {
+    pub total: u64,
     #[serde(borrow)]
-    cursor: Option<&'a str>,
+    pub cursor: Option<&'a str>,
     #[serde(borrow)]
-    messages: Vec<&'a RawValue>,
+    pub messages: Vec<&'a RawValue>,
 }
 
 fn scope_path(scope: &str) -> Result<String> {

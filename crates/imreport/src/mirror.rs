@@ -11,6 +11,7 @@
 //! late. The source's `429` and `503` are waited out as `Retry-After` says.
 
 use crate::client::{DestArgs, Destination, retry_after};
+use crate::export::PageBody;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use imreport_domain::Millis;
@@ -21,7 +22,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use jiff::ToSpan;
 use jiff::civil::DateTime;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -130,15 +130,6 @@ struct Tally {
     waits: u64,
     stored: IngestOutcome,
     rejected: u64,
-}
-
-#[derive(Deserialize)]
-struct PageBody<'a> {
-    total: u64,
-    #[serde(borrow)]
-    cursor: Option<&'a str>,
-    #[serde(borrow)]
-    messages: Vec<&'a RawValue>,
 }
 
 #[derive(Deserialize)]

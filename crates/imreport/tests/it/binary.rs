@@ -431,22 +431,9 @@ async fn an_export_imports_into_an_empty_store_and_exports_the_same() {
         key: "importtestkey00000000000".into(),
         secret: "importtestsecret00000000".into(),
     };
-    let create = |data: &std::path::Path| {
-        let (ok, _, err) = imreport(&[
-            "app",
-            "create",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--app-key",
-            &creds.key,
-            "--master-secret",
-            &creds.secret,
-        ]);
-        assert!(ok, "{err}");
-    };
     let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
-    create(&a_dir);
-    create(&b_dir);
+    create_app_at(&a_dir, &creds);
+    create_app_at(&b_dir, &creds);
     let (mut a, url_a) = spawn_server(a_dir.to_str().unwrap(), &[]);
     let http = reqwest::Client::new();
     let now = jiff::Timestamp::now().as_millisecond();

@@ -11,41 +11,23 @@ async fn logs_carry_request_ids_and_never_secrets_headers_or_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (key, secret) = ("logtestkey00000000000000", "logtestSECRETvalue000000");
-    let (ok, _, err) = imreport(&[
-        "app",
-        "create",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--app-key",
-        key,
-        "--master-secret",
-        secret,
-    ]);
-    assert!(ok, "{err}");
+    create_app_at(
+        &data,
+        &Creds {
+            key: key.into(),
+            secret: secret.into(),
+        },
+    );
     let log_path = dir.path().join("server.log");
-    let mut child = std::process::Command::new(BIN)
-        .args([
-            "serve",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--log-format", "json"])
-        .env("IMREPORT_LOG", "trace")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let url = {
-        use std::io::BufRead;
-        let mut line = String::new();
-        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-        out.read_line(&mut line).unwrap();
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        line.trim().rsplit(' ').next().unwrap().to_owned()
-    };
-    let mut server = Reaped(child);
+    let log = std::fs::File::create(&log_path).unwrap();
+    let (mut server, lines) = spawn_server_printing(
+        &data,
+        &["--log-format", "json"],
+        "trace",
+        log.into(),
+        "imreport listening on ",
+    );
+    let url = printed(&lines, "imreport listening on ");
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

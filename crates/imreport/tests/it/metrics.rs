@@ -23,60 +23,29 @@ async fn counters_move_by_exactly_what_a_workload_did_and_promtool_accepts_them(
         key: "metricstestkey0000000000".into(),
         secret: "metricstestsecret0000000".into(),
     };
-    let (ok, _, err) = imreport(&[
-        "app",
-        "create",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--app-key",
-        &creds.key,
-        "--master-secret",
-        &creds.secret,
-    ]);
-    assert!(ok, "{err}");
-    let mut child = std::process::Command::new(BIN)
-        .args([
-            "serve",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--rate-limit",
-            "8",
-            "--cursor-ttl-secs",
-            "1",
-        ])
-        .env("IMREPORT_LOG", "error")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let (url, metrics) = {
-        use std::io::BufRead;
-        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-        let (mut url, mut metrics) = (String::new(), String::new());
-        let mut line = String::new();
-        while metrics.is_empty() {
-            line.clear();
-            assert!(
-                out.read_line(&mut line).unwrap() > 0,
-                "the server printed no metrics address"
-            );
-            if let Some(u) = line.trim().strip_prefix("imreport listening on ") {
-                url = u.to_owned();
-            }
-            if let Some(m) = line.trim().strip_prefix("metrics: ") {
-                metrics = m.to_owned();
-            }
-        }
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        (url, metrics)
-    };
-    let _server = Reaped(child);
+    create_app_at(&data, &creds);
+    let flags = [
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--rate-limit",
+        "8",
+        // A window whose edge no test run meets (windows are aligned to the epoch).
+        "--rate-limit-window-secs",
+        "1000000000",
+        "--cursor-ttl-secs",
+        "1",
+    ];
+    let (_server, lines) = spawn_server_printing(
+        &data,
+        &flags,
+        "error",
+        std::process::Stdio::null(),
+        "metrics: ",
+    );
+    let (url, metrics) = (
+        printed(&lines, "imreport listening on "),
+        printed(&lines, "metrics: "),
+    );
     let http = reqwest::Client::new();
     let now = jiff::Timestamp::now().as_millisecond();
     let msg = |id: u64| text_message(id, now - 60_000 + id as i64, "group", "g1", "alice");

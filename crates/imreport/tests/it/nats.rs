@@ -154,17 +154,7 @@ async fn jetstream_events_are_stored_once_through_sigkills_and_bad_ones_dead_let
         key: "natstestkey0000000000000".into(),
         secret: "natstestsecret0000000000".into(),
     };
-    let (ok, _, err) = imreport(&[
-        "app",
-        "create",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--app-key",
-        &creds.key,
-        "--master-secret",
-        &creds.secret,
-    ]);
-    assert!(ok, "{err}");
+    create_app_at(&data, &creds);
     let flags = [
         "--nats-url",
         NATS_URL,

@@ -360,6 +360,74 @@ pub fn imreport(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Starts the real binary serving `data` on a free loopback port with `extra` flags, logging as
+/// `IMREPORT_LOG=log` says to `stderr`; returns it, reaped when dropped, and the lines it
+/// printed at start up to the first that begins with `until`.
+pub fn spawn_server_printing(
+    data: &std::path::Path,
+    extra: &[&str],
+    log: &str,
+    stderr: std::process::Stdio,
+    until: &str,
+) -> (Reaped, Vec<String>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env("IMREPORT_LOG", log)
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the server never printed {until}"
+        );
+        let done = line.starts_with(until);
+        lines.push(line.trim().to_owned());
+        if done {
+            break;
+        }
+    }
+    // The rest of its output is read (and dropped) for as long as it runs.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    (Reaped(child), lines)
+}
+
+/// The value a `prefix…` line of `lines` gives.
+pub fn printed(lines: &[String], prefix: &str) -> String {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line in {lines:?}"))
+        .to_owned()
+}
+
+/// Creates an app with these credentials in a data dir, through the real binary.
+pub fn create_app_at(data: &std::path::Path, creds: &Creds) {
+    let (ok, _, err) = imreport(&[
+        "app",
+        "create",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--app-key",
+        &creds.key,
+        "--master-secret",
+        &creds.secret,
+    ]);
+    assert!(ok, "{err}");
+}
+
 /// A `name: value` line of the binary's output.
 pub fn field(out: &str, name: &str) -> String {
     out.lines()
