@@ -434,7 +434,8 @@ async fn an_export_imports_into_an_empty_store_and_exports_the_same() {
     let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
     create_app_at(&a_dir, &creds);
     create_app_at(&b_dir, &creds);
-    let (mut a, url_a) = spawn_server(a_dir.to_str().unwrap(), &[]);
+    let (a, url_a) = spawn_server(a_dir.to_str().unwrap(), &[]);
+    let a = Reaped(a);
     let http = reqwest::Client::new();
     let now = jiff::Timestamp::now().as_millisecond();
     let mut evs = Vec::new();
@@ -455,8 +456,7 @@ async fn an_export_imports_into_an_empty_store_and_exports_the_same() {
     let (begin, end) = (sh(now - 2 * 3_600_000), sh(now));
     let first = dir.path().join("first.ndjson");
     export_to(&url_a, &creds, &begin, &end, &first);
-    a.kill().unwrap();
-    let _ = a.wait();
+    drop(a);
     // Gzipped, into the stopped server's data dir, straight into its store.
     let gz = dir.path().join("first.ndjson.gz");
     {
@@ -478,7 +478,8 @@ async fn an_export_imports_into_an_empty_store_and_exports_the_same() {
         "--quiet",
     ]);
     assert!(ok && err.contains("40 accepted"), "{err}");
-    let (mut b, url_b) = spawn_server(b_dir.to_str().unwrap(), &[]);
+    let (b, url_b) = spawn_server(b_dir.to_str().unwrap(), &[]);
+    let _b = Reaped(b);
     let second = dir.path().join("second.ndjson");
     export_to(&url_b, &creds, &begin, &end, &second);
     assert_eq!(
@@ -487,17 +488,20 @@ async fn an_export_imports_into_an_empty_store_and_exports_the_same() {
         "an export, imported and exported again, is the same"
     );
     // Again, through the running server: nothing twice.
-    let (ok, _, err) = imreport(&[
-        "import",
-        first.to_str().unwrap(),
-        "--app-key",
-        &creds.key,
-        "--url",
-        &url_b,
-        "--master-secret",
-        &creds.secret,
-        "--quiet",
-    ]);
+    let through_b = |file: &std::path::Path| {
+        imreport(&[
+            "import",
+            file.to_str().unwrap(),
+            "--app-key",
+            &creds.key,
+            "--url",
+            &url_b,
+            "--master-secret",
+            &creds.secret,
+            "--quiet",
+        ])
+    };
+    let (ok, _, err) = through_b(&first);
     assert!(ok && err.contains("0 accepted, 40 duplicates"), "{err}");
     // A bad line is reported by number and skipped; the others go in.
     let mixed = dir.path().join("mixed.ndjson");
@@ -508,17 +512,7 @@ async fn an_export_imports_into_an_empty_store_and_exports_the_same() {
         json!({"event": "user_registered", "username": "newbie", "time": now - 500}).to_string(),
     ];
     std::fs::write(&mixed, extra.join("\n")).unwrap();
-    let (ok, _, err) = imreport(&[
-        "import",
-        mixed.to_str().unwrap(),
-        "--app-key",
-        &creds.key,
-        "--url",
-        &url_b,
-        "--master-secret",
-        &creds.secret,
-        "--quiet",
-    ]);
+    let (ok, _, err) = through_b(&mixed);
     assert!(!ok, "bad lines make the import fail: {err}");
     assert!(
         err.contains("line 2: field \"target_type\"") && err.contains("line 3:"),
@@ -528,8 +522,6 @@ async fn an_export_imports_into_an_empty_store_and_exports_the_same() {
         err.contains("2 accepted") && err.contains("2 bad lines"),
         "{err}"
     );
-    b.kill().unwrap();
-    let _ = b.wait();
 }
 
 #[test]
