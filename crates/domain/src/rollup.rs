@@ -145,6 +145,12 @@ impl Presence {
         .find(|p| p.code() == code)
     }
 
+    /// Whether the set also keeps how many messages each member has that day: senders (by
+    /// messages sent) and groups (by messages received), for [`Busiest`].
+    pub fn tallied(self) -> bool {
+        matches!(self, Presence::Sender | Presence::ActiveGroup)
+    }
+
     /// Counts a new member of this set in its day's row.
     pub fn count(self, day: &mut DayStats) {
         match self {
@@ -209,6 +215,50 @@ impl<'a> MessageRollup<'a> {
             .flatten()
             .map(move |(set, id)| Mark { day, set, id })
     }
+}
+
+/// The `n` largest of a day's tallies: most messages first, ties by id in byte order (both
+/// stores rank the same way).
+pub fn top_tallies<S: AsRef<str> + Into<String>>(
+    tallies: impl IntoIterator<Item = (S, u64)>,
+    n: usize,
+) -> Vec<Tally> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    // The heap's top is the weakest entry kept: fewest messages, then the greatest id.
+    let mut heap: BinaryHeap<(Reverse<u64>, String)> = BinaryHeap::with_capacity(n + 1);
+    for (id, count) in tallies {
+        if count == 0 || n == 0 {
+            continue;
+        }
+        if heap.len() == n {
+            let weakest = heap.peek().expect("n > 0");
+            if (Reverse(count), id.as_ref()) >= (weakest.0, weakest.1.as_str()) {
+                continue;
+            }
+            heap.pop();
+        }
+        heap.push((Reverse(count), id.into()));
+    }
+    heap.into_sorted_vec()
+        .into_iter()
+        .map(|(Reverse(messages), id)| Tally { id, messages })
+        .collect()
+}
+
+/// One sender's or group's messages on a day.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Tally {
+    pub id: String,
+    pub messages: u64,
+}
+
+/// The busiest senders (`from_type = user`, by messages sent) and groups (by messages received,
+/// from users and admins alike) of one civil day.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Busiest {
+    pub senders: Vec<Tally>,
+    pub groups: Vec<Tally>,
 }
 
 /// The mark a login makes: the user is active on the login's civil day.
@@ -301,6 +351,7 @@ mod tests {
             let mut days: BTreeMap<i64, DayStats> = BTreeMap::new();
             let mut hours: BTreeMap<i64, MsgCounts> = BTreeMap::new();
             let mut sets: HashSet<(i64, Presence, String)> = HashSet::new();
+            let mut tallies: BTreeMap<(i64, Presence, String), u64> = BTreeMap::new();
             for ev in &events {
                 let marks: Vec<Mark> = match ev {
                     Ev::Message(m) => {
@@ -311,6 +362,9 @@ mod tests {
                     Ev::Login(u, t) => vec![login_mark(u, *t, &tz)],
                 };
                 for mark in marks {
+                    if mark.set.tallied() {
+                        *tallies.entry((mark.day, mark.set, mark.id.to_owned())).or_default() += 1;
+                    }
                     if sets.insert((mark.day, mark.set, mark.id.to_owned())) {
                         mark.set.count(days.entry(mark.day).or_default());
                     }
@@ -355,6 +409,32 @@ mod tests {
                 prop_assert_eq!(days.get(&day).copied().unwrap_or_default(), *w, "day {}", day);
             }
             prop_assert_eq!(hours, want_hours);
+            // Tallies: a user's messages sent and a group's messages received, per day.
+            let mut want_tallies: BTreeMap<(i64, Presence, String), u64> = BTreeMap::new();
+            for ev in &events {
+                if let Ev::Message(m) = ev {
+                    if m.from_type == FromType::User {
+                        *want_tallies.entry((cday(m.msg_ctime), Presence::Sender, m.from_id.clone())).or_default() += 1;
+                    }
+                    if m.target_type == TargetType::Group {
+                        *want_tallies.entry((cday(m.msg_ctime), Presence::ActiveGroup, m.target_id.clone())).or_default() += 1;
+                    }
+                }
+            }
+            prop_assert_eq!(tallies, want_tallies);
+        }
+
+        /// The top `n` is the first `n` of all tallies sorted by messages descending, then id.
+        #[test]
+        fn top_tallies_are_the_head_of_the_full_ranking(
+            tallies in proptest::collection::btree_map("[a-d]{1,3}", 0u64..6, 0..40),
+            n in 0usize..12,
+        ) {
+            let mut all: Vec<Tally> = tallies.iter().filter(|(_, c)| **c > 0)
+                .map(|(id, c)| Tally { id: id.clone(), messages: *c }).collect();
+            all.sort_by(|a, b| b.messages.cmp(&a.messages).then(a.id.as_bytes().cmp(b.id.as_bytes())));
+            all.truncate(n);
+            prop_assert_eq!(top_tallies(tallies.clone(), n), all);
         }
     }
 }

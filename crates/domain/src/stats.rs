@@ -563,3 +563,71 @@ mod tests {
         );
     }
 }
+
+/// Most entries `/v2/statistic/busiest` answers per list.
+pub const BUSIEST_MAX: i64 = 100;
+
+/// A `/v2/statistic/busiest` request: a civil day and how many of each list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BusiestRequest {
+    pub day: i64,
+    pub n: usize,
+}
+
+/// Parses `date` (`yyyy-MM-dd`) and `count` (1 to [`BUSIEST_MAX`], 10 when absent).
+pub fn parse_busiest(params: &[(String, String)]) -> Result<BusiestRequest, Error> {
+    let raw = param(params, "date")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Error::invalid("date is required: use yyyy-MM-dd, e.g. 2017-03-01"))?;
+    let day = day_number(parse_day("date", raw)?);
+    let n = match param(params, "count") {
+        None => 10,
+        Some(_) => int_param(params, "count", BUSIEST_MAX)?,
+    };
+    Ok(BusiestRequest { day, n: n as usize })
+}
+
+#[derive(Serialize)]
+pub struct BusiestSender<'a> {
+    pub username: &'a str,
+    pub messages: u64,
+}
+
+#[derive(Serialize)]
+pub struct BusiestGroup<'a> {
+    pub gid: &'a str,
+    pub messages: u64,
+}
+
+/// The JSON `/v2/statistic/busiest` answers.
+#[derive(Serialize)]
+pub struct BusiestReport<'a> {
+    pub date: String,
+    pub senders: Vec<BusiestSender<'a>>,
+    pub groups: Vec<BusiestGroup<'a>>,
+}
+
+pub fn busiest_report<'a>(
+    req: &BusiestRequest,
+    b: &'a crate::rollup::Busiest,
+) -> BusiestReport<'a> {
+    BusiestReport {
+        date: date_of_day(req.day).to_string(),
+        senders: b
+            .senders
+            .iter()
+            .map(|t| BusiestSender {
+                username: &t.id,
+                messages: t.messages,
+            })
+            .collect(),
+        groups: b
+            .groups
+            .iter()
+            .map(|t| BusiestGroup {
+                gid: &t.id,
+                messages: t.messages,
+            })
+            .collect(),
+    }
+}

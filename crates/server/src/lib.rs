@@ -229,6 +229,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/statistic/users", get(stats::users))
         .route("/v2/statistic/groups", get(stats::groups))
         .route("/v2/statistic/messages", get(stats::messages))
+        .route("/v2/statistic/busiest", get(stats::busiest))
         .route("/ingest/v1/events", post(ingest::ingest))
         .route("/ingest/v1/jmessage", post(ingest::routed))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -1,4 +1,5 @@
-//! Report V2 statistics: `/v2/statistic/users`, `/v2/statistic/groups`, `/v2/statistic/messages`.
+//! Report V2 statistics: `/v2/statistic/users`, `/v2/statistic/groups`, `/v2/statistic/messages`;
+//! and imreport's own `/v2/statistic/busiest`.
 
 use crate::error::ApiError;
 use crate::history::query_pairs;
@@ -7,10 +8,11 @@ use axum::Extension;
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use imreport_domain::app::App;
+use imreport_domain::rollup::Busiest;
 use imreport_domain::rollup::MsgCounts;
 use imreport_domain::stats::{
-    GroupsBucket, StatsKind, StatsRequest, TimeUnit, UsersBucket, groups_report, messages_report,
-    month_counts, parse_stats, users_report,
+    BusiestRequest, GroupsBucket, StatsKind, StatsRequest, TimeUnit, UsersBucket, busiest_report,
+    groups_report, messages_report, month_counts, parse_busiest, parse_stats, users_report,
 };
 use imreport_domain::time::date_of_day;
 
@@ -88,6 +90,33 @@ pub(crate) async fn message_buckets(
     })
 }
 
+/// A busiest request checked as the API checks it (a retained day).
+pub(crate) fn busiest_request(
+    st: &AppState,
+    pairs: &[(String, String)],
+) -> Result<BusiestRequest, ApiError> {
+    let req = parse_busiest(pairs)?;
+    let retained = st.store.stats_retained_from();
+    if req.day < retained {
+        return Err(ApiError::invalid(format!(
+            "date={} lies before the retained window: statistics are kept from {} on",
+            date_of_day(req.day),
+            date_of_day(retained)
+        )));
+    }
+    Ok(req)
+}
+
+/// The busiest senders and groups of a request's day: what the API answers and the console
+/// shows.
+pub(crate) async fn busiest_lists(
+    st: &AppState,
+    app: &App,
+    req: &BusiestRequest,
+) -> Result<Busiest, ApiError> {
+    Ok(st.store.busiest(app, req.day, req.n).await?)
+}
+
 fn json<T: serde::Serialize>(v: &T) -> Response {
     json_body(serde_json::to_vec(v).expect("serializable"))
 }
@@ -118,4 +147,15 @@ pub async fn messages(
     let req = request(&st, &query_pairs(q.as_deref()), StatsKind::Messages)?;
     let buckets = message_buckets(&st, &app, &req).await?;
     Ok(json(&messages_report(&req, &buckets)))
+}
+
+/// `/v2/statistic/busiest?date=yyyy-MM-dd&count=N`: an imreport extension.
+pub async fn busiest(
+    State(st): State<AppState>,
+    Extension(app): Extension<App>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let req = busiest_request(&st, &query_pairs(q.as_deref()))?;
+    let lists = busiest_lists(&st, &app, &req).await?;
+    Ok(json(&busiest_report(&req, &lists)))
 }

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use imreport_domain::app::{App, SecretHash};
 use imreport_domain::cursor::Position;
 use imreport_domain::event::Event;
-use imreport_domain::rollup::{DayStats, MsgCounts};
+use imreport_domain::rollup::{Busiest, DayStats, MsgCounts};
 use imreport_domain::scope::Scope;
 use imreport_domain::time::TimeRange;
 use serde::Serialize;
@@ -240,6 +240,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Message counts of civil hours `from..=to`, one per hour.
     async fn stats_hours(&self, app: &App, from: i64, to: i64) -> Result<Vec<MsgCounts>>;
+
+    /// The `n` busiest senders and groups of civil day `day` (see [`Busiest`]), from the tallies
+    /// kept at ingest.
+    async fn busiest(&self, app: &App, day: i64, n: usize) -> Result<Busiest>;
 
     /// The first civil day whose statistics are still retained.
     fn stats_retained_from(&self) -> i64;

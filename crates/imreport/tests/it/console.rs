@@ -335,7 +335,37 @@ async fn the_console_signs_in_shows_the_apis_figures_and_browses_messages() {
         ))
         .await;
     assert_eq!(table(&c, "kinds-table").await, kinds(&hours));
+    // The day's busiest: the extension endpoint's lists, ranked alike; ids shown as text.
+    let (_, busiest) = s.get(&format!("/v2/statistic/busiest?date={day}")).await;
+    for (list, id, table_id) in [
+        ("senders", "username", "busiest-senders-table"),
+        ("groups", "gid", "busiest-groups-table"),
+    ] {
+        let want: Vec<Vec<String>> = busiest[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                vec![
+                    (i + 1).to_string(),
+                    t[id].as_str().unwrap().to_owned(),
+                    format!(" {}", t["messages"]),
+                ]
+            })
+            .collect();
+        assert!(!want.is_empty(), "{busiest}");
+        assert_eq!(table(&c, table_id).await, want, "{list}");
+    }
+    assert_eq!(busiest["groups"][0]["gid"], "tie", "{busiest}");
     screenshot(&c, "3-overview-day-by-hour").await;
+    c.execute(
+        "document.getElementById('busiest').scrollIntoView()",
+        vec![],
+    )
+    .await
+    .unwrap();
+    screenshot(&c, "3-overview-busiest").await;
     for span in ["30 days", "60 days", "Months"] {
         click_through(&c, Locator::LinkText(span)).await;
         assert!(c.find(Locator::Css("#kinds-table")).await.is_ok(), "{span}");

@@ -264,6 +264,7 @@ async fn no_app_reads_or_counts_another_apps_data() {
             "/v2/statistic/messages?time_unit=MONTH&start={}&duration=1",
             &day[..7]
         ),
+        format!("/v2/statistic/busiest?date={day}"),
     ] {
         let (_, mine) = s.get(&q).await;
         let (status, theirs) = s.get_as(&b, &q).await;
@@ -386,6 +387,14 @@ impl imreport_store::Store for PanicsInStatsHours {
         _: i64,
     ) -> imreport_store::Result<Vec<imreport_domain::rollup::MsgCounts>> {
         panic!("injected fault in stats_hours")
+    }
+    async fn busiest(
+        &self,
+        app: &imreport_domain::app::App,
+        day: i64,
+        n: usize,
+    ) -> imreport_store::Result<imreport_domain::rollup::Busiest> {
+        self.0.busiest(app, day, n).await
     }
     fn stats_retained_from(&self) -> i64 {
         self.0.stats_retained_from()

@@ -193,6 +193,9 @@ async fn real_answers_match_the_openapi_description() {
             "/v2/statistic/users",
             "time_unit=DAY&start=2026-11-01&duration=61".into(),
         ),
+        ("/v2/statistic/busiest", format!("date={day}")),
+        ("/v2/statistic/busiest", format!("date={day}&count=2")),
+        ("/v2/statistic/busiest", "date=2026-13-01".into()),
     ] {
         let (status, body) = s.get(&format!("{template}?{q}")).await;
         d.check("get", template, status, &body);

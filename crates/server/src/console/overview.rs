@@ -5,12 +5,14 @@ use super::charts::{self, Series};
 use super::{frame, notice, signed_in};
 use crate::AppState;
 use crate::error::ApiError;
-use crate::stats::{groups_buckets, message_buckets, request, users_buckets};
+use crate::stats::{
+    busiest_lists, busiest_request, groups_buckets, message_buckets, request, users_buckets,
+};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use imreport_domain::app::App;
-use imreport_domain::rollup::MsgCounts;
+use imreport_domain::rollup::{Busiest, MsgCounts};
 use imreport_domain::stats::{GroupsBucket, StatsKind, StatsRequest, UsersBucket};
 use jiff::ToSpan;
 use jiff::civil::Date;
@@ -53,6 +55,8 @@ struct Figures {
     groups: Option<Vec<GroupsBucket>>,
     labels: Vec<String>,
     messages: Vec<MsgCounts>,
+    /// A day's busiest senders and groups (the day span only).
+    busiest: Option<Busiest>,
 }
 
 fn pairs(unit: &str, start: String, n: i64) -> Vec<(String, String)> {
@@ -82,6 +86,7 @@ async fn figures(st: &AppState, app: &App, span: Span, day: Date) -> Result<Figu
                 groups: Some(groups_buckets(st, app, &g).await?),
                 labels: labels(&m),
                 messages: message_buckets(st, app, &m).await?,
+                busiest: None,
             })
         }
         Span::Day => {
@@ -91,12 +96,14 @@ async fn figures(st: &AppState, app: &App, span: Span, day: Date) -> Result<Figu
                 StatsKind::Messages,
                 &pairs("HOUR", format!("{} 00", date(day)), 24),
             )?;
+            let b = busiest_request(st, &[("date".into(), date(day))])?;
             Ok(Figures {
                 title: format!("{} by hour", date(day)),
                 users: Some(users_buckets(st, app, &u).await?),
                 groups: Some(groups_buckets(st, app, &g).await?),
                 labels: labels(&m),
                 messages: message_buckets(st, app, &m).await?,
+                busiest: Some(busiest_lists(st, app, &b).await?),
             })
         }
         Span::Months => {
@@ -111,6 +118,7 @@ async fn figures(st: &AppState, app: &App, span: Span, day: Date) -> Result<Figu
                 groups: None,
                 labels: labels(&m),
                 messages: message_buckets(st, app, &m).await?,
+                busiest: None,
             })
         }
     }
@@ -213,6 +221,37 @@ fn render(f: &Figures) -> Markup {
                     }
                     (table("groups-table", &["date", "new", "active", "total"],
                         g.iter().map(|b| vec![b.date.clone(), n(b.new_group), n(b.active_group), b.total_group.to_string()]).collect()))
+                }
+            }
+        }
+        @if let Some(b) = &f.busiest {
+            section #busiest {
+                h3 { "Busiest of the day" }
+                p.hint { "The top 10 by messages: senders by messages sent, groups by messages received (" code { "/v2/statistic/busiest" } ")." }
+                div.pair {
+                    (ranking("busiest-senders-table", "sender", &b.senders))
+                    (ranking("busiest-groups-table", "group", &b.groups))
+                }
+            }
+        }
+    }
+}
+
+fn ranking(id: &str, what: &str, tallies: &[imreport_domain::rollup::Tally]) -> Markup {
+    let most = tallies.first().map_or(1, |t| t.messages.max(1));
+    html! {
+        table id=(id) {
+            thead { tr { th { "#" } th { (what) } th { "messages" } } }
+            tbody {
+                @if tallies.is_empty() { tr { td colspan="3" { "None that day." } } }
+                @for (i, t) in tallies.iter().enumerate() {
+                    tr {
+                        th scope="row" { (i + 1) }
+                        td { (t.id) }
+                        // A bar of the share of the busiest: a <meter>, as the CSP allows no
+                        // inline style.
+                        td { meter min="0" max=(most) value=(t.messages) {} " " (t.messages) }
+                    }
                 }
             }
         }

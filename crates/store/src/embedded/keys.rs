@@ -30,6 +30,7 @@
 //! - `meta`: apps, sequences
 
 use imreport_domain::Millis;
+use imreport_domain::rollup::Presence;
 use imreport_domain::scope::Scope;
 
 pub const MSG: u8 = b'm';
@@ -308,6 +309,13 @@ pub fn entity_key_into(app: u32, kind: u8, id: &str, k: &mut Vec<u8>) {
     k.extend_from_slice(&app.to_be_bytes());
     k.push(kind);
     k.extend_from_slice(id.as_bytes());
+}
+
+/// The key of a day's tally (messages of one sender or group, see [`Presence::tallied`]) in the
+/// day's presence keyspace: `app | code | id`, the set's code in upper case (`S`, `G`), beside
+/// the set's own keys (`s`, `g`).
+pub fn tally_key_into(app: u32, set: Presence, id: &str, k: &mut Vec<u8>) {
+    entity_key_into(app, set.code().to_ascii_uppercase(), id, k);
 }
 
 pub fn u64_value(v: &[u8]) -> u64 {

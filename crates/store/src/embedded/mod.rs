@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use imreport_domain::app::{App, SecretHash};
 use imreport_domain::event::Event;
-use imreport_domain::rollup::MsgCounts;
+use imreport_domain::rollup::{Busiest, MsgCounts};
 use imreport_domain::scope::Scope;
 use imreport_domain::time::ReportTz;
 use imreport_domain::{Clock, Millis};
@@ -519,6 +519,13 @@ impl Store for EmbeddedStore {
 
     async fn stats_hours(&self, app: &App, from: i64, to: i64) -> Result<Vec<MsgCounts>> {
         read::stats_hours(&self.inner, app.id, from, to)
+    }
+
+    async fn busiest(&self, app: &App, day: i64, n: usize) -> Result<Busiest> {
+        // A scan of every sender of the day: off the async workers.
+        let app = app.id;
+        self.blocking(move |s| read::busiest(&s.inner, app, day, n))
+            .await
     }
 
     fn stats_retained_from(&self) -> i64 {

@@ -7,7 +7,7 @@ use imreport_domain::Millis;
 use imreport_domain::app::App;
 use imreport_domain::cursor::Position;
 use imreport_domain::message::view_record;
-use imreport_domain::rollup::{DayStats, MsgCounts, decode_counts};
+use imreport_domain::rollup::{Busiest, DayStats, MsgCounts, Presence, decode_counts, top_tallies};
 use imreport_domain::scope::Scope;
 use imreport_domain::time::{MILLIS_PER_HOUR, MILLIS_PER_MINUTE, TimeRange};
 
@@ -556,4 +556,37 @@ pub(crate) fn stats_hours(inner: &Inner, app: u32, from: i64, to: i64) -> Result
         out[(hour - from) as usize] = decode_counts(&v);
     }
     Ok(out)
+}
+
+/// A day's busiest senders and groups: a scan of the day's tallies of each (one key per sender
+/// or group that day), keeping the top `n`.
+pub(crate) fn busiest(inner: &Inner, app: u32, day: i64, n: usize) -> Result<Busiest> {
+    let Some(ks) = inner.acts.read().expect("lock").get(&day).cloned() else {
+        return Ok(Busiest::default());
+    };
+    let top = |set: Presence| -> Result<Vec<imreport_domain::rollup::Tally>> {
+        let mut prefix = Vec::new();
+        keys::tally_key_into(app, set, "", &mut prefix);
+        let mut failed = None;
+        let tallies = ks.prefix(&prefix).map_while(|kv| match kv.into_inner() {
+            Ok((k, v)) => Some((
+                String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
+                keys::u64_value(&v),
+            )),
+            Err(e) => {
+                failed = Some(e);
+                None
+            }
+        });
+        // A heap of `n`: bounded memory however many members the day has.
+        let top = top_tallies(tallies, n);
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(top),
+        }
+    };
+    Ok(Busiest {
+        senders: top(Presence::Sender)?,
+        groups: top(Presence::ActiveGroup)?,
+    })
 }

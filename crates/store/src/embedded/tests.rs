@@ -218,6 +218,20 @@ async fn a_restarted_writer_still_sees_what_was_stored_before() {
     assert_eq!(row.active_users, 3, "a, b and c, each once");
     assert_eq!(row.send_msg_users, 3);
     assert_eq!(row.active_groups, 3, "g1, g2, g3");
+    // Tallies continue from what was stored before the restart (read, not restarted at 0).
+    let b = store.busiest(&app, day, 10).await.unwrap();
+    let pairs = |v: &[imreport_domain::rollup::Tally]| {
+        v.iter()
+            .map(|t| (t.id.clone(), t.messages))
+            .collect::<Vec<_>>()
+    };
+    let owned = |v: &[(&str, u64)]| {
+        v.iter()
+            .map(|(i, n)| (i.to_string(), *n))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(pairs(&b.senders), owned(&[("a", 2), ("b", 2), ("c", 1)]));
+    assert_eq!(pairs(&b.groups), owned(&[("g1", 3), ("g2", 1), ("g3", 1)]));
 }
 
 /// A day partition that goes quiet is merged into one level, and the tables it had are

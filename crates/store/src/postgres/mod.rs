@@ -18,7 +18,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, Recycli
 use imreport_domain::Clock;
 use imreport_domain::app::{App, SecretHash};
 use imreport_domain::event::Event;
-use imreport_domain::rollup::MsgCounts;
+use imreport_domain::rollup::{Busiest, MsgCounts};
 use imreport_domain::scope::Scope;
 use imreport_domain::time::ReportTz;
 use std::collections::BTreeSet;
@@ -500,6 +500,10 @@ impl Store for PostgresStore {
 
     async fn stats_hours(&self, app: &App, from: i64, to: i64) -> Result<Vec<MsgCounts>> {
         read::stats_hours(self, app, from, to).await
+    }
+
+    async fn busiest(&self, app: &App, day: i64, n: usize) -> Result<Busiest> {
+        read::busiest(self, app, day, n).await
     }
 
     fn stats_retained_from(&self) -> i64 {

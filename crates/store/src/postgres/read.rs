@@ -5,7 +5,7 @@ use crate::{DaysReport, Page, PageRequest, Result, StoreError};
 use imreport_domain::app::App;
 use imreport_domain::cursor::Position;
 use imreport_domain::message::view_record;
-use imreport_domain::rollup::{DAY_FIELDS, DayStats, MsgCounts};
+use imreport_domain::rollup::{Busiest, DAY_FIELDS, DayStats, MsgCounts, Presence, Tally};
 use imreport_domain::scope::Scope;
 use imreport_domain::time::MILLIS_PER_HOUR;
 use tokio_postgres::IsolationLevel;
@@ -220,4 +220,44 @@ pub(super) async fn stats_hours(
         }
     }
     Ok(out)
+}
+
+/// A day's busiest senders and groups: the top `n` tallies of each, ranked as
+/// [`imreport_domain::rollup::top_tallies`] ranks them (ids in byte order: `COLLATE "C"`).
+pub(super) async fn busiest(s: &PostgresStore, app: &App, day: i64, n: usize) -> Result<Busiest> {
+    let client = s.client().await?;
+    let q = client
+        .prepare_cached(
+            "SELECT id, n FROM presence
+              WHERE app_id = $1 AND day = $2 AND kind = $3 AND n > 0
+              ORDER BY n DESC, id COLLATE \"C\" LIMIT $4",
+        )
+        .await
+        .map_err(pg_error)?;
+    let mut lists = Vec::with_capacity(2);
+    for set in [Presence::Sender, Presence::ActiveGroup] {
+        let rows = client
+            .query(
+                &q,
+                &[
+                    &(app.id as i32),
+                    &(day as i32),
+                    &i16::from(set.code()),
+                    &(n as i64),
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        lists.push(
+            rows.iter()
+                .map(|r| Tally {
+                    id: r.get(0),
+                    messages: r.get::<_, i64>(1) as u64,
+                })
+                .collect(),
+        );
+    }
+    let groups = lists.pop().unwrap_or_default();
+    let senders = lists.pop().unwrap_or_default();
+    Ok(Busiest { senders, groups })
 }

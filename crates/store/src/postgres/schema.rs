@@ -132,6 +132,14 @@ END
 $$;
 "#,
     ),
+    (
+        3,
+        r#"
+-- Messages a sender (kind s) sent or a group (g) received that day: the tallies the busiest
+-- lists rank. Rows stored before this version count from 0 (a constant default: no rewrite).
+ALTER TABLE presence ADD COLUMN n bigint NOT NULL DEFAULT 0;
+"#,
+    ),
 ];
 
 fn pg(e: tokio_postgres::Error) -> StoreError {

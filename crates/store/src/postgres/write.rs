@@ -141,6 +141,8 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
     let mut counts: std::collections::BTreeMap<i64, i64> = Default::default();
     // Presence keys in event order, and the rollup each one bumps when fresh.
     let mut marks: Vec<PresenceKey> = Vec::new();
+    // Messages each sender sent and each group received, by day (see `Presence::tallied`).
+    let mut tallies: HashMap<PresenceKey, i64> = HashMap::default();
     let mut days: HashMap<i32, DayStats> = HashMap::default();
     let mut hours: HashMap<i32, MsgCounts> = HashMap::default();
     let mut lifecycle: Vec<(i16, &str, u8, i64)> = Vec::new();
@@ -179,6 +181,9 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
                         hours.entry(r.hour as i32).or_default(),
                         days.entry(r.day as i32).or_default(),
                     );
+                    for mark in r.marks().filter(|m| m.set.tallied()) {
+                        *tallies.entry(presence_key(mark)).or_default() += 1;
+                    }
                     marks.extend(r.marks().map(presence_key));
                     Fate::Accepted
                 }
@@ -244,27 +249,53 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
     } else {
         // Each distinct key once, column by column.
         let mut unique = HashSet::default();
-        let (mut d, mut k, mut i) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut d, mut k, mut i, mut n) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for key in marks.iter().filter(|key| unique.insert(*key)) {
             d.push(key.0);
             k.push(key.1);
             i.push(key.2.as_str());
+            n.push(tallies.get(key).copied().unwrap_or(0));
         }
         let q = tx
             .prepare_cached(
-                "INSERT INTO presence (app_id, day, kind, id)
-                 SELECT $1, d, k, i FROM unnest($2::int4[], $3::int2[], $4::text[]) AS t(d, k, i)
+                "INSERT INTO presence (app_id, day, kind, id, n)
+                 SELECT $1, d, k, i, n
+                   FROM unnest($2::int4[], $3::int2[], $4::text[], $5::int8[]) AS t(d, k, i, n)
                  ON CONFLICT DO NOTHING RETURNING day, kind, id",
             )
             .await
             .map_err(pg_error)?;
-        tx.query(&q, &[&app_id, &d, &k, &i])
+        tx.query(&q, &[&app_id, &d, &k, &i, &n])
             .await
             .map_err(pg_error)?
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect()
     };
+    // The tallies of rows that were there already: one set-based update per batch (a fresh row
+    // got its tally as it was inserted).
+    let (mut d, mut k, mut i, mut n) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (key, delta) in &tallies {
+        if !fresh.contains(key) {
+            d.push(key.0);
+            k.push(key.1);
+            i.push(key.2.as_str());
+            n.push(*delta);
+        }
+    }
+    if !d.is_empty() {
+        let q = tx
+            .prepare_cached(
+                "UPDATE presence p SET n = p.n + t.n
+                   FROM unnest($2::int4[], $3::int2[], $4::text[], $5::int8[]) AS t(d, k, i, n)
+                  WHERE p.app_id = $1 AND p.day = t.d AND p.kind = t.k AND p.id = t.i",
+            )
+            .await
+            .map_err(pg_error)?;
+        tx.execute(&q, &[&app_id, &d, &k, &i, &n])
+            .await
+            .map_err(pg_error)?;
+    }
     // Each fresh key counts once, for the first event (in batch order) that marks it; a login
     // is accepted only if it is that event.
     let mut claimed: HashSet<&PresenceKey> = HashSet::default();

@@ -113,10 +113,13 @@ fn to_json(e: &Ev) -> Value {
 /// A user's or group's lifecycle events: (time, creation first at equal times).
 type History = BTreeSet<(i64, std::cmp::Reverse<bool>)>;
 
+/// A stored message: ctime, tt, class, from, from user?, target.
+type ModelMsg = (i64, usize, usize, String, bool, String);
+
 /// The brute-force recomputation: straight from the definitions, over every event.
 #[derive(Default)]
 struct Model {
-    msgs: Vec<(i64, usize, usize, String, bool, String)>, // ctime, tt, class, from, from user?, target
+    msgs: Vec<ModelMsg>,
     life: HashMap<(bool, usize), History>,
     logins: Vec<(i64, String)>,
 }
@@ -243,6 +246,30 @@ impl Model {
         json!({"date": date(day), "new_group": new, "total_group": total, "active_group": active.len()})
     }
 
+    /// The top `n` senders (user messages sent) and groups (messages received) of a day: most
+    /// messages first, ties by id.
+    fn busiest(&self, day: i64, n: usize) -> Value {
+        let top = |key: &dyn Fn(&ModelMsg) -> Option<&str>| {
+            let mut by: HashMap<&str, u64> = HashMap::new();
+            for m in self.msgs.iter().filter(|m| cday(m.0) == day) {
+                if let Some(id) = key(m) {
+                    *by.entry(id).or_default() += 1;
+                }
+            }
+            let mut v: Vec<(&str, u64)> = by.into_iter().collect();
+            v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            v.truncate(n);
+            v
+        };
+        let senders = top(&|m| m.4.then_some(m.3.as_str()));
+        let groups = top(&|m| (m.1 == 1).then_some(m.5.as_str()));
+        json!({
+            "date": date(day),
+            "senders": senders.iter().map(|(u, n)| json!({"username": u, "messages": n})).collect::<Vec<_>>(),
+            "groups": groups.iter().map(|(g, n)| json!({"gid": g, "messages": n})).collect::<Vec<_>>(),
+        })
+    }
+
     /// Counts by [tt][class] of messages whose `key(ctime)` is in `range`.
     fn counts(&self, key: impl Fn(i64) -> i64, range: std::ops::Range<i64>) -> [[u64; 4]; 3] {
         let mut c = [[0u64; 4]; 3];
@@ -333,6 +360,21 @@ async fn check(
         let (_, groups) = s.get(&q("groups", "day")).await;
         let want: Vec<Value> = (first..first + n).map(|d| model.groups(d)).collect();
         assert_eq!(groups, json!(want), "groups from {}", date(first));
+        for (count, n) in [("&count=3", 3), ("", 10)] {
+            let (status, busiest) = s
+                .get(&format!(
+                    "/v2/statistic/busiest?date={}{count}",
+                    date(first)
+                ))
+                .await;
+            assert_eq!(status, 200, "{busiest}");
+            assert_eq!(
+                busiest,
+                model.busiest(first, n),
+                "busiest of {}",
+                date(first)
+            );
+        }
         let (_, msgs) = s.get(&q("messages", "Day")).await;
         let want = messages_json(
             (first..first + n)
@@ -604,6 +646,12 @@ async fn bad_statistics_parameters_are_400(backend: Backend) {
             "/v2/statistic/messages?time_unit=DAY&start=2020-01-01&duration=60",
             "retained",
         ),
+        ("/v2/statistic/busiest", "date is required"),
+        ("/v2/statistic/busiest?date=2026/11/01", "yyyy-MM-dd"),
+        ("/v2/statistic/busiest?date={D}&count=0", "1 to 100"),
+        ("/v2/statistic/busiest?date={D}&count=101", "1 to 100"),
+        ("/v2/statistic/busiest?date={D}&count=", "1 to 100"),
+        ("/v2/statistic/busiest?date=2020-01-01", "retained"),
     ] {
         let (status, body) = s.get(&path.replace("{D}", &d)).await;
         assert_eq!(

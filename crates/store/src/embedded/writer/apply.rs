@@ -94,9 +94,35 @@ impl Writer {
             g.days.entry((app.id, r.day)).or_default(),
         );
         for mark in r.marks() {
+            if mark.set.tallied() {
+                tally(g, app.id, mark);
+            }
             self.mark(g, app.id, mark)?;
         }
         Ok(Some(true))
+    }
+
+    /// The group's tally deltas added to the stored tallies, staged; the new values, to cache
+    /// once the group is committed.
+    pub(super) fn stage_tallies(&mut self, g: &mut Group) -> Result<Vec<(i64, PresenceKey, u64)>> {
+        let mut tallied = Vec::new();
+        for (day, deltas) in std::mem::take(&mut g.tallies) {
+            let ks = self.act(day)?;
+            let known = self.tallies.get(&day);
+            let complete = self.complete.contains(&day);
+            for (key, delta) in deltas {
+                let stored = match known.and_then(|t| t.get(&key)) {
+                    Some(n) => *n,
+                    None if complete => 0,
+                    None => ks.get(&key)?.map_or(0, |v| keys::u64_value(&v)),
+                };
+                let n = stored + delta;
+                g.staged
+                    .put(&ks, key.as_slice(), n.to_be_bytes().as_slice());
+                tallied.push((day, key, n));
+            }
+        }
+        Ok(tallied)
     }
 
     /// Adds an id to a day's presence set and, if it was not there yet, counts it in the day's
@@ -238,5 +264,17 @@ impl Writer {
             total.1 += change.net_total;
         }
         Ok(Some(true))
+    }
+}
+
+/// Counts a message in a tally of its day (the sender's, or the group's).
+fn tally(g: &mut Group, app: u32, mark: Mark<'_>) {
+    keys::tally_key_into(app, mark.set, mark.id, &mut g.key);
+    let deltas = g.tallies.entry(mark.day).or_default();
+    match deltas.get_mut(g.key.as_slice()) {
+        Some(n) => *n += 1,
+        None => {
+            deltas.insert(PresenceKey::from_slice(&g.key), 1);
+        }
     }
 }

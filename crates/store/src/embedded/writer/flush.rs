@@ -164,6 +164,7 @@ impl Writer {
                 .insert(&inner.meta, next_id_key(*app), next.to_be_bytes());
         }
         g.batch.insert(&inner.meta, SEQ_KEY, g.seq.to_be_bytes());
+        let tallied = self.stage_tallies(&mut g)?;
         g.staged.drain_into(&mut g.batch);
         // Visible to readers now, durable at the syncer's next fsync, which answers the group.
         g.batch.commit()?;
@@ -190,6 +191,9 @@ impl Writer {
         for (day, keys) in g.presence {
             self.present.entry(day).or_default().extend(keys);
         }
+        for (day, key, n) in tallied {
+            self.tallies.entry(day).or_default().insert(key, n);
+        }
         for (day, hour, key, n) in counted {
             self.counters.set(day, hour, key, n);
         }
@@ -198,6 +202,7 @@ impl Writer {
             self.present.retain(|d, _| *d > newest - PRESENT_DAYS);
             let present = &self.present;
             self.complete.retain(|d| present.contains_key(d));
+            self.tallies.retain(|d, _| present.contains_key(d));
         }
         Ok(())
     }

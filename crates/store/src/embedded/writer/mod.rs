@@ -136,6 +136,7 @@ impl Handle {
             next_ids: HashMap::default(),
             fresh: HashMap::default(),
             present: HashMap::default(),
+            tallies: HashMap::default(),
             complete: HashSet::default(),
             counters: Counters::default(),
             arena: Vec::new(),
@@ -225,6 +226,9 @@ struct Writer {
     /// Civil days whose presence set this writer created, so `present` holds all of it and a
     /// key missing there is missing from the store too: no lookup needed.
     complete: HashSet<i64>,
+    /// The stored tallies (see [`keys::tally_key_into`]) of the days in `present`: a commit adds
+    /// its deltas to these without a read; a complete day's missing tally is zero.
+    tallies: HashMap<i64, HashMap<PresenceKey, u64>>,
     counters: Counters,
     /// The last commit's record arena (see `Group::arena`), emptied.
     arena: Vec<u8>,
@@ -279,6 +283,8 @@ struct Group {
     totals: HashMap<u32, (i64, i64)>,
     /// Presence keys this group found or added, by civil day.
     presence: HashMap<i64, HashSet<PresenceKey>>,
+    /// Messages this group adds to each tally, by civil day and tally key.
+    tallies: HashMap<i64, HashMap<PresenceKey, u64>>,
     /// Messages per app and hour (`(day, app, hour)`) and per app and minute, in partitions
     /// keeping minute counters: counter deltas, keyed at `flush`.
     app_hours: HashMap<(i64, u32, u32), u64>,
@@ -510,6 +516,7 @@ impl Writer {
         self.fresh.clear();
         self.present.clear();
         self.complete.clear();
+        self.tallies.clear();
         self.counters = Counters::default();
     }
 
@@ -553,6 +560,7 @@ impl Writer {
             hours: HashMap::default(),
             totals: HashMap::default(),
             presence: HashMap::default(),
+            tallies: HashMap::default(),
             app_hours: HashMap::default(),
             app_minutes: HashMap::default(),
             key: Vec::with_capacity(64),
