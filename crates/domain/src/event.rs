@@ -175,6 +175,25 @@ impl Event {
         }
     }
 
+    /// The events a stored lifecycle history (see [`crate::lifecycle`]) was made of: ingesting
+    /// them gives the history back.
+    pub fn from_history(
+        user: bool,
+        id: &str,
+        history: &[(Millis, u8)],
+    ) -> impl Iterator<Item = Event> {
+        use crate::lifecycle::CREATED;
+        history.iter().map(move |&(time, what)| {
+            let id = id.to_owned();
+            match (user, what == CREATED) {
+                (true, true) => Event::UserRegistered { username: id, time },
+                (true, false) => Event::UserDeleted { username: id, time },
+                (false, true) => Event::GroupCreated { gid: id, time },
+                (false, false) => Event::GroupDeleted { gid: id, time },
+            }
+        })
+    }
+
     /// The instant the event happened (`msg_ctime` for messages).
     pub fn time(&self) -> Millis {
         match self {

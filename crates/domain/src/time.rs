@@ -59,6 +59,12 @@ impl ReportTz {
         Ok(ts.as_millisecond())
     }
 
+    /// The first instant of civil day `day` (a [`day_number`]).
+    pub fn day_start(&self, day: i64) -> Millis {
+        let dt = date_of_day(day).to_datetime(jiff::civil::Time::midnight());
+        self.start_of(dt).unwrap_or(day * MILLIS_PER_DAY)
+    }
+
     /// The last millisecond whose civil time is before or within the second `dt`. In a DST gap
     /// that is just before the gap; in a fold, the end of the second pass.
     pub fn end_of(&self, dt: DateTime) -> Result<Millis, Error> {

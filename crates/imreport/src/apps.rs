@@ -55,13 +55,13 @@ pub enum AppAction {
     },
 }
 
-enum Target {
+pub(crate) enum Target {
     /// The store itself: the embedded one when no server holds it, or PostgreSQL.
     Offline(Arc<dyn Store>),
     Online(AdminEndpoint),
 }
 
-async fn open_target(s: &Settings) -> Result<Target> {
+pub(crate) async fn open_target(s: &Settings) -> Result<Target> {
     let clock = Clock::System;
     if let StoreChoice::Postgres { .. } = s.store_choice()? {
         return Ok(Target::Offline(launch::open_store(s, &clock).await?.store));

@@ -409,7 +409,7 @@ pub async fn start(s: &Settings, hooks: Hooks) -> Result<Running> {
         shown
     });
     let admin_conns = Connections::new(limits);
-    let admin_router = admin::router(stores.store.clone(), token, intake);
+    let admin_router = admin::router(stores.store.clone(), token, intake, &s.report_tz);
     let done = until_stopped();
     tasks.push(tokio::spawn(async move {
         if let Err(e) =

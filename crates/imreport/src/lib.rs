@@ -3,6 +3,7 @@
 //! `imreport app` commands and the tests alike; and the operator tools.
 
 pub mod apps;
+pub mod backup;
 pub mod client;
 pub mod export;
 pub mod import;

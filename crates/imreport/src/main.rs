@@ -54,6 +54,12 @@ enum Command {
     /// Copy an app's history from a Report V2 endpoint (JMessage, or another imreport), then
     /// follow it.
     Mirror(Box<mirror::MirrorArgs>),
+    /// Write an archive of everything stored (apps, messages, user and group lifecycle) as of
+    /// one instant: through a running server without stopping ingest, or from a stopped data
+    /// dir, or from PostgreSQL.
+    Backup(Box<imreport::backup::BackupArgs>),
+    /// Load an archive into an empty data dir or PostgreSQL database (the server stopped).
+    Restore(Box<imreport::backup::RestoreArgs>),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to standard output.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff) to standard output.
@@ -133,6 +139,14 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(mirror::run(*args)),
+        Command::Backup(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(imreport::backup::backup(*args)),
+        Command::Restore(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(imreport::backup::restore(*args)),
         Command::App { action } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?

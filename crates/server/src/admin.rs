@@ -24,6 +24,7 @@ struct AdminState {
     store: Arc<dyn Store>,
     token: Arc<str>,
     intake: Option<StatusFn>,
+    report_tz: Arc<str>,
 }
 
 /// What `GET /admin/v1/intake` shows: the stream intake's status, as JSON.
@@ -98,11 +99,17 @@ async fn proof(
 /// The admin API router: `GET/POST /admin/v1/apps`, `POST /admin/v1/apps/{key}/rotate-secret`,
 /// `DELETE /admin/v1/apps/{key}`, `GET /admin/v1/intake`, all behind the bearer token; and
 /// `GET /admin/v1/proof`.
-pub fn router(store: Arc<dyn Store>, token: String, intake: Option<StatusFn>) -> Router {
+pub fn router(
+    store: Arc<dyn Store>,
+    token: String,
+    intake: Option<StatusFn>,
+    report_tz: &str,
+) -> Router {
     let st = AdminState {
         store,
         token: token.into(),
         intake,
+        report_tz: report_tz.into(),
     };
     let guarded = Router::new()
         .route(
@@ -151,6 +158,7 @@ pub fn router(store: Arc<dyn Store>, token: String, intake: Option<StatusFn>) ->
                 }
             }),
         )
+        .route("/admin/v1/backup", get(backup))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(axum::middleware::from_fn_with_state(st.clone(), require_token));
@@ -158,4 +166,63 @@ pub fn router(store: Arc<dyn Store>, token: String, intake: Option<StatusFn>) ->
         .route("/admin/v1/proof", get(proof))
         .merge(guarded)
         .with_state(st)
+}
+
+/// Hands what the archive writer writes to the response body, in chunks (from the writer's
+/// blocking thread).
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+}
+
+const CHUNK: usize = 256 * 1024;
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = bytes::Bytes::from(std::mem::take(&mut self.buf));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client left"))
+    }
+}
+
+/// `GET /admin/v1/backup`: the archive of everything stored as of now (see
+/// [`imreport_store::archive`]), streamed as it is written. A failure midway cuts the body
+/// short, so the archive lacks its end line and no restore accepts it.
+async fn backup(State(st): State<AdminState>) -> Response {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
+    let writer = ChannelWriter {
+        tx: tx.clone(),
+        buf: Vec::with_capacity(CHUNK),
+    };
+    tokio::spawn(async move {
+        let now = imreport_domain::time::now_ms();
+        match imreport_store::archive::backup(st.store, &st.report_tz, now, writer, |_| {}).await {
+            Ok(t) => tracing::info!(apps = t.apps, events = t.events, "backup written"),
+            Err(e) => {
+                tracing::error!(error = %e, "backup failed");
+                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+            }
+        }
+    });
+    let body = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    (
+        [
+            (header::CONTENT_TYPE, "application/gzip"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
 }

@@ -3,6 +3,7 @@
 //! PostgreSQL backend ([`postgres::PostgresStore`]) lets stateless servers share one database.
 
 pub mod apps;
+pub mod archive;
 pub mod embedded;
 pub mod postgres;
 pub mod window;
@@ -244,6 +245,11 @@ pub trait Store: Send + Sync + 'static {
     /// The `n` busiest senders and groups of civil day `day` (see [`Busiest`]), from the tallies
     /// kept at ingest.
     async fn busiest(&self, app: &App, day: i64, n: usize) -> Result<Busiest>;
+
+    /// Sends every app (with its secret hash) and then its events, as of one instant: every
+    /// batch committed before it and no part of any later one (see [`archive`]). Stops with an
+    /// error when the receiver goes away.
+    async fn backup(&self, out: tokio::sync::mpsc::Sender<archive::BackupItem>) -> Result<()>;
 
     /// The first civil day whose statistics are still retained.
     fn stats_retained_from(&self) -> i64;

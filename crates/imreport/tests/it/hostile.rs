@@ -396,6 +396,12 @@ impl imreport_store::Store for PanicsInStatsHours {
     ) -> imreport_store::Result<imreport_domain::rollup::Busiest> {
         self.0.busiest(app, day, n).await
     }
+    async fn backup(
+        &self,
+        out: tokio::sync::mpsc::Sender<imreport_store::archive::BackupItem>,
+    ) -> imreport_store::Result<()> {
+        self.0.backup(out).await
+    }
     fn stats_retained_from(&self) -> i64 {
         self.0.stats_retained_from()
     }
@@ -450,7 +456,7 @@ async fn the_admin_api_checks_its_token_before_anything_and_answers_json() {
     let limits = imreport::launch::conn_limits(&test_settings(Backend::Embedded, dir.path()));
     tokio::spawn(imreport_server::conn::serve(
         listener,
-        imreport_server::admin::router(s.store.clone(), token.into(), None),
+        imreport_server::admin::router(s.store.clone(), token.into(), None, "Asia/Shanghai"),
         std::future::pending(),
         imreport_server::Connections::new(limits),
     ));

@@ -3,6 +3,7 @@
 //! each backend (`embedded`, `postgres`); the rest covers what is specific to one.
 //! Run with `cargo nextest run --workspace` (or `cargo test`).
 
+mod backup;
 mod binary;
 mod conformance;
 mod connections;

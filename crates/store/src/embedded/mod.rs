@@ -528,6 +528,15 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    async fn backup(
+        &self,
+        out: tokio::sync::mpsc::Sender<crate::archive::BackupItem>,
+    ) -> Result<()> {
+        let apps = self.list_apps().await?;
+        self.blocking(move |s| read::backup(&s.inner, apps, &out))
+            .await
+    }
+
     fn stats_retained_from(&self) -> i64 {
         self.inner
             .stats_horizon_day(self.inner.config.clock.now_ms())

@@ -1,11 +1,13 @@
 //! Reads: one page of a scope, and `total` from per-hour counters plus at most two partial hours.
 
 use super::{Format, Inner, keys};
+use crate::archive::{BATCH, BackupItem};
 use crate::{DaysReport, Page, PageRequest, Result, StoreError};
 use fjall::{Keyspace, Readable, Snapshot};
 use imreport_domain::Millis;
 use imreport_domain::app::App;
 use imreport_domain::cursor::Position;
+use imreport_domain::lifecycle::decode_history;
 use imreport_domain::message::view_record;
 use imreport_domain::rollup::{Busiest, DayStats, MsgCounts, Presence, decode_counts, top_tallies};
 use imreport_domain::scope::Scope;
@@ -589,4 +591,97 @@ pub(crate) fn busiest(inner: &Inner, app: u32, day: i64, n: usize) -> Result<Bus
         senders: top(Presence::Sender)?,
         groups: top(Presence::ActiveGroup)?,
     })
+}
+
+/// Sends each app and its events as of one snapshot (see [`crate::Store::backup`]): its
+/// lifecycle histories, its messages partition by partition, and the logins that made a user
+/// active on a day without a message (as a login at the day's start).
+pub(crate) fn backup(
+    inner: &Inner,
+    apps: Vec<App>,
+    out: &tokio::sync::mpsc::Sender<BackupItem>,
+) -> Result<()> {
+    use imreport_domain::event::Event;
+    let snap = inner.db.snapshot();
+    let days: Vec<(i64, Keyspace)> = inner
+        .days
+        .read()
+        .expect("lock")
+        .iter()
+        .map(|(d, k)| (*d, k.clone()))
+        .collect();
+    let acts: Vec<(i64, Keyspace)> = inner
+        .acts
+        .read()
+        .expect("lock")
+        .iter()
+        .map(|(d, k)| (*d, k.clone()))
+        .collect();
+    let gone = || StoreError::Internal("the backup's reader went away".into());
+    for app in apps {
+        let id = app.id;
+        let key = app.key.clone();
+        out.blocking_send(BackupItem::App(app))
+            .map_err(|_| gone())?;
+        let mut events: Vec<Event> = Vec::with_capacity(BATCH);
+        let flush = |events: &mut Vec<Event>, force: bool| -> Result<()> {
+            if events.len() >= BATCH || (force && !events.is_empty()) {
+                out.blocking_send(BackupItem::Events(std::mem::take(events)))
+                    .map_err(|_| gone())?;
+            }
+            Ok(())
+        };
+        for kv in snap.prefix(&inner.entities, id.to_be_bytes()) {
+            let (k, v) = kv.into_inner()?;
+            let user = k[4] == b'u';
+            let entity = String::from_utf8_lossy(&k[5..]);
+            events.extend(Event::from_history(user, &entity, &decode_history(&v)));
+            flush(&mut events, false)?;
+        }
+        let mut prefix = vec![keys::MSG];
+        prefix.extend_from_slice(&id.to_be_bytes());
+        for (day, ks) in &days {
+            let runs = inner.format(*day) >= Format::Runs;
+            for kv in snap.prefix(ks, &prefix) {
+                let (k, v) = kv.into_inner()?;
+                let first = keys::position_of(&k);
+                let mut one = |(ctime, msgid): (Millis, u64), rec: &[u8]| -> Result<()> {
+                    let view = view_record(rec).map_err(corrupt)?;
+                    events.push(Event::Message(view.to_message(msgid, ctime, &key)));
+                    Ok(())
+                };
+                if runs {
+                    for (pos, bytes) in keys::run_records(first, &v) {
+                        one(pos, &v[bytes])?;
+                    }
+                } else {
+                    one(first, &v)?;
+                }
+                flush(&mut events, false)?;
+            }
+        }
+        let tz = &inner.config.tz;
+        let mut set = Vec::new();
+        for (day, ks) in &acts {
+            keys::entity_key_into(id, Presence::Sender.code(), "", &mut set);
+            let mut senders = std::collections::HashSet::new();
+            for kv in snap.prefix(ks, &set) {
+                senders.insert(kv.key()?.to_vec()[set.len()..].to_vec());
+            }
+            keys::entity_key_into(id, Presence::ActiveUser.code(), "", &mut set);
+            for kv in snap.prefix(ks, &set) {
+                let k = kv.key()?;
+                let user = &k[set.len()..];
+                if !senders.contains(user) {
+                    events.push(Event::UserLogin {
+                        username: String::from_utf8_lossy(user).into_owned(),
+                        time: tz.day_start(*day),
+                    });
+                    flush(&mut events, false)?;
+                }
+            }
+        }
+        flush(&mut events, true)?;
+    }
+    Ok(())
 }

@@ -506,6 +506,13 @@ impl Store for PostgresStore {
         read::busiest(self, app, day, n).await
     }
 
+    async fn backup(
+        &self,
+        out: tokio::sync::mpsc::Sender<crate::archive::BackupItem>,
+    ) -> Result<()> {
+        read::backup(self, out).await
+    }
+
     fn stats_retained_from(&self) -> i64 {
         self.inner
             .window

@@ -1,9 +1,11 @@
 //! Reads: history pages (keyset SQL on the primary key or the scope index) and rollups.
 
 use super::{PostgresStore, pg_error};
+use crate::archive::{BATCH, BackupItem};
 use crate::{DaysReport, Page, PageRequest, Result, StoreError};
 use imreport_domain::app::App;
 use imreport_domain::cursor::Position;
+use imreport_domain::lifecycle::decode_history;
 use imreport_domain::message::view_record;
 use imreport_domain::rollup::{Busiest, DAY_FIELDS, DayStats, MsgCounts, Presence, Tally};
 use imreport_domain::scope::Scope;
@@ -260,4 +262,81 @@ pub(super) async fn busiest(s: &PostgresStore, app: &App, day: i64, n: usize) ->
     let groups = lists.pop().unwrap_or_default();
     let senders = lists.pop().unwrap_or_default();
     Ok(Busiest { senders, groups })
+}
+
+/// Sends each app and its events as of one snapshot (a repeatable-read transaction; see
+/// [`crate::Store::backup`]), read through portals a batch at a time: lifecycle histories,
+/// messages, and the logins that made a user active on a day without a message (as a login at
+/// the day's start).
+pub(super) async fn backup(
+    s: &PostgresStore,
+    out: tokio::sync::mpsc::Sender<BackupItem>,
+) -> Result<()> {
+    use imreport_domain::event::Event;
+    let mut client = s.client().await?;
+    let tx = snapshot(&mut client).await?;
+    let apps: Vec<App> = tx
+        .query(
+            &format!("SELECT {} FROM apps ORDER BY app_id", super::APP_COLUMNS),
+            &[],
+        )
+        .await
+        .map_err(pg_error)?
+        .iter()
+        .map(super::app_from_row)
+        .collect();
+    let gone = || StoreError::Internal("the backup's reader went away".into());
+    let tz = &s.inner.config.tz;
+    let queries = [
+        "SELECT kind, id, history FROM entities WHERE app_id = $1",
+        "SELECT msg_ctime, msgid, rec FROM messages WHERE app_id = $1",
+        "SELECT p.day, p.id FROM presence p WHERE p.app_id = $1 AND p.kind = 97
+            AND NOT EXISTS (SELECT 1 FROM presence s WHERE s.app_id = p.app_id AND s.day = p.day
+                                                     AND s.kind = 115 AND s.id = p.id)",
+    ];
+    for app in apps {
+        let (id, key) = (app.id as i32, app.key.clone());
+        out.send(BackupItem::App(app)).await.map_err(|_| gone())?;
+        for (what, sql) in queries.iter().enumerate() {
+            let stmt = tx.prepare(sql).await.map_err(pg_error)?;
+            let portal = tx.bind(&stmt, &[&id]).await.map_err(pg_error)?;
+            loop {
+                let rows = tx
+                    .query_portal(&portal, BATCH as i32)
+                    .await
+                    .map_err(pg_error)?;
+                if rows.is_empty() {
+                    break;
+                }
+                let mut events = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    match what {
+                        0 => events.extend(Event::from_history(
+                            r.get::<_, i16>(0) == i16::from(b'u'),
+                            r.get::<_, &str>(1),
+                            &decode_history(r.get::<_, &[u8]>(2)),
+                        )),
+                        1 => {
+                            let view = view_record(r.get::<_, &[u8]>(2))
+                                .map_err(|_| StoreError::Corrupt("a message record".into()))?;
+                            events.push(Event::Message(view.to_message(
+                                r.get::<_, i64>(1) as u64,
+                                r.get(0),
+                                &key,
+                            )));
+                        }
+                        _ => events.push(Event::UserLogin {
+                            username: r.get(1),
+                            time: tz.day_start(i64::from(r.get::<_, i32>(0))),
+                        }),
+                    }
+                }
+                out.send(BackupItem::Events(events))
+                    .await
+                    .map_err(|_| gone())?;
+            }
+        }
+    }
+    tx.commit().await.map_err(pg_error)?;
+    Ok(())
 }

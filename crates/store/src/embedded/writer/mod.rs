@@ -94,6 +94,7 @@ impl Handle {
             .map(|v| keys::u64_value(&v))
             .unwrap_or(0);
         let (tidy, tidy_rx) = std::sync::mpsc::channel::<(i64, Keyspace)>();
+        let acts = inner.clone();
         std::thread::Builder::new()
             .name("imreport-tidy".into())
             .spawn(move || {
@@ -103,6 +104,14 @@ impl Handle {
                         Err(e) => {
                             tracing::warn!(day, error = %e, "could not merge a day partition")
                         }
+                    }
+                    // The day's presence keyspace too: every commit rewrote the tallies of the
+                    // senders and groups it touched, and compaction keeps only the last value.
+                    let act = acts.acts.read().expect("lock").get(&day).cloned();
+                    if let Some(act) = act
+                        && let Err(e) = act.major_compact()
+                    {
+                        tracing::warn!(day, error = %e, "could not merge a day's presence sets");
                     }
                 }
             })
