@@ -264,7 +264,11 @@ fn scrape(
     conns: &Arc<Connections>,
     intake: Option<Arc<imreport_intake::Status>>,
 ) -> crate::metrics::Scrape {
-    let (embedded, conns) = (stores.embedded.clone(), conns.clone());
+    let (embedded, postgres, conns) = (
+        stores.embedded.clone(),
+        stores.postgres.clone(),
+        conns.clone(),
+    );
     Arc::new(move || {
         use std::sync::atomic::Ordering::Relaxed;
         if let Some(e) = &embedded {
@@ -286,6 +290,28 @@ fn scrape(
                     .absolute(n.load(Relaxed));
             }
         }
+        let postgres = postgres.clone();
+        Box::pin(async move {
+            // Two catalog queries; a scrape never waits long on a busy database (the gauges
+            // keep their last values then).
+            let Some(pg) = postgres else { return };
+            let read = async {
+                Ok::<_, imreport_store::StoreError>((
+                    pg.disk_space().await?,
+                    pg.day_partitions().await?,
+                ))
+            };
+            match tokio::time::timeout(Duration::from_secs(2), read).await {
+                Ok(Ok((bytes, parts))) => {
+                    metrics::gauge!("imreport_store_disk_bytes").set(bytes as f64);
+                    metrics::gauge!("imreport_store_day_partitions").set(parts as f64);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the store's size for metrics")
+                }
+                Err(_) => tracing::warn!("reading the store's size for metrics took over 2 s"),
+            }
+        })
     })
 }
 

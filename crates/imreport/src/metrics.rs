@@ -72,11 +72,16 @@ fn describe() {
     describe_gauge!(
         "imreport_store_disk_bytes",
         Unit::Bytes,
-        "Bytes on disk of the embedded store"
+        "Bytes on disk of the store: the embedded data dir, or the PostgreSQL schema's tables and indexes"
     );
     describe_gauge!(
         "imreport_store_day_partitions",
-        "Day partitions the embedded store holds"
+        "Day partitions the store holds (PostgreSQL: of the messages table)"
+    );
+    describe_histogram!(
+        "imreport_postgres_ingest_seconds",
+        Unit::Seconds,
+        "Time one ingest transaction takes on PostgreSQL, from its first statement to its commit"
     );
     describe_counter!(
         "imreport_retention_dropped_partitions_total",
@@ -100,8 +105,8 @@ fn describe() {
     );
 }
 
-/// What is read at each scrape.
-pub type Scrape = Arc<dyn Fn() + Send + Sync>;
+/// What is read at each scrape (before the answer is rendered).
+pub type Scrape = Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Serves `GET /metrics` on `listener` until `done`.
 pub async fn serve(
@@ -115,7 +120,7 @@ pub async fn serve(
         axum::routing::get(move || {
             let (handle, scrape) = (handle.clone(), scrape.clone());
             async move {
-                scrape();
+                scrape().await;
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,

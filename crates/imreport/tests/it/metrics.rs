@@ -176,3 +176,67 @@ async fn counters_move_by_exactly_what_a_workload_did_and_promtool_accepts_them(
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// On PostgreSQL: each ingest transaction is timed, and the store's size and day partitions are
+/// read from the database at each scrape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_backend_reports_its_ingest_time_size_and_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (db, schema) = (test_database_url(), fresh_schema());
+    struct Dropped(String);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            drop_schema(self.0.clone());
+        }
+    }
+    let _cleanup = Dropped(schema.clone());
+    let pg = ["--store", &db, "--pg-schema", &schema];
+    let (key, secret) = ("metricspgkey000000000000", "metricspgsecret000000000");
+    let mut args = vec!["app", "create", "--data-dir", data.to_str().unwrap()];
+    args.extend(pg);
+    args.extend(["--app-key", key, "--master-secret", secret]);
+    let (ok, _, err) = imreport(&args);
+    assert!(ok, "{err}");
+    let mut flags = vec!["--metrics-listen", "127.0.0.1:0"];
+    flags.extend(pg);
+    let (_server, lines) = spawn_server_printing(
+        &data,
+        &flags,
+        "error",
+        std::process::Stdio::null(),
+        "metrics: ",
+    );
+    let (url, metrics) = (
+        printed(&lines, "imreport listening on "),
+        printed(&lines, "metrics: "),
+    );
+    let http = reqwest::Client::new();
+    let now = jiff::Timestamp::now().as_millisecond();
+    for batch in 0..3u64 {
+        let events: Vec<_> = (0..5)
+            .map(|i| text_message(batch * 10 + i + 1, now - 1000, "group", "g1", "alice"))
+            .collect();
+        let r = http
+            .post(format!("{url}/ingest/v1/events"))
+            .basic_auth(key, Some(secret))
+            .body(ndjson(&events))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let text = http
+        .get(&metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let got = samples(&text);
+    let get = |k: &str| *got.get(k).unwrap_or_else(|| panic!("no {k} in\n{text}"));
+    assert_eq!(get("imreport_postgres_ingest_seconds_count"), 3.0);
+    assert!(get("imreport_store_disk_bytes") > 0.0);
+    assert!(get("imreport_store_day_partitions") >= 1.0);
+}

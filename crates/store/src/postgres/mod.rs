@@ -216,6 +216,12 @@ impl PostgresStore {
             .get(0))
     }
 
+    /// The day partitions of the messages table.
+    pub async fn day_partitions(&self) -> Result<usize> {
+        let client = self.client().await?;
+        Ok(schema::partitions(&client, "messages").await?.len())
+    }
+
     /// Bytes the store's tables and indexes take on disk.
     pub async fn disk_space(&self) -> Result<u64> {
         let client = self.client().await?;
@@ -487,7 +493,13 @@ impl Store for PostgresStore {
     }
 
     async fn ingest(&self, app: &App, events: Vec<Event>) -> Result<IngestOutcome> {
-        write::ingest(self, app, events).await
+        let started = std::time::Instant::now();
+        let out = write::ingest(self, app, events).await;
+        if out.is_ok() {
+            metrics::histogram!("imreport_postgres_ingest_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
+        out
     }
 
     async fn page(&self, app: &App, scope: &Scope, req: PageRequest) -> Result<Page> {
