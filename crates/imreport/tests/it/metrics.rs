@@ -15,6 +15,20 @@ fn samples(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
+/// The real binary serving `data` with `flags` (which set `--metrics-listen`): the server, its
+/// URL and its metrics URL.
+fn serve_with_metrics(data: &std::path::Path, flags: &[&str]) -> (Reaped, String, String) {
+    let (server, lines) = spawn_server_printing(
+        data,
+        flags,
+        "error",
+        std::process::Stdio::null(),
+        "metrics: ",
+    );
+    let url = printed(&lines, "imreport listening on ");
+    (server, url, printed(&lines, "metrics: "))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_move_by_exactly_what_a_workload_did_and_promtool_accepts_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -35,17 +49,7 @@ async fn counters_move_by_exactly_what_a_workload_did_and_promtool_accepts_them(
         "--cursor-ttl-secs",
         "1",
     ];
-    let (_server, lines) = spawn_server_printing(
-        &data,
-        &flags,
-        "error",
-        std::process::Stdio::null(),
-        "metrics: ",
-    );
-    let (url, metrics) = (
-        printed(&lines, "imreport listening on "),
-        printed(&lines, "metrics: "),
-    );
+    let (_server, url, metrics) = serve_with_metrics(&data, &flags);
     let http = reqwest::Client::new();
     let now = jiff::Timestamp::now().as_millisecond();
     let msg = |id: u64| text_message(id, now - 60_000 + id as i64, "group", "g1", "alice");
@@ -200,17 +204,7 @@ async fn the_postgres_backend_reports_its_ingest_time_size_and_partitions() {
     assert!(ok, "{err}");
     let mut flags = vec!["--metrics-listen", "127.0.0.1:0"];
     flags.extend(pg);
-    let (_server, lines) = spawn_server_printing(
-        &data,
-        &flags,
-        "error",
-        std::process::Stdio::null(),
-        "metrics: ",
-    );
-    let (url, metrics) = (
-        printed(&lines, "imreport listening on "),
-        printed(&lines, "metrics: "),
-    );
+    let (_server, url, metrics) = serve_with_metrics(&data, &flags);
     let http = reqwest::Client::new();
     let now = jiff::Timestamp::now().as_millisecond();
     for batch in 0..3u64 {
