@@ -5,6 +5,7 @@
 
 mod backup;
 mod binary;
+mod citus;
 mod conformance;
 mod connections;
 mod console;

@@ -37,6 +37,23 @@ impl Creds {
 pub enum Backend {
     Embedded,
     Postgres,
+    /// PostgreSQL on a Citus cluster (a coordinator and two workers), which imreport finds and
+    /// distributes its tables on.
+    Citus,
+}
+
+impl Backend {
+    /// On PostgreSQL (plain or Citus): a fresh schema of the test database.
+    pub fn postgres(self) -> bool {
+        matches!(self, Backend::Postgres | Backend::Citus)
+    }
+}
+
+/// The Citus cluster the tests use: `IMREPORT_TEST_CITUS_URL`, or the one `.ci/run` starts
+/// (`../shared/citus/cluster.sh start /tmp/imreport-citus 9700`).
+pub fn test_citus_url() -> String {
+    std::env::var("IMREPORT_TEST_CITUS_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:9700/imreport".into())
 }
 
 /// The PostgreSQL the tests use: `IMREPORT_TEST_DATABASE_URL`, or this machine's server.
@@ -80,15 +97,18 @@ pub async fn postgres_store(
 /// Drops a test schema from a thread of its own (a `Drop` cannot await, and the test's runtime
 /// may be the one blocked in it).
 pub fn drop_schema(schema: String) {
+    drop_schema_at(test_database_url(), schema)
+}
+
+/// [`drop_schema`] in the database at `url`.
+pub fn drop_schema_at(url: String, schema: String) {
     let _ = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async {
-            if let Ok((client, conn)) =
-                tokio_postgres::connect(&test_database_url(), tokio_postgres::NoTls).await
-            {
+            if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
                 tokio::spawn(conn);
                 let _ = client
                     .batch_execute(&format!(
@@ -114,15 +134,16 @@ pub struct TestServer {
     /// Its connections.
     pub conns: Arc<Connections>,
     pub app: Creds,
-    schema: Option<String>,
+    /// The database and schema to drop afterwards.
+    schema: Option<(String, String)>,
     _running: Running,
     _dir: tempfile::TempDir,
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if let Some(schema) = self.schema.take() {
-            drop_schema(schema);
+        if let Some((db, schema)) = self.schema.take() {
+            drop_schema_at(db, schema);
         }
     }
 }
@@ -140,8 +161,11 @@ pub fn test_settings(backend: Backend, data_dir: &std::path::Path) -> Settings {
         pg_pool_size: 4,
         ..Settings::default()
     };
-    if backend == Backend::Postgres {
-        s.store = test_database_url();
+    if backend.postgres() {
+        s.store = match backend {
+            Backend::Citus => test_citus_url(),
+            _ => test_database_url(),
+        };
         s.pg_schema = fresh_schema();
     }
     s
@@ -176,7 +200,9 @@ impl TestServer {
         let clock = Clock::manual(T0);
         let mut settings = test_settings(backend, dir.path());
         set(&mut settings);
-        let schema = (backend == Backend::Postgres).then(|| settings.pg_schema.clone());
+        let schema = backend
+            .postgres()
+            .then(|| (settings.store.clone(), settings.pg_schema.clone()));
         let hooks = Hooks {
             clock: clock.clone(),
             wrap_store: wrap,
@@ -186,8 +212,10 @@ impl TestServer {
             Err(e) => panic!(
                 "cannot start a test server on {backend:?} (the PostgreSQL tests need a server at \
                  {}: set IMREPORT_TEST_DATABASE_URL, or start this machine's with \
-                 `pg_ctlcluster --skip-systemctl-redirect 15 main start`): {e:#}",
-                test_database_url()
+                 `pg_ctlcluster --skip-systemctl-redirect 15 main start`; the Citus tests a \
+                 cluster at {}: IMREPORT_TEST_CITUS_URL, or .ci/run starts one): {e:#}",
+                test_database_url(),
+                test_citus_url()
             ),
         };
         let mut server = TestServer {
@@ -208,6 +236,11 @@ impl TestServer {
         };
         server.app = server.create_app().await;
         server
+    }
+
+    /// The PostgreSQL schema the server runs in (PostgreSQL and Citus backends).
+    pub fn pg_schema(&self) -> Option<&str> {
+        self.schema.as_ref().map(|(_, s)| s.as_str())
     }
 
     /// The server's `host:port`, for raw sockets.

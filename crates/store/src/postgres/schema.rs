@@ -156,7 +156,10 @@ pub async fn migrate(client: &mut Client) -> Result<()> {
         )
         .await
         .map_err(pg)?;
-    let result = apply(client).await;
+    let result = match apply(client).await {
+        Ok(()) => distribute(client).await,
+        Err(e) => Err(e),
+    };
     let unlock = client
         .execute(
             "SELECT pg_advisory_unlock(hashtext(current_schema() || '.imreport.migrate'))",
@@ -204,6 +207,74 @@ async fn apply(client: &mut Client) -> Result<()> {
         .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         tracing::info!(version, "applied database migration");
+    }
+    Ok(())
+}
+
+/// Tables Citus replicates to every node (small, read by every statement's routing).
+pub const REFERENCE_TABLES: [&str; 2] = ["imreport_meta", "apps"];
+
+/// Tables Citus distributes by `app_id`, all co-located with the first: one app's rows, and so
+/// each of its transactions, on one worker.
+pub const DISTRIBUTED_TABLES: [&str; 9] = [
+    "app_state",
+    "messages",
+    "msg_index",
+    "msg_counts",
+    "presence",
+    "entities",
+    "stat_days",
+    "stat_hours",
+    "stat_totals",
+];
+
+/// On a Citus coordinator (the `citus` extension is installed in the database), distributes the
+/// tables not yet distributed: on the first start, and after a migration adds a table. Data
+/// already in a table is moved to the workers as it is distributed. Without Citus: nothing.
+async fn distribute(client: &Client) -> Result<()> {
+    let citus: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+    if !citus {
+        return Ok(());
+    }
+    let done: Vec<String> = client
+        .query(
+            "SELECT c.relname::text FROM pg_dist_partition d
+               JOIN pg_class c ON c.oid = d.logicalrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = current_schema()",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let todo = |t: &str| !done.iter().any(|d| d == t);
+    for table in REFERENCE_TABLES.into_iter().filter(|t| todo(t)) {
+        client
+            .execute(
+                "SELECT create_reference_table($1::text::regclass)",
+                &[&table],
+            )
+            .await
+            .map_err(pg)?;
+        tracing::info!(table, "Citus: replicated to every node");
+    }
+    for table in DISTRIBUTED_TABLES.into_iter().filter(|t| todo(t)) {
+        let sql = if table == DISTRIBUTED_TABLES[0] {
+            "SELECT create_distributed_table($1::text::regclass, 'app_id')"
+        } else {
+            "SELECT create_distributed_table($1::text::regclass, 'app_id', colocate_with => 'app_state')"
+        };
+        client.execute(sql, &[&table]).await.map_err(pg)?;
+        tracing::info!(table, "Citus: distributed by app");
     }
     Ok(())
 }
