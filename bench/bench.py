@@ -79,11 +79,24 @@ def sh(ms):
     return datetime.datetime.fromtimestamp((ms + SH) / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
+# Traffic profiles (`imreport loadgen --profile`): standard; full (every field JMessage exports,
+# ~450 bytes a message); sparse (50,000 groups and 5,000 chatrooms, activity spread thin).
+# BENCH_PROFILES=standard (comma-separated) runs only those.
+PROFILES = [x for x in os.environ.get("BENCH_PROFILES", "standard,full,sparse").split(",") if x]
+
+# The full profile's other exported columns, in the order loadgen writes them to CSV.
+FULL_COLS = ["target_name", "from_name", "target_appkey", "from_appkey", "create_time", "version", "msg_level",
+             "set_from_name"]
+FULL_TYPES = {"target_name": "text", "from_name": "text", "target_appkey": "text", "from_appkey": "text",
+              "create_time": "bigint", "version": "int", "msg_level": "int", "set_from_name": "int"}
+
+
 class Workload:
     """The data set and the questions, in instants."""
 
-    def __init__(self, n):
+    def __init__(self, n, profile="standard"):
         self.n = n
+        self.profile = profile
         now = int(time.time() * 1000)
         self.end = (now + SH) // HOUR * HOUR - SH - 1  # last ms of the previous civil hour
         self.end_str = sh(self.end)
@@ -92,7 +105,11 @@ class Workload:
         self.windows = {"1h": (self.end - HOUR + 1, self.end), "1d": (self.end - DAY + 1, self.end),
                         # The API takes whole seconds: the SQL columns ask from the same first ms.
                         "7d": (self.end - 7 * DAY + 1, self.end)}
+        # The busiest group and chatroom; in the sparse profile, ones with a small share (rank
+        # 1000 of 50,000 groups, 100 of 5,000 chatrooms: tens of messages a week at 1M).
         self.scopes = {"app": None, "user": "u0", "group": "10000000", "chatroom": "20000000"}
+        if profile == "sparse":
+            self.scopes.update(group="10001000", chatroom="20000100")
         self.last_day = last_day
         d = datetime.date(1970, 1, 1) + datetime.timedelta(days=last_day)
         pm = (d.replace(day=1) - datetime.timedelta(days=1)).replace(day=1)
@@ -102,7 +119,8 @@ class Workload:
                        (nm - datetime.date(1970, 1, 1)).days]
 
     def loadgen_args(self):
-        return ["--seed", "1", "--messages", str(self.n), "--days", "7", "--end", self.end_str, "--quiet"]
+        return ["--seed", "1", "--messages", str(self.n), "--days", "7", "--end", self.end_str, "--quiet",
+                "--profile", self.profile]
 
 
 # ---------------------------------------------------------------- imreport
@@ -294,7 +312,11 @@ def scope_sql(scope):
 class Sql:
     """What PostgreSQL and DuckDB share: the same SQL a competent engineer would write."""
 
-    cols = "msgid, msg_ctime, target_type, target_id, from_type, from_id, from_platform, msg_type, msg_body"
+    base_cols = "msgid, msg_ctime, target_type, target_id, from_type, from_id, from_platform, msg_type, msg_body"
+
+    @property
+    def cols(self):
+        return self.base_cols + ("".join(", " + c for c in FULL_COLS) if self.w.profile == "full" else "")
 
     def q(self, sql, args=None):
         raise NotImplementedError
@@ -365,7 +387,8 @@ class Postgres(Sql):
         ddl = ["CREATE TABLE messages (app int NOT NULL DEFAULT 1, msgid bigint NOT NULL, msg_ctime bigint NOT NULL, "
                "target_type text NOT NULL, target_id text NOT NULL, from_type text NOT NULL, from_id text NOT NULL, "
                "from_platform text NOT NULL, msg_type text NOT NULL, msg_body jsonb NOT NULL, "
-               "PRIMARY KEY (app, msg_ctime, msgid)) PARTITION BY RANGE (msg_ctime)"]
+               + ("".join(f"{c} {FULL_TYPES[c]} NOT NULL, " for c in FULL_COLS) if w.profile == "full" else "")
+               + "PRIMARY KEY (app, msg_ctime, msgid)) PARTITION BY RANGE (msg_ctime)"]
         for d in range(lo, hi + 1):
             ddl.append(f"CREATE TABLE messages_{d} PARTITION OF messages FOR VALUES FROM ({d * DAY}) TO ({(d + 1) * DAY})")
         ddl += ["CREATE INDEX ON messages (app, from_id, msg_ctime, msgid)",
@@ -413,8 +436,11 @@ class Duck(Sql):
 
     def load(self, prefix):
         t = time.perf_counter()
+        duck = {"text": "VARCHAR", "bigint": "BIGINT", "int": "INTEGER"}
+        extra = "".join(f",'{c}':'{duck[FULL_TYPES[c]]}'" for c in FULL_COLS) if self.w.profile == "full" else ""
         cols = ("{'msgid':'BIGINT','msg_ctime':'BIGINT','target_type':'VARCHAR','target_id':'VARCHAR',"
-                "'from_type':'VARCHAR','from_id':'VARCHAR','from_platform':'VARCHAR','msg_type':'VARCHAR','msg_body':'VARCHAR'}")
+                "'from_type':'VARCHAR','from_id':'VARCHAR','from_platform':'VARCHAR','msg_type':'VARCHAR','msg_body':'VARCHAR'"
+                + extra + "}")
         self.conn.execute(f"CREATE TABLE messages AS SELECT 1 AS app, * FROM read_csv('{prefix}.messages.csv', "
                           f"header=false, columns={cols}) ORDER BY msg_ctime, msgid")
         self.conn.execute(f"CREATE TABLE events AS SELECT 1 AS app, * FROM read_csv('{prefix}.events.csv', header=false, "
@@ -465,9 +491,9 @@ def measure(sys_, w):
     return r
 
 
-def run_size(n, work):
-    w = Workload(n)
-    log(f"== {n:,} messages, 7 days ending {w.end_str} (Asia/Shanghai)")
+def run_size(n, profile, work):
+    w = Workload(n, profile)
+    log(f"== {n:,} messages, {profile} traffic, 7 days ending {w.end_str} (Asia/Shanghai)")
     prefix = work / "data"
     t = time.perf_counter()
     subprocess.run([BIN, "loadgen", *w.loadgen_args(), "--format", "csv", "--out", prefix], check=True)
@@ -507,7 +533,10 @@ def report(runs, cmd):
     imr = "imreport"
     lines = ["# Benchmarks", "",
              "Written by `bench/run.sh` (this file is generated; edit `bench/bench.py`). The same generated traffic "
-             "(`imreport loadgen --seed 1`, 7 days, Zipf users and groups, 80% text) is loaded into imreport (embedded "
+             "(`imreport loadgen --seed 1`, 7 days, Zipf users and groups, 80% text; in three profiles: `standard`, "
+             "`full` with every field JMessage exports and realistic media bodies, ~450 bytes a message, and `sparse` "
+             "with 50,000 groups and 5,000 chatrooms whose activity is spread thin, its group and chatroom figures "
+             "asked of one with a small share) is loaded into imreport (embedded "
              "store, over HTTP), imreport on its PostgreSQL backend (over HTTP; the same PostgreSQL server as the next "
              "column, default settings), PostgreSQL 15 (day partitions, an index per scope, COPY, keyset SQL, `count(*)`, "
              "`GROUP BY`) and DuckDB (sorted table, same SQL), and the same questions are asked of each.", "",
@@ -531,7 +560,7 @@ def report(runs, cmd):
              "- Ratios: how many times better imreport is (higher is better for imreport; below 1× it is worse).", ""]
     for w, res in runs:
         names = list(res)
-        lines += [f"## {w.n:,} messages", "",
+        lines += [f"## {w.n:,} messages, {getattr(w, 'profile', 'standard')} traffic", "",
                   "| figure | " + " | ".join(names) + " | " + " | ".join(f"imreport vs {n}" for n in names[1:]) + " |",
                   "|---|" + "---|" * (2 * len(names) - 1)]
 
@@ -561,9 +590,10 @@ def report(runs, cmd):
         same = all(res[n].get("totals") == res[imr].get("totals") for n in names)
         lines += ["", f"`total` of each first page ({'identical across systems' if same else 'imreport; the other columns differ, see the note under What limits each figure'}): "
                   + ", ".join(f"{k} {v:,}" for k, v in res[imr]["totals"].items()), ""]
-    if len(runs) > 1:
-        a, b = runs[0][1][imr], runs[-1][1][imr]
-        lines += [f"## Growth of imreport from {runs[0][0].n:,} to {runs[-1][0].n:,} messages", "",
+    standard = [r for r in runs if getattr(r[0], "profile", "standard") == "standard"]
+    if len(standard) > 1:
+        a, b = standard[0][1][imr], standard[-1][1][imr]
+        lines += [f"## Growth of imreport from {standard[0][0].n:,} to {standard[-1][0].n:,} messages (standard traffic)", "",
                   "| figure | small | large |", "|---|---|---|"]
         for k in a["first_page"]:
             lines.append(f"| first page {k} p99 (ms) | {fmt_ms(a['first_page'][k]['p99'])} | {fmt_ms(b['first_page'][k]['p99'])} |")
@@ -572,33 +602,36 @@ def report(runs, cmd):
         lines.append("")
     lines += ["## What limits each figure", "", open(ROOT / "bench" / "LIMITS.md").read().strip(), ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
-    (ROOT / "bench" / "results.json").write_text(json.dumps([{"messages": w.n, "results": r} for w, r in runs], indent=1))
+    (ROOT / "bench" / "results.json").write_text(json.dumps(
+        [{"messages": w.n, "profile": getattr(w, "profile", "standard"), "results": r} for w, r in runs], indent=1))
 
 
 def main():
     if sys.argv[1:2] == ["--report-only"]:
         # Rewrites BENCHMARKS.md from the last run's bench/results.json (after editing LIMITS.md).
         saved = json.loads((ROOT / "bench" / "results.json").read_text())
-        runs = [(type("W", (), {"n": r["messages"]}), r["results"]) for r in saved]
+        runs = [(type("W", (), {"n": r["messages"], "profile": r.get("profile", "standard")}), r["results"])
+                for r in saved]
         report(runs, "bench/run.sh " + " ".join(str(r["messages"]) for r in saved))
         log("wrote BENCHMARKS.md")
         return
     sizes = [int(a) for a in sys.argv[1:]] or [1_000_000]
     runs = []
     for n in sizes:
-        work = pathlib.Path(tempfile.mkdtemp(prefix="imreport-bench-"))
-        try:
-            runs.append(run_size(n, work))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        for profile in PROFILES:
+            work = pathlib.Path(tempfile.mkdtemp(prefix="imreport-bench-"))
+            try:
+                runs.append(run_size(n, profile, work))
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
     for w, res in runs:
-        log(json.dumps({"messages": w.n, **{k: {"ingest": v["ingest_per_sec"], "walk": v["walk"]["per_sec"],
+        log(json.dumps({"messages": w.n, "profile": w.profile, **{k: {"ingest": v["ingest_per_sec"], "walk": v["walk"]["per_sec"],
                                                 "bytes": v["bytes_per_message"]} for k, v in res.items()}}))
     if SMOKE:
         log("smoke run: every system loaded and answered; no figures written")
         return
     if os.environ.get("BENCH_SYSTEMS"):
-        log(json.dumps([{"messages": w.n, "results": r} for w, r in runs]))
+        log(json.dumps([{"messages": w.n, "profile": w.profile, "results": r} for w, r in runs]))
         log("partial run (BENCH_SYSTEMS): BENCHMARKS.md left as it was")
         return
     report(runs, "bench/run.sh " + " ".join(sys.argv[1:]))

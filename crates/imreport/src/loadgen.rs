@@ -23,8 +23,35 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// What the generated traffic looks like (the benchmark runs each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// The messages as most clients send them: the fields that matter, ~270 bytes of NDJSON.
+    Standard,
+    /// Every field JMessage exports (17: names, app keys, create_time, version, levels), with
+    /// realistic media bodies (ids, CRCs, sizes, hashes): ~450 bytes of NDJSON a message.
+    Full,
+    /// Many groups (50,000) and chatrooms (5,000) by default, activity spread flat (Zipf
+    /// exponent 0.6): each a small share of the app's traffic, scattered through the day.
+    Sparse,
+}
+
+impl Profile {
+    /// Default populations, and the Zipf exponent of group and chatroom activity.
+    fn populations(self) -> (u32, u32, u32, f64) {
+        match self {
+            Profile::Standard | Profile::Full => (20_000, 2_000, 50, 1.07),
+            Profile::Sparse => (20_000, 50_000, 5_000, 0.6),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct LoadgenArgs {
+    /// The kind of traffic: standard, full (every exported field), sparse (many small groups
+    /// and chatrooms)
+    #[arg(long, value_enum, default_value_t = Profile::Standard)]
+    pub profile: Profile,
     /// Seed of the generator: the same seed gives the same events
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -39,12 +66,15 @@ pub struct LoadgenArgs {
     pub end: String,
     #[arg(long, default_value = "Asia/Shanghai")]
     pub report_tz: String,
-    #[arg(long, default_value_t = 20_000)]
-    pub users: u32,
-    #[arg(long, default_value_t = 2_000)]
-    pub groups: u32,
-    #[arg(long, default_value_t = 50)]
-    pub chatrooms: u32,
+    /// Users (default: 20000)
+    #[arg(long)]
+    pub users: Option<u32>,
+    /// Groups (default: 2000; sparse 50000)
+    #[arg(long)]
+    pub groups: Option<u32>,
+    /// Chatrooms (default: 50; sparse 5000)
+    #[arg(long)]
+    pub chatrooms: Option<u32>,
     /// First msgid (ids are consecutive from it)
     #[arg(long, default_value_t = 1)]
     pub first_msgid: u64,
@@ -73,17 +103,30 @@ pub struct LoadgenArgs {
 }
 
 impl LoadgenArgs {
+    /// Users, groups and chatrooms, and the Zipf exponent of group and chatroom activity: as
+    /// given, else the profile's.
+    pub fn populations(&self) -> (u32, u32, u32, f64) {
+        let (u, g, c, s) = self.profile.populations();
+        (
+            self.users.unwrap_or(u),
+            self.groups.unwrap_or(g),
+            self.chatrooms.unwrap_or(c),
+            s,
+        )
+    }
+
     /// The traffic `serve --demo` fills its app with: a week ending now.
     pub fn for_demo(messages: u64, report_tz: &str) -> Self {
         LoadgenArgs {
+            profile: Profile::Standard,
             seed: 42,
             messages,
             days: 7,
             end: "now".into(),
             report_tz: report_tz.into(),
-            users: 5_000,
-            groups: 300,
-            chatrooms: 20,
+            users: Some(5_000),
+            groups: Some(300),
+            chatrooms: Some(20),
             first_msgid: 1,
             format: "ndjson".into(),
             out: "-".into(),
@@ -193,7 +236,7 @@ fn write(a: &LoadgenArgs, generator: Generator, bar: &ProgressBar) -> Result<()>
                 line.clear();
                 match &e {
                     GenEvent::Message(m) => {
-                        let _ = writeln!(
+                        let _ = write!(
                             line,
                             "{},{},{},{},user,{},{},{},{}",
                             m.msgid,
@@ -205,6 +248,20 @@ fn write(a: &LoadgenArgs, generator: Generator, bar: &ProgressBar) -> Result<()>
                             m.msg_type,
                             csv_field(&m.body)
                         );
+                        // The full profile's other exported fields, in the order bench.py
+                        // declares them.
+                        if let Some(f) = &m.full {
+                            let _ = write!(
+                                line,
+                                ",{},{},{},{},{},1,0,0",
+                                csv_field(&f.target_name),
+                                csv_field(&f.from_name),
+                                csv_field(&f.appkey),
+                                csv_field(&f.appkey),
+                                m.ctime.div_euclid(1000),
+                            );
+                        }
+                        line.push('\n');
                         msgs.write_all(line.as_bytes())?;
                         bar.inc(1);
                     }

@@ -23,6 +23,28 @@ pub struct GenMessage {
     pub platform: &'static str,
     pub msg_type: &'static str,
     pub body: String,
+    /// The full profile's other exported fields.
+    pub full: Option<FullFields>,
+}
+
+/// What the full profile adds to a message: the names and app keys JMessage exports.
+#[derive(Debug, Clone)]
+pub struct FullFields {
+    pub target_name: String,
+    pub from_name: String,
+    pub appkey: String,
+}
+
+/// A user's display name: a syllable pair and the user's number.
+fn nickname(n: u32) -> String {
+    const SYL: &[&str] = &[
+        "ka", "li", "mo", "ren", "su", "tao", "wei", "xin", "yu", "zhen",
+    ];
+    format!(
+        "{}{} {n}",
+        SYL[(n % 10) as usize],
+        SYL[(n / 10 % 10) as usize]
+    )
 }
 
 const WORDS: &[&str] = &[
@@ -36,6 +58,9 @@ const PLATFORMS: &[&str] = &["a", "a", "a", "i", "i", "web", "api"];
 
 pub struct Generator {
     pub(super) rng: ChaCha8Rng,
+    profile: Profile,
+    /// The app key the full profile writes in `target_appkey` and `from_appkey`.
+    appkey: String,
     pub(super) users: WeightedAliasIndex<f64>,
     groups: WeightedAliasIndex<f64>,
     chatrooms: WeightedAliasIndex<f64>,
@@ -80,16 +105,22 @@ impl Generator {
         // and a lookup, where rand_distr's `Zipf` (rejection sampling, a `powf` or more per
         // draw) was ~30% of the generator's CPU, which shares the machine with the server in
         // the benchmark.
-        let zipf = |n: u32| {
-            let weights = (1..=n.max(1)).map(|k| f64::from(k).powf(-1.07)).collect();
+        let zipf = |n: u32, s: f64| {
+            let weights = (1..=n.max(1)).map(|k| f64::from(k).powf(-s)).collect();
             WeightedAliasIndex::new(weights).context("zipf")
         };
+        let (users, groups, chatrooms, spread) = a.populations();
         Ok(Generator {
             rng: ChaCha8Rng::seed_from_u64(a.seed),
-            users: zipf(a.users)?,
-            groups: zipf(a.groups)?,
-            chatrooms: zipf(a.chatrooms)?,
-            n_users: a.users.max(2),
+            profile: a.profile,
+            appkey: a
+                .app_key
+                .clone()
+                .unwrap_or_else(|| "4f7aef34fb361292c566a1cd".into()),
+            users: zipf(users, 1.07)?,
+            groups: zipf(groups, spread)?,
+            chatrooms: zipf(chatrooms, spread)?,
+            n_users: users.max(2),
             hours,
             hour_idx: 0,
             start_ms,
@@ -109,6 +140,9 @@ impl Generator {
     }
 
     fn body(&mut self, msg_type: &str) -> String {
+        if self.profile == Profile::Full {
+            return self.full_body(msg_type);
+        }
         let r = &mut self.rng;
         match msg_type {
             "text" => {
@@ -156,6 +190,76 @@ impl Generator {
             ),
             _ => format!(
                 r#"{{"kind":"card","id":{},"extras":{{"v":2}}}}"#,
+                r.random_range(1..100_000)
+            ),
+        }
+    }
+
+    /// A body as a JMessage client sends it: media with their store ids, CRCs, sizes and hashes,
+    /// text with the extras clients attach.
+    fn full_body(&mut self, msg_type: &str) -> String {
+        let r = &mut self.rng;
+        let hash = |r: &mut ChaCha8Rng| -> String {
+            const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            (0..28)
+                .map(|_| B64[r.random_range(0..64)] as char)
+                .collect()
+        };
+        match msg_type {
+            "text" => {
+                let n = r.random_range(1..10);
+                let mut text = String::new();
+                for i in 0..n {
+                    if i > 0 {
+                        text.push(' ');
+                    }
+                    text.push_str(WORDS[r.random_range(0..WORDS.len())]);
+                }
+                let extras = match r.random_range(0..10) {
+                    0..3 => format!(
+                        r#"{{"msg_from":"{}"}}"#,
+                        ["android", "ios", "web"][r.random_range(0..3)]
+                    ),
+                    _ => "{}".into(),
+                };
+                format!(r#"{{"text":"{text}","extras":{extras}}}"#)
+            }
+            "image" => format!(
+                r#"{{"media_id":"qiniu/image/j/{:016X}{:08X}","media_crc32":{},"width":{},"height":{},"format":"jpg","fsize":{},"hash":"{}","img_link":""}}"#,
+                r.random::<u64>(),
+                r.random::<u32>(),
+                r.random::<u32>(),
+                r.random_range(320..4096),
+                r.random_range(240..4096),
+                r.random_range(20_000..4_000_000),
+                hash(r)
+            ),
+            "voice" => format!(
+                r#"{{"media_id":"qiniu/voice/j/{:016X}{:08X}","media_crc32":{},"duration":{},"format":"amr","fsize":{},"hash":"{}"}}"#,
+                r.random::<u64>(),
+                r.random::<u32>(),
+                r.random::<u32>(),
+                r.random_range(1..60),
+                r.random_range(1_000..100_000),
+                hash(r)
+            ),
+            "file" => format!(
+                r#"{{"media_id":"qiniu/file/j/{:016X}{:08X}","media_crc32":{},"fname":"report-{}.pdf","fsize":{},"hash":"{}","extras":{{}}}}"#,
+                r.random::<u64>(),
+                r.random::<u32>(),
+                r.random::<u32>(),
+                r.random_range(1..999),
+                r.random_range(1_000..9_000_000),
+                hash(r)
+            ),
+            "location" => format!(
+                r#"{{"latitude":{:.6},"longitude":{:.6},"scale":16,"label":"No. {} Some Road, Some District","extras":{{}}}}"#,
+                r.random_range(18.0..53.0),
+                r.random_range(73.0..135.0),
+                r.random_range(1..999)
+            ),
+            _ => format!(
+                r#"{{"kind":"card","id":{},"title":"shared card","extras":{{"v":2,"source":"share"}}}}"#,
                 r.random_range(1..100_000)
             ),
         }
@@ -262,6 +366,15 @@ impl Generator {
         let platform = PLATFORMS[self.rng.random_range(0..PLATFORMS.len())];
         let msgid = self.next_msgid;
         self.next_msgid += 1;
+        let full = (self.profile == Profile::Full).then(|| FullFields {
+            target_name: match target_type {
+                "single" => nickname(target_id[1..].parse().unwrap_or(0)),
+                "group" => format!("group {target_id}"),
+                _ => format!("room {target_id}"),
+            },
+            from_name: nickname(from),
+            appkey: self.appkey.clone(),
+        });
         self.pending.push_back(GenEvent::Message(GenMessage {
             msgid,
             ctime: t,
@@ -271,6 +384,7 @@ impl Generator {
             platform,
             msg_type,
             body,
+            full,
         }));
     }
 }
@@ -297,6 +411,27 @@ impl GenEvent {
     /// One NDJSON line of the ingest API, with its newline.
     pub fn write_ndjson(&self, out: &mut String) {
         match self {
+            GenEvent::Message(m) if m.full.is_some() => {
+                let f = m.full.as_ref().expect("full");
+                // Every field JMessage exports, in its order.
+                let _ = writeln!(
+                    out,
+                    r#"{{"event":"message","target_type":"{}","msg_type":"{}","target_name":"{}","target_id":"{}","target_appkey":"{}","from_id":"{}","from_name":"{}","from_type":"user","from_appkey":"{}","from_platform":"{}","msg_body":{},"create_time":{},"version":1,"msgid":{},"msg_level":0,"set_from_name":0,"msg_ctime":{}}}"#,
+                    m.target_type,
+                    m.msg_type,
+                    f.target_name,
+                    m.target_id,
+                    f.appkey,
+                    m.from_id,
+                    f.from_name,
+                    f.appkey,
+                    m.platform,
+                    m.body,
+                    m.ctime.div_euclid(1000),
+                    m.msgid,
+                    m.ctime
+                );
+            }
             GenEvent::Message(m) => {
                 let _ = writeln!(
                     out,

@@ -79,7 +79,7 @@ fn same_seed_same_events_and_the_mix_is_right() {
 fn activity_follows_zipf() {
     let a = args(&[]);
     let mut g = Generator::new(&a, end_ms(&a).unwrap()).unwrap();
-    let n = a.users;
+    let n = a.populations().0;
     let draws = 400_000;
     let mut counts = vec![0u32; n as usize];
     for _ in 0..draws {
@@ -96,4 +96,68 @@ fn activity_follows_zipf() {
         );
     }
     assert!(counts[n as usize - 1] < counts[0] / 1000 + 5);
+}
+
+/// The full profile writes every field JMessage exports, each message decodes as an ingest
+/// event, and a message is ~400 bytes; the sparse profile spreads group traffic thinly.
+#[test]
+fn the_full_and_sparse_profiles_are_what_they_say() {
+    let full = lines(&args(&["--profile", "full"]));
+    let msgs: Vec<&String> = full
+        .iter()
+        .filter(|l| l.contains("\"event\":\"message\""))
+        .collect();
+    let fields = [
+        "target_type",
+        "msg_type",
+        "target_name",
+        "target_id",
+        "target_appkey",
+        "from_id",
+        "from_name",
+        "from_type",
+        "from_appkey",
+        "from_platform",
+        "msg_body",
+        "create_time",
+        "version",
+        "msgid",
+        "msg_level",
+        "set_from_name",
+        "msg_ctime",
+    ];
+    for l in msgs.iter().take(200) {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        for f in fields {
+            assert!(v.get(f).is_some(), "{f} missing in {l}");
+        }
+        imreport_domain::event::decode_lines_from(
+            l.as_bytes(),
+            "4f7aef34fb361292c566a1cd",
+            i64::MAX / 2,
+            &imreport_domain::event::IngestLimits::default(),
+            imreport_domain::event::Form::Events,
+            1,
+        )
+        .unwrap();
+    }
+    let mean = msgs.iter().map(|l| l.len()).sum::<usize>() / msgs.len();
+    assert!((380..520).contains(&mean), "{mean} bytes a message");
+
+    let share_of_top_group = |a: &LoadgenArgs| {
+        let mut by: std::collections::HashMap<String, usize> = Default::default();
+        for l in lines(a) {
+            let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+            if v["target_type"] == "group" {
+                *by.entry(v["target_id"].to_string()).or_default() += 1;
+            }
+        }
+        let total: usize = by.values().sum();
+        *by.values().max().unwrap() as f64 / total as f64
+    };
+    let (standard, sparse) = (
+        share_of_top_group(&args(&[])),
+        share_of_top_group(&args(&["--profile", "sparse"])),
+    );
+    assert!(standard > 0.1 && sparse < 0.02, "{standard} {sparse}");
 }
