@@ -466,25 +466,61 @@ class Duck(Sql):
 
 # ---------------------------------------------------------------- the run
 
-def measure(sys_, w):
-    r = {"first_page": {}, "stats": {}}
+def first_pages(sys_, w, tag=""):
+    out = {}
     for scope, sid in w.scopes.items():
         for win, (b, e) in w.windows.items():
             totals = set()
-            r["first_page"][f"{scope} {win}"] = timed(lambda: totals.add(sys_.first_page(scope, sid, b, e)),
-                                                     label=f"{sys_.name} {scope} {win}")
-            r["first_page"][f"{scope} {win}"]["total"] = max(totals)
-    b, e = w.windows["7d"]
-    t = time.perf_counter()
-    n = sys_.walk(b, e, t + WALK_BUDGET_S)
-    r["walk"] = {"messages": n, "per_sec": n / (time.perf_counter() - t)}
+            out[f"{scope} {win}"] = timed(lambda: totals.add(sys_.first_page(scope, sid, b, e)),
+                                          label=f"{sys_.name}{tag} {scope} {win}")
+            out[f"{scope} {win}"]["total"] = max(totals)
+    return out
+
+
+def stats_figures(sys_, w, tag=""):
+    out = {}
     day0 = (datetime.date(1970, 1, 1) + datetime.timedelta(days=w.day0)).isoformat()
     last = (datetime.date(1970, 1, 1) + datetime.timedelta(days=w.last_day)).isoformat()
     for label, args in [("users 60 DAY", ("users", "DAY", day0, 60)), ("groups 60 DAY", ("groups", "DAY", day0, 60)),
                         ("messages 24 HOUR", ("messages", "HOUR", last + " 00", 24)),
                         ("messages 60 DAY", ("messages", "DAY", day0, 60)),
                         ("messages 2 MONTH", ("messages", "MONTH", w.month0.strftime("%Y-%m"), 2))]:
-        r["stats"][label] = timed(lambda: sys_.stats(*args), label=f"{sys_.name} {label}")
+        out[label] = timed(lambda: sys_.stats(*args), label=f"{sys_.name}{tag} {label}")
+    return out
+
+
+# How long the traffic posted during the queries of `during_ingest` lasts, at most.
+DURING_S = 5 if SMOKE else 90
+
+
+def during_ingest(sys_, w, rate):
+    """First pages and statistics again, while `imreport loadgen` posts more of the same traffic
+    (new msgids, the same 7 days) at `rate` messages/s in batches of 1000 from 2 clients."""
+    n = max(int(rate * DURING_S), 1000)
+    proc = subprocess.Popen([BIN, "loadgen", "--seed", "2", "--messages", str(n), "--days", "7", "--end", w.end_str,
+                             "--quiet", "--profile", w.profile, "--first-msgid", str(10**12), "--url", sys_.url,
+                             "--app-key", KEY, "--master-secret", SECRET, "--concurrency", "2", "--batch", "1000",
+                             "--rate", f"{rate:.0f}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(min(2, DURING_S / 2))
+    r = {"rate": rate, "first_page": first_pages(sys_, w, " while ingesting"),
+         "stats": stats_figures(sys_, w, " while ingesting")}
+    r["ingest_ran_throughout"] = proc.poll() is None
+    proc.kill()
+    proc.wait()
+    if not r["ingest_ran_throughout"] and proc.returncode != 0:
+        raise RuntimeError(f"the ingest during the queries failed: {proc.stderr.read().strip()}")
+    if not r["ingest_ran_throughout"]:
+        log(f"NOTE: the ingest during the queries ended before them: {proc.stderr.read().strip()}")
+    return r
+
+
+def measure(sys_, w):
+    r = {"first_page": first_pages(sys_, w)}
+    b, e = w.windows["7d"]
+    t = time.perf_counter()
+    n = sys_.walk(b, e, t + WALK_BUDGET_S)
+    r["walk"] = {"messages": n, "per_sec": n / (time.perf_counter() - t)}
+    r["stats"] = stats_figures(sys_, w)
     r["disk_bytes"] = sys_.disk()
     r["bytes_per_message"] = r["disk_bytes"] / w.n
     r["rss_peak"] = sys_.rss_peak()
@@ -513,6 +549,9 @@ def run_size(n, profile, work):
             log(f"   {rate:,.0f} messages/s" + (f"; background upkeep ran {settle:.1f} s more" if settle is not None else "")
                 + "; querying")
             results[s.name] = {"ingest_per_sec": rate, "settle_s": settle, **measure(s, w)}
+            if cls is Imreport:
+                # Queries while ingest runs at half the rate just measured.
+                results[s.name]["during_ingest"] = during_ingest(s, w, rate / 2)
         finally:
             s.close()
     for name, r in results.items():
@@ -587,6 +626,16 @@ def report(runs, cmd):
                 row(f"statistics {k} ({p}, ms)", [res[n]["stats"][k][p] for n in names], False)
         row("disk (bytes/message)", [res[n]["bytes_per_message"] for n in names], False)
         row("peak RSS (MB)", [(res[n]["rss_peak"] or 0) / 2**20 or "n/a" for n in names], False)
+        d = res[imr].get("during_ingest")
+        if d:
+            lines += ["", f"imreport while `imreport loadgen` posts more of the same traffic at {d['rate']:,.0f} "
+                      "messages/s (half its measured ingest), in batches of 1000 from 2 clients"
+                      + ("" if d["ingest_ran_throughout"] else " (the ingest ended before the queries did)") + ":", "",
+                      "| figure | p50 (ms) | p99 (ms) |", "|---|---|---|"]
+            for k, v in d["first_page"].items():
+                lines.append(f"| first page {k} | {fmt_ms(v['p50'])} | {fmt_ms(v['p99'])} |")
+            for k, v in d["stats"].items():
+                lines.append(f"| statistics {k} | {fmt_ms(v['p50'])} | {fmt_ms(v['p99'])} |")
         same = all(res[n].get("totals") == res[imr].get("totals") for n in names)
         lines += ["", f"`total` of each first page ({'identical across systems' if same else 'imreport; the other columns differ, see the note under What limits each figure'}): "
                   + ", ".join(f"{k} {v:,}" for k, v in res[imr]["totals"].items()), ""]

@@ -97,6 +97,10 @@ pub struct LoadgenArgs {
     /// Events per request when posting
     #[arg(long, default_value_t = 5_000)]
     pub batch: usize,
+    /// When posting, at most this many messages a second (batches are released on schedule);
+    /// as fast as the server takes them when absent
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// No progress bar
     #[arg(long)]
     pub quiet: bool,
@@ -135,6 +139,7 @@ impl LoadgenArgs {
             master_secret: None,
             concurrency: 1,
             batch: 5_000,
+            rate: None,
             quiet: true,
         }
     }

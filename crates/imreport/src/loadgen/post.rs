@@ -32,11 +32,13 @@ pub(super) async fn post(
     let clients = a.concurrency.max(1);
     let batch = a.batch.max(1);
     let (ready, batches) = tokio::sync::mpsc::channel::<(bytes::Bytes, u64, u64)>(clients);
+    let rate = a.rate.filter(|r| *r > 0.0);
     let producer = std::thread::Builder::new()
         .name("loadgen".into())
         .spawn(move || {
             let mut events = generator.peekable();
             let mut body = String::with_capacity(batch * 256);
+            let (started, mut released) = (Instant::now(), 0u64);
             while events.peek().is_some() {
                 body.clear();
                 let (mut n, mut msgs) = (0u64, 0u64);
@@ -46,6 +48,12 @@ pub(super) async fn post(
                     msgs += u64::from(e.is_message());
                 }
                 let payload = bytes::Bytes::copy_from_slice(body.as_bytes());
+                // At --rate, a batch goes once the messages before it have had their time.
+                if let Some(rate) = rate {
+                    let due = started + std::time::Duration::from_secs_f64(released as f64 / rate);
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                }
+                released += msgs;
                 if ready.blocking_send((payload, n, msgs)).is_err() {
                     return;
                 }
