@@ -35,6 +35,15 @@ pub struct FullFields {
     pub appkey: String,
 }
 
+/// A text of a random number of words in `len`, separated by spaces.
+fn words(r: &mut ChaCha8Rng, len: std::ops::Range<usize>) -> String {
+    let n = r.random_range(len);
+    (0..n)
+        .map(|_| WORDS[r.random_range(0..WORDS.len())])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// A user's display name: a syllable pair and the user's number.
 fn nickname(n: u32) -> String {
     const SYL: &[&str] = &[
@@ -146,14 +155,7 @@ impl Generator {
         let r = &mut self.rng;
         match msg_type {
             "text" => {
-                let n = r.random_range(1..12);
-                let mut text = String::new();
-                for i in 0..n {
-                    if i > 0 {
-                        text.push(' ');
-                    }
-                    text.push_str(WORDS[r.random_range(0..WORDS.len())]);
-                }
+                let text = words(r, 1..12);
                 let extras = if r.random_bool(0.1) {
                     r#"{"mentions":["all"]}"#
                 } else {
@@ -207,14 +209,7 @@ impl Generator {
         };
         match msg_type {
             "text" => {
-                let n = r.random_range(1..10);
-                let mut text = String::new();
-                for i in 0..n {
-                    if i > 0 {
-                        text.push(' ');
-                    }
-                    text.push_str(WORDS[r.random_range(0..WORDS.len())]);
-                }
+                let text = words(r, 1..10);
                 let extras = match r.random_range(0..10) {
                     0..3 => format!(
                         r#"{{"msg_from":"{}"}}"#,
