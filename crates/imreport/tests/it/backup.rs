@@ -231,17 +231,20 @@ async fn a_backup_during_ingest_restores_into_both_backends_and_back() {
         "--data-dir",
         &p("emb1"),
     ]);
-    run(&[
-        "restore",
-        "--quiet",
-        &p("during.gz"),
-        "--store",
-        &db,
-        "--pg-schema",
-        &schemas.0[0],
-        "--data-dir",
-        &p("pg1"),
-    ]);
+    let restore_to_pg = |archive: &str, schema: &str, data: &str| {
+        run(&[
+            "restore",
+            "--quiet",
+            &p(archive),
+            "--store",
+            &db,
+            "--pg-schema",
+            schema,
+            "--data-dir",
+            &p(data),
+        ])
+    };
+    restore_to_pg("during.gz", &schemas.0[0], "pg1");
     let all: Vec<String> = (0..3u64)
         .flat_map(|c| (0..sent).map(move |n| format!("b{c}-{n}")))
         .collect();
@@ -304,17 +307,7 @@ async fn a_backup_during_ingest_restores_into_both_backends_and_back() {
         "--out",
         &p("quiet.gz"),
     ]);
-    run(&[
-        "restore",
-        "--quiet",
-        &p("quiet.gz"),
-        "--store",
-        &db,
-        "--pg-schema",
-        &schemas.0[1],
-        "--data-dir",
-        &p("pg2"),
-    ]);
+    restore_to_pg("quiet.gz", &schemas.0[1], "pg2");
     let said = run(&[
         "backup",
         "--quiet",

@@ -15,6 +15,17 @@ fn samples(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
+/// One scrape's text.
+async fn scrape(http: &reqwest::Client, metrics: &str) -> String {
+    http.get(metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// The real binary serving `data` with `flags` (which set `--metrics-listen`): the server, its
 /// URL and its metrics URL.
 fn serve_with_metrics(data: &std::path::Path, flags: &[&str]) -> (Reaped, String, String) {
@@ -110,14 +121,7 @@ async fn counters_move_by_exactly_what_a_workload_did_and_promtool_accepts_them(
     }
     assert_eq!(statuses, [200, 200, 429, 429]);
 
-    let text = http
-        .get(&metrics)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&http, &metrics).await;
     let s = samples(&text);
     let get = |k: &str| {
         s.get(k)
@@ -220,14 +224,7 @@ async fn the_postgres_backend_reports_its_ingest_time_size_and_partitions() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let text = http
-        .get(&metrics)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&http, &metrics).await;
     let got = samples(&text);
     let get = |k: &str| *got.get(k).unwrap_or_else(|| panic!("no {k} in\n{text}"));
     assert_eq!(get("imreport_postgres_ingest_seconds_count"), 3.0);
