@@ -287,6 +287,25 @@ class ImreportPg(Imreport):
         with psycopg.connect(PG_ADMIN, autocommit=True) as c:
             return c.execute(f"SELECT pg_database_size('{self.db}')").fetchone()[0]
 
+    def settle(self):
+        """Waits for the upkeep that counts finished hours (every 10 s; a dirty hour once a pass
+        finds it untouched since the one before) to count every hour of the load that it will
+        count yet: none dirty, and the app's `folded` mark past the load's last hour (or past
+        the last hour that ended 5 minutes ago). Returns how long that took after the load."""
+        if SMOKE:
+            return None
+        import psycopg
+        start = time.perf_counter()
+        with psycopg.connect(PG_ADMIN.rsplit("/", 1)[0] + "/" + self.db, autocommit=True) as c:
+            while time.perf_counter() - start < 600:
+                dirty, folded = c.execute(
+                    "SELECT (SELECT count(*) FROM fold_dirty), (SELECT min(folded) FROM app_state)").fetchone()
+                want = min((int(time.time() * 1000) - 300_000) // HOUR * HOUR, self.w.end + 1)
+                if dirty == 0 and folded is not None and folded >= want:
+                    break
+                time.sleep(0.5)
+        return time.perf_counter() - start
+
     def close(self):
         super().close()
         import psycopg

@@ -32,6 +32,8 @@ pub const ADMIN_FILE: &str = "admin.json";
 
 /// How often retention runs (and once at start).
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
+/// How often the store's read-speeding upkeep runs (`Store::tidy`).
+const TIDY_EVERY: Duration = Duration::from_secs(10);
 
 /// Writes a file only its owner can read, atomically (a crash leaves the old one or the new).
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
@@ -74,13 +76,16 @@ pub async fn open_store(s: &Settings, clock: &Clock) -> Result<Stores> {
     let tz = ReportTz::new(&s.report_tz)?;
     Ok(match s.store_choice()? {
         StoreChoice::Embedded => {
-            let config = EmbeddedConfig::new(
-                s.retention_days,
-                s.queue_depth,
-                tz,
-                s.min_free_disk_mb * 1024 * 1024,
-                clock.clone(),
-            );
+            let config = EmbeddedConfig {
+                busy_hour: s.busy_hour,
+                ..EmbeddedConfig::new(
+                    s.retention_days,
+                    s.queue_depth,
+                    tz,
+                    s.min_free_disk_mb * 1024 * 1024,
+                    clock.clone(),
+                )
+            };
             let store = EmbeddedStore::open(&s.data_dir, config)?;
             Stores {
                 store: Arc::new(store.clone()),
@@ -96,6 +101,7 @@ pub async fn open_store(s: &Settings, clock: &Clock) -> Result<Stores> {
                 retention_days: s.retention_days,
                 clock: clock.clone(),
                 tz,
+                busy_hour: s.busy_hour,
                 url,
             };
             let pg = PostgresStore::connect(config)
@@ -415,6 +421,21 @@ pub async fn start(s: &Settings, hooks: Hooks) -> Result<Running> {
         loop {
             tokio::select! {
                 _ = tick.tick() => retain().await,
+                _ = &mut done => return,
+            }
+        }
+    }));
+    let (tidy_store, done) = (stores.store.clone(), until_stopped());
+    tasks.push(tokio::spawn(async move {
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + TIDY_EVERY, TIDY_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(done);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => if let Err(e) = tidy_store.tidy().await {
+                    tracing::warn!(error = %e, "upkeep pass failed; will retry");
+                },
                 _ = &mut done => return,
             }
         }

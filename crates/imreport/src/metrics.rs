@@ -83,6 +83,10 @@ fn describe() {
         Unit::Seconds,
         "Time one ingest transaction takes on PostgreSQL, from its first statement to its commit"
     );
+    describe_gauge!(
+        "imreport_postgres_fold_pending_hours",
+        "PostgreSQL: finished hours not counted yet (their first pages count their rows)"
+    );
     describe_counter!(
         "imreport_retention_dropped_partitions_total",
         "Day partitions retention dropped"

@@ -80,6 +80,10 @@ settings! {
     cursor_key: String = String::new();
     /// Days of messages and statistics kept.
     retention_days: u32 = 60;
+    /// A user's, group's or chatroom's hour gets its own message counter once it holds this
+    /// many messages; quieter hours are counted from their index entries when a first page
+    /// asks for its total (lower: more counters to write; higher: more entries to count).
+    busy_hour: u64 = imreport_store::BUSY_HOUR;
     /// Most events in one ingest request.
     max_events: usize = IngestLimits::default().max_events;
     /// Largest ingest request body, in bytes.
@@ -186,6 +190,7 @@ impl Settings {
             "ingest_concurrency, page_concurrency, max_connections and response_buffer_mb must be at least 1"
         );
         anyhow::ensure!(self.pg_pool_size >= 2, "pg_pool_size must be at least 2");
+        anyhow::ensure!(self.busy_hour >= 1, "busy_hour must be at least 1");
         anyhow::ensure!(
             self.retention_days >= 1,
             "retention_days must be at least 1"

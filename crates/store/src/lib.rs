@@ -8,6 +8,11 @@ pub mod embedded;
 pub mod postgres;
 pub mod window;
 
+/// A user's, group's or chatroom's hour gets its own message counter once it holds this many
+/// messages (both backends); a quieter hour is counted from its index entries, a few dozen at
+/// most, so most scope-hours (a user in one message) never write one.
+pub const BUSY_HOUR: u64 = 32;
+
 use async_trait::async_trait;
 use imreport_domain::app::{App, SecretHash};
 use imreport_domain::cursor::Position;
@@ -256,6 +261,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Drops data older than the retention window; returns how many day partitions went.
     async fn enforce_retention(&self) -> Result<usize>;
+
+    /// Upkeep that keeps reads fast and never changes an answer, run every few seconds (the
+    /// PostgreSQL backend counts finished hours ahead of reads; the embedded store does its own
+    /// in its own threads).
+    async fn tidy(&self) -> Result<()>;
 
     /// `Ok` when the store is open and accepts writes.
     async fn check_ready(&self) -> Result<()>;

@@ -82,6 +82,7 @@ async fn fresh(backend: Backend, retention_days: u32) -> Fresh {
                 retention_days,
                 clock: clock.clone(),
                 tz,
+                busy_hour: imreport_store::BUSY_HOUR,
                 url: url.clone(),
             };
             let pg = PostgresStore::connect(config).await.unwrap_or_else(|e| {

@@ -46,10 +46,12 @@ async fn imreport_distributes_its_tables_by_app_on_a_citus_coordinator() {
         [
             "app_state",
             "entities",
+            "fold_dirty",
             "messages",
             "msg_counts",
             "msg_index",
             "presence",
+            "scope_counts",
             "stat_days",
             "stat_hours",
             "stat_totals"

@@ -408,6 +408,9 @@ impl imreport_store::Store for PanicsInStatsHours {
     async fn enforce_retention(&self) -> imreport_store::Result<usize> {
         self.0.enforce_retention().await
     }
+    async fn tidy(&self) -> imreport_store::Result<()> {
+        self.0.tidy().await
+    }
     async fn check_ready(&self) -> imreport_store::Result<()> {
         self.0.check_ready().await
     }

@@ -228,11 +228,12 @@ async fn servers_starting_at_once_migrate_the_schema_once() {
     drop_schema(schema);
 }
 
-/// A database written before `msg_counts` existed (schema 1) has its stored messages counted when
-/// migrated, and `total` (from those counters for the whole app) agrees with the rows before and after, for windows whose edges fall
-/// anywhere in an hour (in a zone whose hours are offset by 30 minutes from UTC's).
+/// `total` agrees with the rows for windows whose edges fall anywhere in an hour (in a zone whose
+/// hours are offset by 30 minutes from UTC's): as ingested (counted from rows), once the folder
+/// has counted the finished hours, after late messages make counted hours dirty, once those are
+/// counted again, and on a database written before hours were counted (schema 3) once migrated.
 #[tokio::test]
-async fn migrating_to_hour_counters_counts_what_is_stored() {
+async fn totals_agree_with_the_rows_before_and_after_hours_are_counted() {
     use imreport_domain::scope::Scope;
     use imreport_domain::time::TimeRange;
     use imreport_store::{PageRequest, Store};
@@ -242,7 +243,7 @@ async fn migrating_to_hour_counters_counts_what_is_stored() {
     let store = open().await;
     let app = create_app(&store).await;
     // 3 days of messages, one every 7 min 10 s: u0-u4 to groups g0-g2, the chatroom c0, or u5.
-    let mut model = Vec::new();
+    let mut model: Vec<(i64, &'static str, String, String)> = Vec::new();
     let mut events = Vec::new();
     for i in 0..600u64 {
         let t = T0 - 3 * DAY + (i as i64) * 430_000;
@@ -277,7 +278,8 @@ async fn migrating_to_hour_counters_counts_what_is_stored() {
         (T0 - 2 * DAY + 61_000, T0 - 2 * DAY + 62 * 60_000 - 1),
         (T0 - 2 * DAY + 600_000, T0 - 2 * DAY + 600_999),
     ];
-    let expected = |scope: &Scope, (b, e): (i64, i64)| {
+    type Model = Vec<(i64, &'static str, String, String)>;
+    let expected = |model: &Model, scope: &Scope, (b, e): (i64, i64)| {
         model
             .iter()
             .filter(|(t, tt, target, from)| {
@@ -314,26 +316,83 @@ async fn migrating_to_hour_counters_counts_what_is_stored() {
     let want: Vec<u64> = scopes
         .iter()
         .flat_map(|s| windows.iter().map(move |w| (s, *w)))
-        .map(|(s, w)| expected(s, w))
+        .map(|(s, w)| expected(&model, s, w))
         .collect();
     assert!(want.iter().filter(|n| **n > 0).count() >= 15, "{want:?}");
-    assert_eq!(totals(store).await, want, "counted as ingested");
-
-    // Back to schema 1: no counters, as a database written by an older imreport.
+    assert_eq!(
+        totals(store.clone()).await,
+        want,
+        "counted from rows as ingested"
+    );
     let client = connect().await;
+    let counted = format!(
+        "SELECT count(*)::int8 FROM {schema}.msg_counts m JOIN {schema}.app_state s USING (app_id)
+          WHERE m.hour < s.folded"
+    );
+    store.tidy().await.unwrap();
+    assert!(
+        scalar(&client, &counted).await >= 70,
+        "the finished hours are counted"
+    );
+    assert_eq!(totals(store.clone()).await, want, "from the counted hours");
+
+    // Late messages for counted hours: those hours are dirty (counted from rows) until a pass
+    // finds them untouched since the one before.
+    let mut late = Vec::new();
+    for i in 0..40u64 {
+        let t = T0 - 2 * DAY + (i as i64) * 97_000;
+        let (tt, target, from) = match i % 3 {
+            0 => ("group", "g2", "u1"),
+            1 => ("chatroom", "c0", "u5"),
+            _ => ("single", "u5", "u1"),
+        };
+        late.push(text_message(10_000 + i, t, tt, target, from));
+        model.push((t, tt, target.to_owned(), from.to_owned()));
+    }
+    let decoded = imreport_domain::event::decode_batch(
+        ndjson(&late).as_bytes(),
+        "app",
+        T0,
+        &imreport_domain::event::IngestLimits::default(),
+    )
+    .unwrap();
+    store.ingest(&app, decoded).await.unwrap();
+    let dirty = format!("SELECT count(*)::int8 FROM {schema}.fold_dirty");
+    assert!(scalar(&client, &dirty).await >= 1);
+    let want: Vec<u64> = scopes
+        .iter()
+        .flat_map(|s| windows.iter().map(move |w| (s, *w)))
+        .map(|(s, w)| expected(&model, s, w))
+        .collect();
+    assert_eq!(totals(store.clone()).await, want, "with dirty hours");
+    store.tidy().await.unwrap();
+    store.tidy().await.unwrap();
+    assert_eq!(scalar(&client, &dirty).await, 0, "counted again");
+    assert_eq!(totals(store).await, want, "counted again");
+
+    // Back to schema 3: as a database written by an older imreport, whose hour counters were
+    // kept at ingest and no hour is folded.
     client
         .batch_execute(&format!(
-            "DROP TABLE {schema}.msg_counts; DELETE FROM {schema}.imreport_migrations WHERE version = 2"
+            "DROP TABLE {schema}.scope_counts, {schema}.fold_dirty;
+             ALTER TABLE {schema}.app_state DROP COLUMN folded;
+             DELETE FROM {schema}.imreport_migrations WHERE version = 4"
         ))
         .await
         .unwrap();
     let store = open().await;
-    let counted = scalar(
-        &client,
-        &format!("SELECT sum(n)::int8 FROM {schema}.msg_counts"),
-    )
-    .await;
-    assert_eq!(counted, 600, "the migration counted every stored message");
-    assert_eq!(totals(store).await, want, "counted by the migration");
+    assert_eq!(scalar(&client, &counted).await, 0, "nothing counted yet");
+    assert_eq!(
+        totals(store.clone()).await,
+        want,
+        "counted from rows once migrated"
+    );
+    store.tidy().await.unwrap();
+    assert!(scalar(&client, &counted).await >= 70);
+    assert_eq!(
+        totals(store).await,
+        want,
+        "counted by the folder once migrated"
+    );
     drop_schema(schema);
 }

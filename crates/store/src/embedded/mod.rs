@@ -104,7 +104,7 @@ impl EmbeddedConfig {
             tidy_after: std::time::Duration::from_secs(5),
             counter_cache_keys: 256 * 1024,
             partition_format: Format::LATEST,
-            busy_hour: 32,
+            busy_hour: crate::BUSY_HOUR,
         }
     }
 }
@@ -540,6 +540,11 @@ impl Store for EmbeddedStore {
     fn stats_retained_from(&self) -> i64 {
         self.inner
             .stats_horizon_day(self.inner.config.clock.now_ms())
+    }
+
+    async fn tidy(&self) -> Result<()> {
+        // Its upkeep runs in its own threads (the tidy thread, fjall's flushes and merges).
+        Ok(())
     }
 
     async fn enforce_retention(&self) -> Result<usize> {

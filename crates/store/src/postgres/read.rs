@@ -29,20 +29,119 @@ const SCOPE_PAGE: &str = "SELECT x.msg_ctime, x.msgid,
       AND x.seq <= $5
     ORDER BY x.msg_ctime, x.msgid LIMIT $6";
 
-/// The whole app's `total`: the counters of the window's whole hours ($4 the first one's start,
-/// $5 the end of the last, exclusive) plus the rows of the partial hours at its edges, so its
-/// cost stays that of ~168 counters and two hours of rows whatever a 7-day window holds.
-const APP_TOTAL: &str = "SELECT
-    (SELECT coalesce(sum(n), 0)::int8 FROM msg_counts
-      WHERE app_id = $1 AND hour >= $4 AND hour < $5)
-  + (SELECT count(*) FROM messages WHERE app_id = $1 AND msg_ctime >= $2 AND msg_ctime < $4)
-  + (SELECT count(*) FROM messages WHERE app_id = $1 AND msg_ctime >= $5 AND msg_ctime <= $3)";
+/// The app's sequence, its `folded` mark and the dirty hours of `[$2, $3)`: what says which
+/// hours are counted (see `fold.rs`).
+const FOLD_STATE: &str = "SELECT seq, folded,
+        ARRAY(SELECT hour FROM fold_dirty WHERE app_id = $1 AND hour >= $2 AND hour < $3)
+    FROM app_state WHERE app_id = $1";
 
-/// A user's, group's or chatroom's `total`: its index entries in the window (index-only). Per
-/// scope and hour counters were tried: a counter row per ~5 messages, whose upserts tripled
-/// the write-ahead log of an ingest (10M: 53k -> 18k messages/s with default settings).
-const SCOPE_COUNT: &str = "SELECT count(*) FROM msg_index
-    WHERE app_id = $1 AND scope = $4 AND scope_id = $5 AND msg_ctime >= $2 AND msg_ctime <= $3";
+/// The counters of `[$2, $3)`: the app's, or a scope's ($4, $5).
+const APP_COUNTERS: &str =
+    "SELECT hour, n FROM msg_counts WHERE app_id = $1 AND hour >= $2 AND hour < $3";
+const SCOPE_COUNTERS: &str = "SELECT hour, n FROM scope_counts
+    WHERE app_id = $1 AND scope = $4 AND scope_id = $5 AND hour >= $2 AND hour < $3";
+
+/// Rows in the intervals `[$2[i], $3[i])`: one index range count each.
+const APP_ROWS: &str = "SELECT coalesce(sum(c), 0)::int8
+    FROM unnest($2::int8[], $3::int8[]) AS r(lo, hi),
+         LATERAL (SELECT count(*) AS c FROM messages
+                   WHERE app_id = $1 AND msg_ctime >= r.lo AND msg_ctime < r.hi) x";
+const SCOPE_ROWS: &str = "SELECT coalesce(sum(c), 0)::int8
+    FROM unnest($2::int8[], $3::int8[]) AS r(lo, hi),
+         LATERAL (SELECT count(*) AS c FROM msg_index
+                   WHERE app_id = $1 AND scope = $4 AND scope_id = $5
+                     AND msg_ctime >= r.lo AND msg_ctime < r.hi) x";
+
+/// The app's commit sequence and the messages of `scope` in `[begin, end]`: the counters of the
+/// window's counted whole hours, and rows only where no counter stands (the edges' partial
+/// hours, hours not counted yet or dirty, and a scope's quiet hours), so that the cost stays
+/// that of ~168 counters and a few hours of rows whatever a 7-day window holds.
+async fn total(
+    tx: &deadpool_postgres::Transaction<'_>,
+    s: &PostgresStore,
+    app_id: i32,
+    scope: &Scope,
+    begin: i64,
+    end: i64,
+) -> Result<(u64, u64)> {
+    let w = &s.inner.window;
+    let h = MILLIS_PER_HOUR;
+    // The window's whole hours `[first, last)`, aligned as the counters are.
+    let first = match w.hour_start(begin) {
+        x if x == begin => x,
+        x => x + h,
+    };
+    let last = w.hour_start(end + 1).max(first);
+    let (tag, sid) = (i16::from(scope.tag()), scope.id());
+    let state = tx.prepare_cached(FOLD_STATE).await.map_err(pg_error)?;
+    let q = match scope {
+        Scope::App => tx.prepare_cached(APP_COUNTERS).await,
+        _ => tx.prepare_cached(SCOPE_COUNTERS).await,
+    }
+    .map_err(pg_error)?;
+    let app_params: [&(dyn ToSql + Sync); 3] = [&app_id, &first, &last];
+    let scope_params: [&(dyn ToSql + Sync); 5] = [&app_id, &first, &last, &tag, &sid];
+    let params: &[&(dyn ToSql + Sync)] = match scope {
+        Scope::App => &app_params,
+        _ => &scope_params,
+    };
+    // Both in one round trip (the connection pipelines them).
+    let (counters, state) =
+        tokio::try_join!(tx.query(&q, params), tx.query_opt(&state, &app_params))
+            .map_err(pg_error)?;
+    let Some(state) = state else {
+        // Nothing ever ingested for the app.
+        return Ok((0, 0));
+    };
+    let (seq, folded, dirty): (i64, i64, Vec<i64>) = (state.get(0), state.get(1), state.get(2));
+    let counted = |hour: i64| hour < folded && !dirty.contains(&hour);
+    let mut n = 0i64;
+    // Hours whose counter stands in for their rows (every counted hour for the app, where no
+    // counter means no message; a scope's counted busy hours).
+    let mut covered: Vec<i64> = Vec::new();
+    if let Scope::App = scope {
+        covered.extend(
+            (first..last.min(folded))
+                .step_by(h as usize)
+                .filter(|x| counted(*x)),
+        );
+    }
+    for r in &counters {
+        let hour: i64 = r.get(0);
+        if counted(hour) {
+            n += r.get::<_, i64>(1);
+            if *scope != Scope::App {
+                covered.push(hour);
+            }
+        }
+    }
+    covered.sort_unstable();
+    // The rest of `[begin, end]`, as half-open intervals between covered hours.
+    let (mut lo, mut hi) = (Vec::new(), Vec::new());
+    let mut from = begin;
+    for hour in covered.into_iter().chain([end + 1]) {
+        if from < hour {
+            lo.push(from);
+            hi.push(hour.min(end + 1));
+        }
+        from = (hour + h).max(from);
+    }
+    if !lo.is_empty() {
+        let row = match scope {
+            Scope::App => {
+                let q = tx.prepare_cached(APP_ROWS).await.map_err(pg_error)?;
+                tx.query_one(&q, &[&app_id, &lo, &hi]).await
+            }
+            _ => {
+                let q = tx.prepare_cached(SCOPE_ROWS).await.map_err(pg_error)?;
+                tx.query_one(&q, &[&app_id, &lo, &hi, &tag, &sid]).await
+            }
+        }
+        .map_err(pg_error)?;
+        n += row.get::<_, i64>(0);
+    }
+    Ok((seq as u64, n as u64))
+}
 
 /// A read-only transaction whose statements all see one snapshot.
 async fn snapshot(
@@ -70,37 +169,7 @@ pub(super) async fn page(
     let (tag, sid) = (i16::from(scope.tag()), scope.id());
     let (begin, end) = (req.range.begin, req.range.end);
     let (snapshot, total) = match req.after {
-        None => {
-            let seq: i64 = tx
-                .query_opt("SELECT seq FROM app_state WHERE app_id = $1", &[&app_id])
-                .await
-                .map_err(pg_error)?
-                .map(|r| r.get(0))
-                .unwrap_or(0);
-            let row = match scope {
-                Scope::App => {
-                    // The window's whole hours, as `msg_counts` aligns them; none: rows only.
-                    let w = &s.inner.window;
-                    let first = match w.hour_start(begin) {
-                        h if h == begin => h,
-                        h => h + MILLIS_PER_HOUR,
-                    };
-                    let (first, last) = match (first, w.hour_start(end + 1)) {
-                        (a, b) if a < b => (a, b),
-                        _ => (end + 1, end + 1),
-                    };
-                    let q = tx.prepare_cached(APP_TOTAL).await.map_err(pg_error)?;
-                    tx.query_one(&q, &[&app_id, &begin, &end, &first, &last])
-                        .await
-                }
-                _ => {
-                    let q = tx.prepare_cached(SCOPE_COUNT).await.map_err(pg_error)?;
-                    tx.query_one(&q, &[&app_id, &begin, &end, &tag, &sid]).await
-                }
-            }
-            .map_err(pg_error)?;
-            (seq as u64, row.get::<_, i64>(0) as u64)
-        }
+        None => total(&tx, s, app_id, scope, begin, end).await?,
         Some(_) => (req.snapshot, req.total),
     };
     let (after_ctime, after_msgid) = match req.after {

@@ -140,6 +140,56 @@ $$;
 ALTER TABLE presence ADD COLUMN n bigint NOT NULL DEFAULT 0;
 "#,
     ),
+    (
+        4,
+        r#"
+-- Counted ("folded") hours, so that a first page's `total` costs about the same whatever its
+-- window holds (see postgres/fold.rs). Per app, each whole hour before `folded` (ms, an hour
+-- start aligned with the partitions) is counted unless `fold_dirty` names it: `msg_counts`
+-- holds its messages (no row: none) and `scope_counts` a user's, group's or chatroom's messages
+-- in it when they are at least the busy-hour threshold (no row: count its index entries).
+-- Ingest writes none of these for hours at or after `folded`; a message for an earlier hour
+-- marks that hour dirty (counted from rows until the folder counts it again).
+ALTER TABLE app_state ADD COLUMN folded bigint NOT NULL DEFAULT 0;
+-- Earlier versions counted every hour as ingest went; the folder counts them again.
+TRUNCATE msg_counts;
+CREATE TABLE scope_counts (
+    app_id   integer NOT NULL,
+    scope    smallint NOT NULL,
+    scope_id text NOT NULL,
+    hour     bigint NOT NULL,
+    n        bigint NOT NULL,
+    PRIMARY KEY (app_id, scope, scope_id, hour)
+) PARTITION BY RANGE (hour);
+-- touched: the app's commit sequence of the last ingest that wrote into the hour, so that the
+-- folder waits for an hour to go quiet before it counts it again.
+CREATE TABLE fold_dirty (
+    app_id  integer NOT NULL,
+    hour    bigint NOT NULL,
+    touched bigint NOT NULL,
+    PRIMARY KEY (app_id, hour)
+) PARTITION BY RANGE (hour);
+DO $$
+DECLARE
+    p record;
+BEGIN
+    FOR p IN
+        SELECT c.relname::text AS name, pg_get_expr(c.relpartbound, c.oid) AS bound
+          FROM pg_inherits i
+          JOIN pg_class c ON c.oid = i.inhrelid
+          JOIN pg_class pc ON pc.oid = i.inhparent
+          JOIN pg_namespace n ON n.oid = pc.relnamespace
+         WHERE pc.relname = 'messages' AND n.nspname = current_schema()
+    LOOP
+        EXECUTE format('CREATE TABLE %I PARTITION OF scope_counts %s',
+                       replace(p.name, 'messages_p', 'scope_counts_p'), p.bound);
+        EXECUTE format('CREATE TABLE %I PARTITION OF fold_dirty %s',
+                       replace(p.name, 'messages_p', 'fold_dirty_p'), p.bound);
+    END LOOP;
+END
+$$;
+"#,
+    ),
 ];
 
 fn pg(e: tokio_postgres::Error) -> StoreError {
@@ -216,11 +266,13 @@ pub const REFERENCE_TABLES: [&str; 2] = ["imreport_meta", "apps"];
 
 /// Tables Citus distributes by `app_id`, all co-located with the first: one app's rows, and so
 /// each of its transactions, on one worker.
-pub const DISTRIBUTED_TABLES: [&str; 9] = [
+pub const DISTRIBUTED_TABLES: [&str; 11] = [
     "app_state",
     "messages",
     "msg_index",
     "msg_counts",
+    "scope_counts",
+    "fold_dirty",
     "presence",
     "entities",
     "stat_days",
@@ -280,7 +332,13 @@ async fn distribute(client: &Client) -> Result<()> {
 }
 
 /// Partitioned tables and what their partitions are keyed by.
-pub const MESSAGE_TABLES: [&str; 3] = ["messages", "msg_index", "msg_counts"];
+pub const MESSAGE_TABLES: [&str; 5] = [
+    "messages",
+    "msg_index",
+    "msg_counts",
+    "scope_counts",
+    "fold_dirty",
+];
 pub const PRESENCE_TABLE: &str = "presence";
 
 pub fn partition_name(table: &str, day: i64) -> String {

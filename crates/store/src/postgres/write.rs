@@ -84,12 +84,12 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
         .prepare_cached(
             "INSERT INTO app_state (app_id, seq, next_msgid) VALUES ($1, 1, 1)
              ON CONFLICT (app_id) DO UPDATE SET seq = app_state.seq + 1
-             RETURNING seq, next_msgid",
+             RETURNING seq, next_msgid, folded",
         )
         .await
         .map_err(pg_error)?;
     let row = tx.query_one(&lock, &[&app_id]).await.map_err(pg_error)?;
-    let (seq, stored_next): (i64, i64) = (row.get(0), row.get(1));
+    let (seq, stored_next, folded): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
     let stored_next = stored_next as u64;
     let kept = events.iter().filter_map(|ev| match ev {
         Event::Message(m) if w.pday(m.msg_ctime) >= horizon => Some(m),
@@ -137,8 +137,8 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
         Vec::new(),
         Vec::new(),
     );
-    // Messages added per hour (see `msg_counts`).
-    let mut counts: std::collections::BTreeMap<i64, i64> = Default::default();
+    // The hours the batch adds messages to (see `fold.rs`).
+    let mut touched: BTreeSet<i64> = BTreeSet::new();
     // Presence keys in event order, and the rollup each one bumps when fresh.
     let mut marks: Vec<PresenceKey> = Vec::new();
     // Messages each sender sent and each group received, by day (see `Presence::tallied`).
@@ -169,7 +169,7 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
                     m_ctime.push(m.msg_ctime);
                     m_id.push(m.msgid as i64);
                     m_rec.push(rec);
-                    *counts.entry(w.hour_start(m.msg_ctime)).or_default() += 1;
+                    touched.insert(w.hour_start(m.msg_ctime));
                     for scope in m.scopes() {
                         x_scope.push(i16::from(scope.tag()));
                         x_sid.push(scope.id().to_owned());
@@ -228,18 +228,22 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
         tx.execute(&q, &[&app_id, &x_scope, &x_sid, &x_ctime, &x_id, &seq])
             .await
             .map_err(pg_error)?;
-        let (c_hour, c_n): (Vec<i64>, Vec<i64>) = counts.into_iter().unzip();
-        let q = tx
-            .prepare_cached(
-                "INSERT INTO msg_counts (app_id, hour, n)
-                 SELECT $1, h, n FROM unnest($2::int8[], $3::int8[]) AS t(h, n)
-                 ON CONFLICT (app_id, hour) DO UPDATE SET n = msg_counts.n + excluded.n",
-            )
-            .await
-            .map_err(pg_error)?;
-        tx.execute(&q, &[&app_id, &c_hour, &c_n])
-            .await
-            .map_err(pg_error)?;
+        // Hours already counted no longer are: marked dirty, they are counted from their rows
+        // until the folder counts them again. Later hours need nothing.
+        let late: Vec<i64> = touched.range(..folded).copied().collect();
+        if !late.is_empty() {
+            let q = tx
+                .prepare_cached(
+                    "INSERT INTO fold_dirty (app_id, hour, touched)
+                     SELECT $1, h, $3 FROM unnest($2::int8[]) AS h
+                     ON CONFLICT (app_id, hour) DO UPDATE SET touched = excluded.touched",
+                )
+                .await
+                .map_err(pg_error)?;
+            tx.execute(&q, &[&app_id, &late, &seq])
+                .await
+                .map_err(pg_error)?;
+        }
     }
 
     // Presence: the keys that were not there yet come back; each counts once, for the first
