@@ -576,7 +576,8 @@ def run_size(n, profile, work):
     for name, r in results.items():
         t = {k: v["total"] for k, v in r["first_page"].items()}
         results[name]["totals"] = t
-    base = results["imreport"]["totals"]
+    # Every system's totals against imreport's (or, in a partial run, the first system's).
+    base = results.get("imreport", next(iter(results.values())))["totals"]
     for name, r in results.items():
         if r["totals"] != base:
             log(f"WARNING: {name} totals differ from imreport's: {r['totals']} vs {base}")

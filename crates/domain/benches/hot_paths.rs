@@ -46,7 +46,7 @@ fn benches(c: &mut Criterion) {
             msgid: 13_242_735,
         },
         total: 3000,
-        snapshot: 77,
+        snapshot: imreport_domain::cursor::Snapshot::at(77),
         issued_ms: NOW,
     };
     let app = Binding {

@@ -16,12 +16,44 @@ use sha2::{Digest, Sha256};
 /// How the message of an expired cursor's refusal begins (callers tell expiry apart by it).
 pub const EXPIRED: &str = "cursor expired";
 
-/// 2: bound to the app itself (number, key, creation time), not only its key.
-const VERSION: u8 = 2;
+/// 2: bound to the app itself (number, key, creation time), not only its key. 3: the snapshot's
+/// commits in flight follow the fixed part (a count, then each as its distance below `upto`).
+const VERSION: u8 = 3;
+/// Cursors of version 2 (no commits in flight) are still opened.
+const VERSION_2: u8 = 2;
 const MAC_LEN: usize = 16;
+/// The fixed part of the body.
 const BODY_LEN: usize = 1 + 8 + 1 + 8 + 8 + 8 + 2 + 8 + 8 + 8 + 8 + 8;
-/// Length of every cursor: unpadded base64url of the body and its tag.
-pub const CURSOR_LEN: usize = ((BODY_LEN + MAC_LEN) * 4).div_ceil(3);
+/// Most commits in flight a cursor carries.
+pub const MAX_PENDING: usize = u8::MAX as usize;
+/// Length of a cursor whose snapshot has no commits in flight (always, on the embedded store):
+/// unpadded base64url of the body and its tag. Each commit in flight adds 4 bytes.
+pub const CURSOR_LEN: usize = ((BODY_LEN + 1 + MAC_LEN) * 4).div_ceil(3);
+
+/// What a walk sees: the commits up to `upto`, less those still in flight when it began
+/// (`pending`; the PostgreSQL backend's concurrent ingests, never more than [`MAX_PENDING`] and
+/// each less than `2^32` below `upto`). Always empty on the embedded store, whose commits are
+/// sequential.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub upto: u64,
+    pub pending: Vec<u64>,
+}
+
+impl Snapshot {
+    /// Everything committed up to `upto`.
+    pub fn at(upto: u64) -> Self {
+        Snapshot {
+            upto,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Whether the walk sees a row written by commit `seq`.
+    pub fn sees(&self, seq: u64) -> bool {
+        seq <= self.upto && !self.pending.contains(&seq)
+    }
+}
 
 /// The app a cursor is bound to: its internal number and creation time as well as its key, so
 /// that an app deleted and created again with the same key continues none of the old one's
@@ -94,8 +126,8 @@ pub struct CursorState {
     pub count: u16,
     pub after: Position,
     pub total: u64,
-    /// The store's commit sequence when the walk began; later writes are not part of the walk.
-    pub snapshot: u64,
+    /// The commits the walk sees: those before it began; later writes are not part of it.
+    pub snapshot: Snapshot,
     pub issued_ms: Millis,
 }
 
@@ -145,9 +177,15 @@ pub fn seal(key: &CursorKey, app: Binding<'_>, scope: &Scope, st: &CursorState) 
     b.extend_from_slice(&st.after.ctime.to_be_bytes());
     b.extend_from_slice(&st.after.msgid.to_be_bytes());
     b.extend_from_slice(&st.total.to_be_bytes());
-    b.extend_from_slice(&st.snapshot.to_be_bytes());
+    b.extend_from_slice(&st.snapshot.upto.to_be_bytes());
     b.extend_from_slice(&st.issued_ms.to_be_bytes());
     debug_assert_eq!(b.len(), BODY_LEN);
+    // The store never hands out more, nor any further below (see `Snapshot`).
+    let pending = &st.snapshot.pending[..st.snapshot.pending.len().min(MAX_PENDING)];
+    b.push(pending.len() as u8);
+    for p in pending {
+        b.extend_from_slice(&((st.snapshot.upto - p) as u32).to_be_bytes());
+    }
     let tag = mac(key, &b);
     b.extend_from_slice(&tag);
     URL_SAFE_NO_PAD.encode(b)
@@ -165,12 +203,20 @@ pub fn open(
     let bytes = URL_SAFE_NO_PAD.decode(cursor.as_bytes()).map_err(|_| {
         Error::invalid("cursor is truncated or malformed: pass the cursor value exactly as returned, or start again with count, begin_time and end_time")
     })?;
-    if bytes.len() != BODY_LEN + MAC_LEN || bytes[0] != VERSION {
-        return Err(Error::invalid(
+    let malformed = || {
+        Error::invalid(
             "cursor is truncated or malformed; pass the cursor value exactly as returned, or start again with count, begin_time and end_time",
-        ));
+        )
+    };
+    let body_len = match bytes.first() {
+        Some(&VERSION_2) => BODY_LEN,
+        Some(&VERSION) if bytes.len() > BODY_LEN => BODY_LEN + 1 + 4 * bytes[BODY_LEN] as usize,
+        _ => return Err(malformed()),
+    };
+    if bytes.len() != body_len + MAC_LEN {
+        return Err(malformed());
     }
-    let (body, tag) = bytes.split_at(BODY_LEN);
+    let (body, tag) = bytes.split_at(body_len);
     let expected = mac(key, body);
     if !bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], tag)) {
         return Err(Error::invalid(
@@ -201,8 +247,15 @@ pub fn open(
         msgid: r.u64(),
     };
     let total = r.u64();
-    let snapshot = r.u64();
+    let upto = r.u64();
     let issued_ms = r.i64();
+    let mut snapshot = Snapshot::at(upto);
+    if body[0] == VERSION {
+        let n = r.take::<1>()[0];
+        snapshot.pending = (0..n)
+            .map(|_| upto.wrapping_sub(u64::from(u32::from_be_bytes(r.take()))))
+            .collect();
+    }
     if now_ms.saturating_sub(issued_ms) > ttl_ms {
         return Err(Error::invalid(format!(
             "{EXPIRED}: cursors are valid for {} seconds after they are issued; start again with count, begin_time and end_time",
@@ -248,7 +301,7 @@ mod tests {
                 msgid: 42,
             },
             total: 3000,
-            snapshot: 7,
+            snapshot: Snapshot::at(7),
             issued_ms: 10_000,
         }
     }
@@ -258,13 +311,43 @@ mod tests {
         let s = state();
         let c = seal(&key(), app("appA"), &Scope::App, &s);
         assert_eq!(c.len(), CURSOR_LEN);
-        assert_eq!(CURSOR_LEN, 123);
+        assert_eq!(CURSOR_LEN, 124);
         assert!(
             c.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         );
         assert_eq!(
             open(&key(), app("appA"), &Scope::App, &c, 10_000, 120_000).unwrap(),
+            s
+        );
+    }
+
+    #[test]
+    fn commits_in_flight_round_trip_and_version_2_cursors_still_open() {
+        let mut s = state();
+        s.snapshot = Snapshot {
+            upto: 1 << 62 | 9_000,
+            pending: vec![1 << 62 | 8_999, 1 << 62 | 12, 1 << 62 | 9_000],
+        };
+        let c = seal(&key(), app("appA"), &Scope::App, &s);
+        assert_eq!(c.len(), ((BODY_LEN + 1 + 12 + MAC_LEN) * 4).div_ceil(3));
+        let opened = open(&key(), app("appA"), &Scope::App, &c, 10_000, 120_000).unwrap();
+        assert_eq!(opened, s);
+        assert!(!opened.snapshot.sees(1 << 62 | 12) && opened.snapshot.sees(1 << 62 | 13));
+        assert!(!opened.snapshot.sees(1 << 62 | 9_001) && opened.snapshot.sees(5));
+        // A version 2 cursor (sealed before the upgrade): the fixed part alone.
+        let s = state();
+        let raw = URL_SAFE_NO_PAD
+            .decode(seal(&key(), app("appA"), &Scope::App, &s))
+            .unwrap();
+        let mut v2 = raw[..BODY_LEN].to_vec();
+        v2[0] = VERSION_2;
+        let tag = mac(&key(), &v2);
+        v2.extend_from_slice(&tag);
+        let v2 = URL_SAFE_NO_PAD.encode(v2);
+        assert_eq!(v2.len(), 123);
+        assert_eq!(
+            open(&key(), app("appA"), &Scope::App, &v2, 10_000, 120_000).unwrap(),
             s
         );
     }

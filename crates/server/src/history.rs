@@ -124,7 +124,7 @@ pub(crate) async fn load_page(
             range,
             count,
             after: None,
-            snapshot: 0,
+            snapshot: Default::default(),
             total: 0,
         },
         HistoryRequest::Next { cursor } => {
@@ -161,6 +161,7 @@ pub(crate) async fn load_page(
         .ok_or_else(busy)?;
     let (page, slot) = {
         let (store, app, scope) = (st.store.clone(), app.clone(), scope.clone());
+        let req = req.clone();
         detached(slot, async move { store.page(&app, &scope, req).await }).await?
     };
     let page = page?;

@@ -15,7 +15,7 @@ pub const BUSY_HOUR: u64 = 32;
 
 use async_trait::async_trait;
 use imreport_domain::app::{App, SecretHash};
-use imreport_domain::cursor::Position;
+use imreport_domain::cursor::{Position, Snapshot};
 use imreport_domain::event::Event;
 use imreport_domain::rollup::{Busiest, DayStats, MsgCounts};
 use imreport_domain::scope::Scope;
@@ -161,8 +161,8 @@ impl std::ops::AddAssign for IngestOutcome {
 pub struct Page {
     /// Messages matching the whole query (as of `snapshot`).
     pub total: u64,
-    /// Commit sequence the walk reads as of; messages committed later are not part of it.
-    pub snapshot: u64,
+    /// The commits the walk reads; messages committed later are not part of it.
+    pub snapshot: Snapshot,
     /// Number of messages in `json`.
     pub count: usize,
     /// The page's message objects, comma-separated (the inside of a JSON array).
@@ -211,14 +211,14 @@ impl DaysReport {
 }
 
 /// Where the walk stands when a page is asked for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PageRequest {
     pub range: TimeRange,
     pub count: u16,
     /// `None` for the first page.
     pub after: Option<Position>,
     /// For next pages: the walk's snapshot and carried total.
-    pub snapshot: u64,
+    pub snapshot: Snapshot,
     pub total: u64,
 }
 

@@ -150,13 +150,13 @@ async fn walk(
         range,
         count,
         after: None,
-        snapshot: 0,
+        snapshot: Default::default(),
         total: 0,
     };
     let mut seen = Vec::new();
     let mut total = None;
     loop {
-        let page = store.page(app, scope, req).await.unwrap();
+        let page = store.page(app, scope, req.clone()).await.unwrap();
         let first_total = *total.get_or_insert(page.total);
         assert_eq!(page.total, first_total, "total is carried");
         let body: serde_json::Value =
@@ -174,7 +174,7 @@ async fn walk(
             Some(after) => {
                 req = PageRequest {
                     after: Some(after),
-                    snapshot: page.snapshot,
+                    snapshot: page.snapshot.clone(),
                     total: page.total,
                     ..req
                 }
@@ -383,7 +383,7 @@ async fn a_walk_reads_what_was_stored_when_it_began(backend: Backend) {
                 range: around_t0(),
                 count: 2,
                 after: None,
-                snapshot: 0,
+                snapshot: Default::default(),
                 total: 0,
             },
         )
@@ -400,12 +400,12 @@ async fn a_walk_reads_what_was_stored_when_it_began(backend: Backend) {
         range: around_t0(),
         count: 2,
         after: first.next,
-        snapshot: first.snapshot,
+        snapshot: first.snapshot.clone(),
         total: first.total,
     };
     let mut rest = Vec::new();
     while req.after.is_some() {
-        let page = s.page(&a, &Scope::App, req).await.unwrap();
+        let page = s.page(&a, &Scope::App, req.clone()).await.unwrap();
         assert_eq!(page.total, 6);
         rest.push(page.count);
         req.after = page.next;

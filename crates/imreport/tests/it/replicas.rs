@@ -304,7 +304,7 @@ async fn totals_agree_with_the_rows_before_and_after_hours_are_counted() {
                         range: TimeRange { begin, end },
                         count: 1,
                         after: None,
-                        snapshot: 0,
+                        snapshot: Default::default(),
                         total: 0,
                     };
                     out.push(store.page(&app, scope, req).await.unwrap().total);
@@ -395,4 +395,83 @@ async fn totals_agree_with_the_rows_before_and_after_hours_are_counted() {
         "counted by the folder once migrated"
     );
     drop_schema(schema);
+}
+
+/// A walk on PostgreSQL is its first page's snapshot, even for a transaction that was in
+/// flight then and commits during the walk: its rows are neither counted nor served (the cursor
+/// carries the transactions in flight), and a walk begun after it sees them.
+#[tokio::test]
+async fn a_transaction_in_flight_when_a_walk_began_stays_out_of_it() {
+    let s = TestServer::start_on(Backend::Postgres).await;
+    let schema = s.pg_schema().unwrap().to_owned();
+    let evs: Vec<Value> = (1..=30)
+        .map(|i| text_message(i, T0 - 60_000 + i as i64, "single", "u", "v"))
+        .collect();
+    s.ingest_ok(&evs).await;
+    // A writer in flight: a copy of message 5 under msgid 1000005 (after message 25 in walk
+    // order, so a later page would reach it), stamped as ingest stamps
+    // rows (its transaction's id, moved up by 2^62), not committed yet.
+    let mut raw = connect().await;
+    let tx = raw.transaction().await.unwrap();
+    let xid: i64 = tx
+        .query_one("SELECT pg_current_xact_id()::text::int8", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let copied = tx
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.messages (app_id, msg_ctime, msgid, seq, rec)
+                 SELECT app_id, msg_ctime + 20, 1000005, $1, rec FROM {schema}.messages WHERE msgid = 5"
+            ),
+            &[&((1i64 << 62) + xid)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(copied, 1);
+    // A later transaction commits meanwhile: the snapshot's `xmax` passes the one in flight,
+    // which the snapshot (and so the cursor) then lists as in flight.
+    s.ingest_ok(&[text_message(31, T0 - 1_000, "single", "u", "v")])
+        .await;
+    let path = "/v2/messages";
+    let q = format!(
+        "{path}?count=10&begin_time={}&end_time={}",
+        enc(&sh(T0 - 120_000)),
+        enc(&sh(T0))
+    );
+    let (status, first) = s.get(&q).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["total"], 31);
+    let cursor = first["cursor"].as_str().unwrap().to_owned();
+    assert!(
+        cursor.len() > imreport_domain::cursor::CURSOR_LEN,
+        "the cursor carries the transaction in flight"
+    );
+    tx.commit().await.unwrap();
+    let mut ids: Vec<u64> = first["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["msgid"].as_u64().unwrap())
+        .collect();
+    let mut next = Some(cursor);
+    while let Some(c) = next {
+        let (status, page) = s.get(&format!("{path}?cursor={c}")).await;
+        assert_eq!(status, 200, "{page}");
+        ids.extend(
+            page["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["msgid"].as_u64().unwrap()),
+        );
+        next = page["cursor"].as_str().map(str::to_owned);
+    }
+    assert_eq!(
+        ids,
+        (1..=31).collect::<Vec<u64>>(),
+        "the walk is its snapshot"
+    );
+    let (total, all) = s.walk(&s.app, path, 10, &sh(T0 - 120_000), &sh(T0)).await;
+    assert_eq!((total, all.len()), (32, 32), "a new walk sees it");
 }

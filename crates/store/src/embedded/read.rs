@@ -6,7 +6,7 @@ use crate::{DaysReport, Page, PageRequest, Result, StoreError};
 use fjall::{Keyspace, Readable, Snapshot};
 use imreport_domain::Millis;
 use imreport_domain::app::App;
-use imreport_domain::cursor::Position;
+use imreport_domain::cursor::{self, Position};
 use imreport_domain::lifecycle::decode_history;
 use imreport_domain::message::view_record;
 use imreport_domain::rollup::{Busiest, DayStats, MsgCounts, Presence, decode_counts, top_tallies};
@@ -44,7 +44,7 @@ pub(crate) fn page(inner: &Inner, app: &App, scope: &Scope, req: PageRequest) ->
             };
             (seq, tally.range(req.range)?)
         }
-        Some(_) => (req.snapshot, req.total),
+        Some(_) => (req.snapshot.upto, req.total),
     };
     let (start_ctime, start_msgid) = match req.after {
         Some(p) => (p.ctime, p.msgid.saturating_add(1)),
@@ -84,7 +84,7 @@ pub(crate) fn page(inner: &Inner, app: &App, scope: &Scope, req: PageRequest) ->
     }
     Ok(Page {
         total,
-        snapshot,
+        snapshot: cursor::Snapshot::at(snapshot),
         count: out.n,
         json: out.json,
         next: if out.more { out.last } else { None },

@@ -286,7 +286,7 @@ async fn a_quiet_day_partition_is_merged_and_its_old_tables_deleted() {
                 range,
                 count: 100,
                 after: None,
-                snapshot: 0,
+                snapshot: Default::default(),
                 total: 0,
             },
         )
@@ -425,7 +425,7 @@ async fn scope_total(
         range: imreport_domain::time::TimeRange { begin, end },
         count: 1,
         after: None,
-        snapshot: 0,
+        snapshot: Default::default(),
         total: 0,
     };
     store.page(app, scope, req).await.unwrap().total
@@ -591,11 +591,11 @@ async fn walks_read_partitions_of_every_format_alike() {
                     range: imreport_domain::time::TimeRange { begin, end },
                     count,
                     after: None,
-                    snapshot: 0,
+                    snapshot: Default::default(),
                     total: 0,
                 };
                 loop {
-                    let page = store.page(&app, &scope, req).await.unwrap();
+                    let page = store.page(&app, &scope, req.clone()).await.unwrap();
                     assert_eq!(page.total, want.len() as u64, "{scope:?} {begin}..={end}");
                     let json: Vec<serde_json::Value> =
                         serde_json::from_slice(&[b"[", &page.json[..], b"]"].concat()).unwrap();
@@ -608,7 +608,7 @@ async fn walks_read_partitions_of_every_format_alike() {
                     match page.next {
                         Some(p) => {
                             req.after = Some(p);
-                            req.snapshot = page.snapshot;
+                            req.snapshot = page.snapshot.clone();
                             req.total = page.total;
                         }
                         None => break,

@@ -68,14 +68,6 @@ async fn fold_apps(s: &PostgresStore, client: &mut deadpool_postgres::Object) ->
     Ok(pending)
 }
 
-/// Hours of one app to count in one step (one partition day's): `recount` dirty hours with the
-/// `touched` marks they must still carry, then `advance` the `folded` mark to this end.
-#[derive(Default)]
-struct Step {
-    recount: Vec<(i64, i64)>,
-    advance: Option<(i64, i64)>,
-}
-
 async fn fold_app(
     s: &PostgresStore,
     client: &mut deadpool_postgres::Object,
@@ -85,66 +77,70 @@ async fn fold_app(
     let now = s.inner.config.clock.now_ms();
     let target = w.hour_start(now - FOLD_LAG_MS);
     let horizon = w.pday_start(w.horizon_day(now));
+    advance(s, client, app_id, horizon, target).await?;
     let row = client
         .query_one(
-            "SELECT folded, ARRAY(SELECT hour FROM fold_dirty WHERE app_id = $1 ORDER BY hour),
+            "SELECT ARRAY(SELECT hour FROM fold_dirty WHERE app_id = $1 ORDER BY hour),
                     ARRAY(SELECT touched FROM fold_dirty WHERE app_id = $1 ORDER BY hour)
                FROM app_state WHERE app_id = $1",
             &[&app_id],
         )
         .await
         .map_err(pg_error)?;
-    let folded: i64 = row.get(0);
     let dirty: HashMap<i64, i64> = row
-        .get::<_, Vec<i64>>(1)
+        .get::<_, Vec<i64>>(0)
         .into_iter()
-        .zip(row.get::<_, Vec<i64>>(2))
+        .zip(row.get::<_, Vec<i64>>(1))
         .collect();
-    // Quiet: untouched since the last pass saw it dirty.
-    let quiet: Vec<(i64, i64)> = {
+    // Ready: just reached (touched 0), or untouched since the last pass saw it dirty.
+    let ready: Vec<(i64, i64)> = {
         let mut seen = s.inner.fold_seen.lock().expect("lock");
         let last = seen.entry(app_id).or_default();
-        let quiet = dirty
+        let ready = dirty
             .iter()
-            .filter(|(h, t)| last.get(h) == Some(t) && **h >= horizon)
+            .filter(|(h, t)| **t == 0 || last.get(h) == Some(t))
             .map(|(h, t)| (*h, *t))
             .collect();
         *last = dirty.clone();
-        quiet
+        ready
     };
-    let mut steps: BTreeMap<i64, Step> = BTreeMap::new();
-    for (hour, touched) in quiet {
-        steps
+    let mut by_day: BTreeMap<i64, Vec<(i64, i64)>> = BTreeMap::new();
+    for (hour, touched) in ready {
+        by_day
             .entry(w.pday(hour))
             .or_default()
-            .recount
             .push((hour, touched));
     }
-    let from = w.hour_start(folded.max(horizon));
-    let mut at = from;
-    while at < target {
-        let day = w.pday(at);
-        let end = w.pday_start(day + 1).min(target);
-        steps.entry(day).or_default().advance = Some((at, end));
-        at = end;
-    }
     let mut counted = 0;
-    for (_, step) in steps {
-        counted += step.recount.len() as u64;
-        count_step(s, client, app_id, step).await?;
+    for (day, hours) in by_day {
+        if w.pday_start(day) < horizon {
+            continue; // retention drops it
+        }
+        counted += count(s, client, app_id, hours).await?;
     }
     Ok((dirty.len() as u64).saturating_sub(counted))
 }
 
-/// Counts the hours of one step in one transaction that holds the app's ingests off.
-async fn count_step(
+/// Moves the app's `folded` mark to `target`, marking each hour it passes dirty (touched 0: to
+/// be counted). Short, and the only step that holds the app's ingests off: each takes the
+/// `app_state` row lock first, so one that began before has committed (its rows are in what
+/// the counting reads) and one that begins after marks what it adds to those hours.
+async fn advance(
     s: &PostgresStore,
     client: &mut deadpool_postgres::Object,
     app_id: i32,
-    step: Step,
+    horizon: i64,
+    target: i64,
 ) -> Result<()> {
-    let off = s.inner.window.partition_offset_ms;
-    let busy = s.inner.config.busy_hour as i64;
+    let folded: i64 = client
+        .query_one("SELECT folded FROM app_state WHERE app_id = $1", &[&app_id])
+        .await
+        .map_err(pg_error)?
+        .get(0);
+    if folded >= target {
+        return Ok(());
+    }
+    let w = &s.inner.window;
     let tx = client.transaction().await.map_err(pg_error)?;
     let folded: i64 = tx
         .query_one(
@@ -154,86 +150,128 @@ async fn count_step(
         .await
         .map_err(pg_error)?
         .get(0);
-    let mut hours: Vec<i64> = Vec::new();
-    if !step.recount.is_empty() {
-        // Only those still untouched: an ingest may have come between the look and the lock.
-        let (h, t): (Vec<i64>, Vec<i64>) = step.recount.into_iter().unzip();
-        hours = tx
-            .query(
-                "DELETE FROM fold_dirty d USING unnest($2::int8[], $3::int8[]) AS q(h, t)
-                  WHERE d.app_id = $1 AND d.hour = q.h AND d.touched = q.t
-                  RETURNING d.hour",
-                &[&app_id, &h, &t],
-            )
-            .await
-            .map_err(pg_error)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-    }
-    let mut advance_to = None;
-    if let Some((lo, hi)) = step.advance {
-        // Another server may have moved the mark since the look.
-        let mut h = lo.max(folded);
-        while h < hi {
-            hours.push(h);
-            h += MILLIS_PER_HOUR;
-        }
-        if hi > folded {
-            advance_to = Some(hi);
-        }
-    }
-    if !hours.is_empty() {
-        let (lo, hi) = (
-            *hours.iter().min().expect("some"),
-            hours.iter().max().expect("some") + MILLIS_PER_HOUR,
-        );
-        let hour_of = "msg_ctime - mod(mod(msg_ctime + $5, 3600000) + 3600000, 3600000)";
-        tx.execute(
-            "DELETE FROM msg_counts WHERE app_id = $1 AND hour = ANY($2)",
-            &[&app_id, &hours],
-        )
-        .await
-        .map_err(pg_error)?;
-        tx.execute(
-            "DELETE FROM scope_counts WHERE app_id = $1 AND hour = ANY($2)",
-            &[&app_id, &hours],
-        )
-        .await
-        .map_err(pg_error)?;
+    // Hours with messages only (the app's hour rows, from the primary key's ranges); an hour
+    // reached with none is counted as none.
+    let from = w.hour_start(folded.max(horizon));
+    if from < target {
+        let hour_of = "msg_ctime - mod(mod(msg_ctime + $4, 3600000) + 3600000, 3600000)";
         tx.execute(
             &format!(
-                "INSERT INTO msg_counts (app_id, hour, n)
-                 SELECT app_id, h, count(*) FROM (
-                     SELECT app_id, {hour_of} AS h FROM messages
+                "INSERT INTO fold_dirty (app_id, hour, touched)
+                 SELECT DISTINCT app_id, {hour_of}, 0 FROM messages
+                  WHERE app_id = $1 AND msg_ctime >= $2 AND msg_ctime < $3
+                 ON CONFLICT (app_id, hour) DO NOTHING"
+            ),
+            &[&app_id, &from, &target, &w.partition_offset_ms],
+        )
+        .await
+        .map_err(pg_error)?;
+    }
+    tx.execute(
+        "UPDATE app_state SET folded = $2 WHERE app_id = $1 AND folded < $2",
+        &[&app_id, &target],
+    )
+    .await
+    .map_err(pg_error)?;
+    tx.commit().await.map_err(pg_error)?;
+    Ok(())
+}
+
+/// Counts the `(hour, touched)` marks of one partition day from one snapshot, then writes their
+/// counters and clears the marks still as they were, in one transaction. An ingest that wrote
+/// into an hour since the snapshot changed its mark: that hour stays dirty (read from rows)
+/// until a later pass. Holds nothing off but the marks' rows.
+async fn count(
+    s: &PostgresStore,
+    client: &mut deadpool_postgres::Object,
+    app_id: i32,
+    marks: Vec<(i64, i64)>,
+) -> Result<u64> {
+    let off = s.inner.window.partition_offset_ms;
+    let busy = s.inner.config.busy_hour as i64;
+    let (hours, touched): (Vec<i64>, Vec<i64>) = marks.into_iter().unzip();
+    let (lo, hi) = (
+        *hours.iter().min().expect("some"),
+        hours.iter().max().expect("some") + MILLIS_PER_HOUR,
+    );
+    let hour_of = "msg_ctime - mod(mod(msg_ctime + $5, 3600000) + 3600000, 3600000)";
+    // The counts, from one snapshot taken after the marks were read: every row of an ingest
+    // that left a mark as read is in it.
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg_error)?;
+    let apps = tx
+        .query(
+            &format!(
+                "SELECT h, count(*) FROM (
+                     SELECT {hour_of} AS h FROM messages
                       WHERE app_id = $1 AND msg_ctime >= $3 AND msg_ctime < $4) t
-                  WHERE h = ANY($2) GROUP BY app_id, h"
+                  WHERE h = ANY($2) GROUP BY h"
             ),
             &[&app_id, &hours, &lo, &hi, &off],
         )
         .await
         .map_err(pg_error)?;
-        tx.execute(
+    let scopes = tx
+        .query(
             &format!(
-                "INSERT INTO scope_counts (app_id, scope, scope_id, hour, n)
-                 SELECT app_id, scope, scope_id, h, count(*) FROM (
-                     SELECT app_id, scope, scope_id, {hour_of} AS h FROM msg_index
+                "SELECT scope, scope_id, h, count(*) FROM (
+                     SELECT scope, scope_id, {hour_of} AS h FROM msg_index
                       WHERE app_id = $1 AND msg_ctime >= $3 AND msg_ctime < $4) t
-                  WHERE h = ANY($2) GROUP BY app_id, scope, scope_id, h HAVING count(*) >= $6"
+                  WHERE h = ANY($2) GROUP BY scope, scope_id, h HAVING count(*) >= $6"
             ),
             &[&app_id, &hours, &lo, &hi, &off, &busy],
         )
         .await
         .map_err(pg_error)?;
+    tx.commit().await.map_err(pg_error)?;
+    let (a_hour, a_n): (Vec<i64>, Vec<i64>) = apps
+        .iter()
+        .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
+        .unzip();
+    let (mut s_scope, mut s_id, mut s_hour, mut s_n) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in &scopes {
+        s_scope.push(r.get::<_, i16>(0));
+        s_id.push(r.get::<_, &str>(1));
+        s_hour.push(r.get::<_, i64>(2));
+        s_n.push(r.get::<_, i64>(3));
     }
-    if let Some(to) = advance_to {
+    let tx = client.transaction().await.map_err(pg_error)?;
+    for table in ["msg_counts", "scope_counts"] {
         tx.execute(
-            "UPDATE app_state SET folded = $2 WHERE app_id = $1",
-            &[&app_id, &to],
+            &format!("DELETE FROM {table} WHERE app_id = $1 AND hour = ANY($2)"),
+            &[&app_id, &hours],
         )
         .await
         .map_err(pg_error)?;
     }
+    tx.execute(
+        "INSERT INTO msg_counts (app_id, hour, n)
+         SELECT $1, h, n FROM unnest($2::int8[], $3::int8[]) AS t(h, n)",
+        &[&app_id, &a_hour, &a_n],
+    )
+    .await
+    .map_err(pg_error)?;
+    tx.execute(
+        "INSERT INTO scope_counts (app_id, scope, scope_id, hour, n)
+         SELECT $1, s, i, h, n FROM unnest($2::int2[], $3::text[], $4::int8[], $5::int8[]) AS t(s, i, h, n)",
+        &[&app_id, &s_scope, &s_id, &s_hour, &s_n],
+    )
+    .await
+    .map_err(pg_error)?;
+    let cleared = tx
+        .execute(
+            "DELETE FROM fold_dirty d USING unnest($2::int8[], $3::int8[]) AS q(h, t)
+              WHERE d.app_id = $1 AND d.hour = q.h AND d.touched = q.t",
+            &[&app_id, &hours, &touched],
+        )
+        .await
+        .map_err(pg_error)?;
     tx.commit().await.map_err(pg_error)?;
-    Ok(())
+    Ok(cleared)
 }

@@ -27,6 +27,45 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_postgres::NoTls;
 
+/// Rows carry the id of the transaction that wrote them, moved up by `2^62`: above every commit
+/// sequence number earlier versions wrote (so those rows stay visible to every walk), and below
+/// `2^63`. A walk sees the rows its first page's snapshot saw (see [`walk_snapshot`]).
+pub(crate) const XID_BASE: i64 = 1 << 62;
+
+pub(crate) fn commit_seq(xid: i64) -> i64 {
+    XID_BASE + xid
+}
+
+/// A walk's snapshot from PostgreSQL's (`pg_current_snapshot()` as text, `xmin:xmax:xip,...`):
+/// the rows of transactions below `xmax` and not in flight.
+pub(crate) fn walk_snapshot(pg: &str) -> Result<imreport_domain::cursor::Snapshot> {
+    let bad = || StoreError::Internal(format!("unexpected snapshot from PostgreSQL: {pg:?}"));
+    let mut parts = pg.split(':');
+    let (_, xmax, xip) = (
+        parts.next(),
+        parts.next().ok_or_else(bad)?,
+        parts.next().ok_or_else(bad)?,
+    );
+    let xmax: i64 = xmax.parse().map_err(|_| bad())?;
+    let pending = xip
+        .split(',')
+        .filter(|x| !x.is_empty())
+        .map(|x| {
+            x.parse::<i64>()
+                .map(|x| commit_seq(x) as u64)
+                .map_err(|_| bad())
+        })
+        .collect::<Result<Vec<u64>>>()?;
+    if pending.len() > imreport_domain::cursor::MAX_PENDING {
+        // More ingests in flight than a cursor carries: a moment later there are fewer.
+        return Err(StoreError::Overloaded);
+    }
+    Ok(imreport_domain::cursor::Snapshot {
+        upto: (commit_seq(xmax) - 1) as u64,
+        pending,
+    })
+}
+
 /// Settings of the PostgreSQL backend.
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {

@@ -4,7 +4,7 @@ use super::{PostgresStore, pg_error};
 use crate::archive::{BATCH, BackupItem};
 use crate::{DaysReport, Page, PageRequest, Result, StoreError};
 use imreport_domain::app::App;
-use imreport_domain::cursor::Position;
+use imreport_domain::cursor::{Position, Snapshot};
 use imreport_domain::lifecycle::decode_history;
 use imreport_domain::message::view_record;
 use imreport_domain::rollup::{Busiest, DAY_FIELDS, DayStats, MsgCounts, Presence, Tally};
@@ -15,7 +15,7 @@ use tokio_postgres::types::ToSql;
 
 const APP_PAGE: &str = "SELECT msg_ctime, msgid, rec FROM messages
     WHERE app_id = $1 AND msg_ctime >= $2 AND msg_ctime <= $4 AND (msg_ctime, msgid) > ($2, $3)
-      AND seq <= $5
+      AND seq <= $5 AND seq <> ALL($7)
     ORDER BY msg_ctime, msgid LIMIT $6";
 
 /// The scope's page from its index, each record fetched by primary key (a per-row lookup keeps
@@ -24,14 +24,14 @@ const SCOPE_PAGE: &str = "SELECT x.msg_ctime, x.msgid,
         (SELECT m.rec FROM messages m
           WHERE m.app_id = $1 AND m.msg_ctime = x.msg_ctime AND m.msgid = x.msgid)
     FROM msg_index x
-    WHERE x.app_id = $1 AND x.scope = $7 AND x.scope_id = $8
+    WHERE x.app_id = $1 AND x.scope = $8 AND x.scope_id = $9
       AND x.msg_ctime >= $2 AND x.msg_ctime <= $4 AND (x.msg_ctime, x.msgid) > ($2, $3)
-      AND x.seq <= $5
+      AND x.seq <= $5 AND x.seq <> ALL($7)
     ORDER BY x.msg_ctime, x.msgid LIMIT $6";
 
-/// The app's sequence, its `folded` mark and the dirty hours of `[$2, $3)`: what says which
+/// The transaction's snapshot (from the app's node: on Citus, its worker), the app's `folded` mark and the dirty hours of `[$2, $3)`: what says which
 /// hours are counted (see `fold.rs`).
-const FOLD_STATE: &str = "SELECT seq, folded,
+const FOLD_STATE: &str = "SELECT pg_current_snapshot()::text, folded,
         ARRAY(SELECT hour FROM fold_dirty WHERE app_id = $1 AND hour >= $2 AND hour < $3)
     FROM app_state WHERE app_id = $1";
 
@@ -63,7 +63,7 @@ async fn total(
     scope: &Scope,
     begin: i64,
     end: i64,
-) -> Result<(u64, u64)> {
+) -> Result<(Snapshot, u64)> {
     let w = &s.inner.window;
     let h = MILLIS_PER_HOUR;
     // The window's whole hours `[first, last)`, aligned as the counters are.
@@ -91,9 +91,10 @@ async fn total(
             .map_err(pg_error)?;
     let Some(state) = state else {
         // Nothing ever ingested for the app.
-        return Ok((0, 0));
+        return Ok((Snapshot::default(), 0));
     };
-    let (seq, folded, dirty): (i64, i64, Vec<i64>) = (state.get(0), state.get(1), state.get(2));
+    let (snapshot, folded, dirty): (&str, i64, Vec<i64>) =
+        (state.get(0), state.get(1), state.get(2));
     let counted = |hour: i64| hour < folded && !dirty.contains(&hour);
     let mut n = 0i64;
     // Hours whose counter stands in for their rows (every counted hour for the app, where no
@@ -140,7 +141,7 @@ async fn total(
         .map_err(pg_error)?;
         n += row.get::<_, i64>(0);
     }
-    Ok((seq as u64, n as u64))
+    Ok((super::walk_snapshot(snapshot)?, n as u64))
 }
 
 /// A read-only transaction whose statements all see one snapshot.
@@ -170,7 +171,7 @@ pub(super) async fn page(
     let (begin, end) = (req.range.begin, req.range.end);
     let (snapshot, total) = match req.after {
         None => total(&tx, s, app_id, scope, begin, end).await?,
-        Some(_) => (req.snapshot, req.total),
+        Some(_) => (req.snapshot.clone(), req.total),
     };
     let (after_ctime, after_msgid) = match req.after {
         Some(p) => (p.ctime, p.msgid as i64),
@@ -178,8 +179,17 @@ pub(super) async fn page(
         None => (begin, 0),
     };
     let want = i64::from(req.count);
-    let (snap, limit) = (snapshot as i64, want + 1);
-    let base: [&(dyn ToSql + Sync); 6] = [&app_id, &after_ctime, &after_msgid, &end, &snap, &limit];
+    let (upto, limit) = (snapshot.upto as i64, want + 1);
+    let pending: Vec<i64> = snapshot.pending.iter().map(|p| *p as i64).collect();
+    let base: [&(dyn ToSql + Sync); 7] = [
+        &app_id,
+        &after_ctime,
+        &after_msgid,
+        &end,
+        &upto,
+        &limit,
+        &pending,
+    ];
     let rows = match scope {
         Scope::App => {
             let q = tx.prepare_cached(APP_PAGE).await.map_err(pg_error)?;

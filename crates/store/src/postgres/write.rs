@@ -27,6 +27,10 @@ fn presence_key(mark: Mark<'_>) -> PresenceKey {
     )
 }
 
+/// The transaction's id, from the app's node (on Citus, the worker's: the one whose snapshots
+/// reads take).
+const XID: &str = "SELECT pg_current_xact_id()::text::int8 FROM app_state WHERE app_id = $1";
+
 /// What an event turned out to be, before presence freshness is known.
 enum Fate {
     Accepted,
@@ -89,7 +93,10 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
         .await
         .map_err(pg_error)?;
     let row = tx.query_one(&lock, &[&app_id]).await.map_err(pg_error)?;
-    let (seq, stored_next, folded): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let (stored_next, folded): (i64, i64) = (row.get(1), row.get(2));
+    // The commit's number, as walks see it (see `super::commit_seq`).
+    let q = tx.prepare_cached(XID).await.map_err(pg_error)?;
+    let seq = super::commit_seq(tx.query_one(&q, &[&app_id]).await.map_err(pg_error)?.get(0));
     let stored_next = stored_next as u64;
     let kept = events.iter().filter_map(|ev| match ev {
         Event::Message(m) if w.pday(m.msg_ctime) >= horizon => Some(m),
