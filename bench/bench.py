@@ -33,6 +33,7 @@ HOUR, DAY, SH = 3_600_000, 86_400_000, 8 * 3_600_000  # Asia/Shanghai: UTC+8
 SETTLE_IDLE_S = 1 if SMOKE else 8  # longer than the embedded store waits before its upkeep (5 s)
 WALK_BUDGET_S = 5 if SMOKE else 30  # a walk stops after this long; the rate is what it reached
 PG_ADMIN = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+CITUS = os.environ.get("BENCH_CITUS", "postgresql://postgres@127.0.0.1:9700/imreport")
 CLASS_SQL = "CASE msg_type WHEN 'text' THEN 0 WHEN 'image' THEN 1 WHEN 'voice' THEN 2 ELSE 3 END"
 
 
@@ -287,6 +288,9 @@ class ImreportPg(Imreport):
         with psycopg.connect(PG_ADMIN, autocommit=True) as c:
             return c.execute(f"SELECT pg_database_size('{self.db}')").fetchone()[0]
 
+    def dsn(self):
+        return PG_ADMIN.rsplit("/", 1)[0] + "/" + self.db
+
     def settle(self):
         """Waits for the upkeep that counts finished hours (every 10 s; a dirty hour once a pass
         finds it untouched since the one before) to count every hour of the load that it will
@@ -296,7 +300,7 @@ class ImreportPg(Imreport):
             return None
         import psycopg
         start = time.perf_counter()
-        with psycopg.connect(PG_ADMIN.rsplit("/", 1)[0] + "/" + self.db, autocommit=True) as c:
+        with psycopg.connect(self.dsn(), autocommit=True) as c:
             while time.perf_counter() - start < 600:
                 dirty, folded = c.execute(
                     "SELECT (SELECT count(*) FROM fold_dirty), (SELECT min(folded) FROM app_state)").fetchone()
@@ -312,6 +316,47 @@ class ImreportPg(Imreport):
         with psycopg.connect(PG_ADMIN, autocommit=True) as c:
             c.execute(f"DROP DATABASE IF EXISTS {self.db}")
             quiesce(c)
+
+
+class ImreportCitus(ImreportPg):
+    """imreport's PostgreSQL backend on a Citus cluster (a coordinator and two workers on this
+    same machine: `.ci/run` starts one at BENCH_CITUS, default port 9700), in a schema of its
+    own; imreport distributes its tables by app itself. Skipped when no cluster answers."""
+    name = "imreport on Citus"
+    schema = "imreport_bench"
+    store = ["--store", CITUS, "--pg-schema", schema]
+
+    @staticmethod
+    def available():
+        import psycopg
+        try:
+            with psycopg.connect(CITUS, autocommit=True, connect_timeout=3) as c:
+                return c.execute("SELECT count(*) FROM pg_extension WHERE extname = 'citus'").fetchone()[0] == 1
+        except psycopg.Error:
+            return False
+
+    def dsn(self):
+        return CITUS + "?options=-csearch_path%3D" + self.schema
+
+    def prepare(self):
+        import psycopg
+        with psycopg.connect(CITUS, autocommit=True) as c:
+            c.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
+
+    def disk(self):
+        # Every shard on every worker (tables and indexes), through the coordinator.
+        import psycopg
+        with psycopg.connect(CITUS, autocommit=True) as c:
+            return c.execute(
+                "SELECT coalesce(sum(citus_total_relation_size(logicalrelid)), 0) FROM pg_dist_partition p "
+                "JOIN pg_class c ON c.oid = p.logicalrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relkind = 'r'", (self.schema,)).fetchone()[0]
+
+    def close(self):
+        Imreport.close(self)
+        import psycopg
+        with psycopg.connect(CITUS, autocommit=True) as c:
+            c.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
 
 
 def quiesce(c):
@@ -557,8 +602,11 @@ def run_size(n, profile, work):
     # BENCH_SYSTEMS=imreport (comma-separated names) measures only those, for quick iteration;
     # such a run still writes only the log, never BENCHMARKS.md.
     only = [x for x in os.environ.get("BENCH_SYSTEMS", "").split(",") if x]
-    for cls in (Imreport, ImreportPg, Postgres, Duck):
+    for cls in (Imreport, ImreportPg, ImreportCitus, Postgres, Duck):
         if only and cls.name not in only:
+            continue
+        if cls is ImreportCitus and not cls.available():
+            log(f"-- {cls.name}: no Citus cluster at {CITUS}; skipped")
             continue
         s = cls(w, work)
         try:

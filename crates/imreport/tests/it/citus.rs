@@ -50,6 +50,7 @@ async fn imreport_distributes_its_tables_by_app_on_a_citus_coordinator() {
             "messages",
             "msg_counts",
             "msg_index",
+            "msgid_claims",
             "presence",
             "scope_counts",
             "stat_days",

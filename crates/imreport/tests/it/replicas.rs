@@ -475,3 +475,154 @@ async fn a_transaction_in_flight_when_a_walk_began_stays_out_of_it() {
     let (total, all) = s.walk(&s.app, path, 10, &sh(T0 - 120_000), &sh(T0)).await;
     assert_eq!((total, all.len()), (32, 32), "a new walk sees it");
 }
+
+/// One app's batches commit concurrently through two servers (PostgreSQL): six clients send
+/// overlapping msgids in different orders, plus messages without msgid, at once. Every msgid is
+/// stored once (the first batch to commit it wins), every message without msgid is stored under
+/// a msgid of its own, the batches' answers add up to what is stored, a walk through either
+/// server yields it exactly once and equals its `total`, and the statistics equal the history.
+#[tokio::test]
+async fn one_app_ingests_through_two_servers_at_once_exactly() {
+    let schema = fresh_schema();
+    let db = test_database_url();
+    let store = ["--store", db.as_str(), "--pg-schema", schema.as_str()];
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let data_a = dir_a.path().to_str().unwrap().to_owned();
+    let (a, url_a) = spawn_server(&data_a, &store);
+    let (b, url_b) = spawn_server(dir_b.path().to_str().unwrap(), &store);
+    let _replicas = Replicas {
+        children: vec![a, b],
+        schema: schema.clone(),
+        _dirs: vec![dir_a, dir_b],
+    };
+    let (ok, out, err) = imreport(&["app", "create", "--data-dir", &data_a]);
+    assert!(ok, "{err}");
+    let creds = Creds {
+        key: field(&out, "app_key"),
+        secret: field(&out, "master_secret"),
+    };
+    let http = reqwest::Client::new();
+    let now = jiff::Timestamp::now().as_millisecond();
+    let base = now - 3 * HOUR;
+    const IDS: u64 = 2400;
+    const CLIENTS: u64 = 6;
+    const BATCHES: u64 = 8;
+    const UNNAMED: u64 = 15; // messages without msgid in each batch
+    // Client c sends every msgid, in batches starting at a different place, each message with
+    // a target of its own (which one is stored depends on which batch commits first).
+    let batch = |c: u64, k: u64| -> Vec<Value> {
+        let per = IDS / BATCHES;
+        let start = ((k + c * 3) % BATCHES) * per;
+        let mut evs: Vec<Value> = (start..start + per)
+            .map(|i| {
+                let (tt, target) = match (i + c) % 3 {
+                    0 => ("single", format!("u{}", i % 7)),
+                    1 => ("group", format!("g{}", i % 5)),
+                    _ => ("chatroom", format!("r{}", i % 3)),
+                };
+                text_message(
+                    i + 1,
+                    base + (i as i64) * 1000,
+                    tt,
+                    &target,
+                    &format!("u{}", c),
+                )
+            })
+            .collect();
+        for j in 0..UNNAMED {
+            let mut m = text_message(0, base + (j as i64) * 7_000, "group", "g9", "u9");
+            m.as_object_mut().unwrap().remove("msgid");
+            evs.push(m);
+        }
+        evs
+    };
+    // The app already holds msgid 1000000: the msgids the server gives are above it, so none
+    // is a client's (a client sending one the server gave earlier is a duplicate, by design).
+    let out = ingest_at(
+        &http,
+        &url_a,
+        &creds,
+        &[text_message(1_000_000, base, "single", "u0", "u1")],
+    )
+    .await;
+    assert_eq!(out["accepted"], 1);
+    let sends = (0..CLIENTS).map(|c| {
+        let (http, creds) = (http.clone(), creds.clone());
+        let url = if c % 2 == 0 {
+            url_a.clone()
+        } else {
+            url_b.clone()
+        };
+        async move {
+            let (mut accepted, mut duplicates) = (0, 0);
+            for k in 0..BATCHES {
+                let out = ingest_at(&http, &url, &creds, &batch(c, k)).await;
+                accepted += out["accepted"].as_u64().unwrap();
+                duplicates += out["duplicates"].as_u64().unwrap();
+            }
+            (accepted, duplicates)
+        }
+    });
+    let answers = futures::future::join_all(sends).await;
+    let stored = IDS + CLIENTS * BATCHES * UNNAMED;
+    let accepted: u64 = answers.iter().map(|a| a.0).sum();
+    let duplicates: u64 = answers.iter().map(|a| a.1).sum();
+    assert_eq!(accepted, stored, "{answers:?}");
+    assert_eq!(duplicates, (CLIENTS - 1) * IDS, "{answers:?}");
+
+    let window = format!(
+        "begin_time={}&end_time={}",
+        enc(&sh(base - 1000)),
+        enc(&sh(now))
+    );
+    let mut msgs: Vec<Value> = Vec::new();
+    let mut page = get_json(
+        &http,
+        &format!("{url_a}/v2/messages?count=700&{window}"),
+        &creds,
+    )
+    .await;
+    let total = page["total"].as_u64().unwrap();
+    for turn in 0.. {
+        msgs.extend(page["messages"].as_array().unwrap().iter().cloned());
+        let Some(cursor) = page["cursor"].as_str() else {
+            break;
+        };
+        let url = [&url_b, &url_a][turn % 2];
+        page = get_json(&http, &format!("{url}/v2/messages?cursor={cursor}"), &creds).await;
+    }
+    let stored = stored + 1;
+    assert_eq!((total, msgs.len() as u64), (stored, stored));
+    let mut ids: Vec<u64> = msgs.iter().map(|m| m["msgid"].as_u64().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len() as u64, stored, "every msgid once");
+    assert_eq!(ids[..IDS as usize], (1..=IDS).collect::<Vec<u64>>()[..]);
+
+    // The statistics equal the history, kind by kind (hour by hour, the window's 4 hours).
+    let mut by_kind = std::collections::BTreeMap::<String, u64>::new();
+    for m in &msgs {
+        *by_kind
+            .entry(m["target_type"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let mut counted = std::collections::BTreeMap::<String, u64>::new();
+    for h in 0..4 {
+        let stats = get_json(
+            &http,
+            &format!(
+                "{url_b}/v2/statistic/messages?time_unit=HOUR&start={}&duration=1",
+                enc(&sh(base + h * HOUR)[..13])
+            ),
+            &creds,
+        )
+        .await;
+        for bucket in stats["send_msg_stat"].as_array().unwrap() {
+            for kind in ["single", "group", "chatroom"] {
+                *counted.entry(kind.to_owned()).or_default() +=
+                    bucket[format!("{kind}_send_msg")].as_u64().unwrap();
+            }
+        }
+    }
+    assert_eq!(counted, by_kind);
+}

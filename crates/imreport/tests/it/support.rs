@@ -17,6 +17,7 @@ pub const T0: i64 = 1_795_176_000_000;
 pub const HOUR: i64 = 3_600_000;
 pub const DAY: i64 = 24 * HOUR;
 
+#[derive(Clone)]
 pub struct Creds {
     pub key: String,
     pub secret: String,

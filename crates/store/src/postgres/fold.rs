@@ -28,6 +28,9 @@ pub const FOLD_LAG_MS: i64 = 5 * 60_000;
 /// What the folder saw dirty at its last pass: per app, each dirty hour's `touched` mark.
 pub(super) type Seen = HashMap<i32, HashMap<i64, i64>>;
 
+/// When a pass read the apps' msgid watermarks, and them (see [`clear_claims`]).
+pub(super) type ClaimMarks = (std::time::SystemTime, Vec<(i32, i64)>);
+
 /// One pass over every app; returns the hours still waiting to be counted (dirty ones not quiet
 /// yet, and hours not reached: none once the folder has caught up).
 pub(super) async fn fold(s: &PostgresStore) -> Result<u64> {
@@ -62,9 +65,10 @@ async fn fold_apps(s: &PostgresStore, client: &mut deadpool_postgres::Object) ->
         .map(|r| r.get(0))
         .collect();
     let mut pending = 0;
-    for app_id in apps {
+    for &app_id in &apps {
         pending += fold_app(s, client, app_id).await?;
     }
+    clear_claims(s, client, &apps).await?;
     Ok(pending)
 }
 
@@ -122,9 +126,10 @@ async fn fold_app(
 }
 
 /// Moves the app's `folded` mark to `target`, marking each hour it passes dirty (touched 0: to
-/// be counted). Short, and the only step that holds the app's ingests off: each takes the
-/// `app_state` row lock first, so one that began before has committed (its rows are in what
-/// the counting reads) and one that begins after marks what it adds to those hours.
+/// be counted). Short, and the only step that holds the app's ingests off: each holds the app's
+/// ingest lock shared (`write::INGEST_LOCK`) and this takes it alone, so one that began before
+/// has committed (its rows are in what the counting reads) and one that begins after reads the
+/// new mark and marks what it adds to those hours.
 async fn advance(
     s: &PostgresStore,
     client: &mut deadpool_postgres::Object,
@@ -142,11 +147,11 @@ async fn advance(
     }
     let w = &s.inner.window;
     let tx = client.transaction().await.map_err(pg_error)?;
+    tx.execute(super::write::FOLD_LOCK, &[&app_id])
+        .await
+        .map_err(pg_error)?;
     let folded: i64 = tx
-        .query_one(
-            "SELECT folded FROM app_state WHERE app_id = $1 FOR UPDATE",
-            &[&app_id],
-        )
+        .query_one("SELECT folded FROM app_state WHERE app_id = $1", &[&app_id])
         .await
         .map_err(pg_error)?
         .get(0);
@@ -274,4 +279,64 @@ async fn count(
         .map_err(pg_error)?;
     tx.commit().await.map_err(pg_error)?;
     Ok(cleared)
+}
+
+/// How long after a watermark was read its claims may be cleared, beyond the start of the
+/// oldest transaction running: a batch reads the watermark just before its transaction begins.
+const CLAIM_MARGIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Clears msgid claims no running batch can need: those below a watermark read before the
+/// oldest transaction now running began (a batch looks up every msgid below the watermark it
+/// read anyway; claims above it are what tell it of batches that committed since). Each pass
+/// reads the watermarks; claims go a pass or more later.
+async fn clear_claims(
+    s: &PostgresStore,
+    client: &mut deadpool_postgres::Object,
+    apps: &[i32],
+) -> Result<()> {
+    let now = std::time::SystemTime::now();
+    let row = client
+        .query_one(
+            "SELECT extract(epoch FROM coalesce(min(xact_start), now()))::float8
+               FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(pg_error)?;
+    let oldest =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(row.get::<_, f64>(0).max(0.0));
+    let marks: Vec<(i32, i64)> = client
+        .query(
+            "SELECT app_id, next_msgid FROM app_state WHERE app_id = ANY($1)",
+            &[&apps],
+        )
+        .await
+        .map_err(pg_error)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let clear: Vec<(i32, i64)> = {
+        let mut seen = s.inner.claim_marks.lock().expect("lock");
+        // The latest pass's watermarks read before `oldest - CLAIM_MARGIN`.
+        let mut clear = Vec::new();
+        while let Some((at, _)) = seen.front() {
+            if *at + CLAIM_MARGIN > oldest {
+                break;
+            }
+            let (_, wm) = seen.pop_front().expect("front");
+            clear = wm;
+        }
+        seen.push_back((now, marks));
+        clear
+    };
+    for (app_id, below) in clear {
+        client
+            .execute(
+                "DELETE FROM msgid_claims WHERE app_id = $1 AND msgid < $2",
+                &[&app_id, &below],
+            )
+            .await
+            .map_err(pg_error)?;
+    }
+    Ok(())
 }

@@ -101,10 +101,13 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
-/// A deadlock victim or a lock timeout: the same statement may succeed when run again.
+/// A deadlock victim, a serialization failure or a lock timeout: the same transaction may
+/// succeed when run again.
 fn retryable(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
-    matches!(e.code(), Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::LOCK_NOT_AVAILABLE)
+    matches!(e.code(), Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED
+        || *c == SqlState::T_R_SERIALIZATION_FAILURE
+        || *c == SqlState::LOCK_NOT_AVAILABLE)
 }
 
 fn pool_error(e: PoolError) -> StoreError {
@@ -125,6 +128,8 @@ pub(crate) struct Inner {
     pdays: Mutex<BTreeSet<i64>>,
     cdays: Mutex<BTreeSet<i64>>,
     fold_seen: Mutex<fold::Seen>,
+    /// Each folder pass's msgid watermarks, oldest first (see `fold::clear_claims`).
+    claim_marks: Mutex<std::collections::VecDeque<fold::ClaimMarks>>,
 }
 
 /// The PostgreSQL store. Cheap to clone; clones share one connection pool.
@@ -231,6 +236,7 @@ impl PostgresStore {
                 pdays: Mutex::new(BTreeSet::new()),
                 cdays: Mutex::new(BTreeSet::new()),
                 fold_seen: Mutex::new(Default::default()),
+                claim_marks: Mutex::new(Default::default()),
             }),
         })
     }

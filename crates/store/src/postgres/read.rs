@@ -13,20 +13,23 @@ use imreport_domain::time::MILLIS_PER_HOUR;
 use tokio_postgres::IsolationLevel;
 use tokio_postgres::types::ToSql;
 
-const APP_PAGE: &str = "SELECT msg_ctime, msgid, rec FROM messages
+/// Rows of transactions the walk's snapshot had in flight are left out after the query (see
+/// `page`): a condition on them here made the planner trade the ordered index walk for a
+/// bitmap scan and sort of the rest of the window (a 10M walk at 66k messages/s).
+const APP_PAGE: &str = "SELECT msg_ctime, msgid, rec, seq FROM messages
     WHERE app_id = $1 AND msg_ctime >= $2 AND msg_ctime <= $4 AND (msg_ctime, msgid) > ($2, $3)
-      AND seq <= $5 AND seq <> ALL($7)
+      AND seq <= $5
     ORDER BY msg_ctime, msgid LIMIT $6";
 
 /// The scope's page from its index, each record fetched by primary key (a per-row lookup keeps
 /// the plan a walk of the index whatever the planner estimates).
 const SCOPE_PAGE: &str = "SELECT x.msg_ctime, x.msgid,
         (SELECT m.rec FROM messages m
-          WHERE m.app_id = $1 AND m.msg_ctime = x.msg_ctime AND m.msgid = x.msgid)
+          WHERE m.app_id = $1 AND m.msg_ctime = x.msg_ctime AND m.msgid = x.msgid), x.seq
     FROM msg_index x
-    WHERE x.app_id = $1 AND x.scope = $8 AND x.scope_id = $9
+    WHERE x.app_id = $1 AND x.scope = $7 AND x.scope_id = $8
       AND x.msg_ctime >= $2 AND x.msg_ctime <= $4 AND (x.msg_ctime, x.msgid) > ($2, $3)
-      AND x.seq <= $5 AND x.seq <> ALL($7)
+      AND x.seq <= $5
     ORDER BY x.msg_ctime, x.msgid LIMIT $6";
 
 /// The transaction's snapshot (from the app's node: on Citus, its worker), the app's `folded` mark and the dirty hours of `[$2, $3)`: what says which
@@ -179,31 +182,47 @@ pub(super) async fn page(
         None => (begin, 0),
     };
     let want = i64::from(req.count);
-    let (upto, limit) = (snapshot.upto as i64, want + 1);
-    let pending: Vec<i64> = snapshot.pending.iter().map(|p| *p as i64).collect();
-    let base: [&(dyn ToSql + Sync); 7] = [
-        &app_id,
-        &after_ctime,
-        &after_msgid,
-        &end,
-        &upto,
-        &limit,
-        &pending,
-    ];
-    let rows = match scope {
-        Scope::App => {
-            let q = tx.prepare_cached(APP_PAGE).await.map_err(pg_error)?;
-            tx.query(&q, &base).await
+    let upto = snapshot.upto as i64;
+    let (app_q, scope_q) = match scope {
+        Scope::App => (
+            Some(tx.prepare_cached(APP_PAGE).await.map_err(pg_error)?),
+            None,
+        ),
+        _ => (
+            None,
+            Some(tx.prepare_cached(SCOPE_PAGE).await.map_err(pg_error)?),
+        ),
+    };
+    // want + 1 rows the snapshot sees (the last says whether more follow), asking again past
+    // the last row read when rows of transactions in flight at the snapshot were left out.
+    let mut rows = Vec::new();
+    let mut from = (after_ctime, after_msgid);
+    loop {
+        let limit = want + 1 - rows.len() as i64;
+        let base: [&(dyn ToSql + Sync); 6] = [&app_id, &from.0, &from.1, &end, &upto, &limit];
+        let got = match (&app_q, &scope_q) {
+            (Some(q), _) => tx.query(q, &base).await,
+            (_, Some(q)) => {
+                let mut params = base.to_vec();
+                params.push(&tag);
+                params.push(&sid);
+                tx.query(q, &params).await
+            }
+            _ => unreachable!("one query is prepared"),
         }
-        _ => {
-            let q = tx.prepare_cached(SCOPE_PAGE).await.map_err(pg_error)?;
-            let mut params = base.to_vec();
-            params.push(&tag);
-            params.push(&sid);
-            tx.query(&q, &params).await
+        .map_err(pg_error)?;
+        let n = got.len() as i64;
+        if let Some(r) = got.last() {
+            from = (r.get(0), r.get(1));
+        }
+        rows.extend(
+            got.into_iter()
+                .filter(|r| !snapshot.pending.contains(&(r.get::<_, i64>(3) as u64))),
+        );
+        if n < limit || rows.len() as i64 > want {
+            break;
         }
     }
-    .map_err(pg_error)?;
     tx.commit().await.map_err(pg_error)?;
     let more = rows.len() as i64 > want;
     let mut json = Vec::with_capacity(rows.len() * 512);

@@ -190,6 +190,19 @@ END
 $$;
 "#,
     ),
+    (
+        5,
+        r#"
+-- Msgids claimed by ingest transactions, so that the same msgid sent through two servers at
+-- once is stored once (postgres/write.rs). Unlogged: a claim matters only while the batches
+-- that could collide run, and PostgreSQL empties the table after a crash, which ends them.
+CREATE UNLOGGED TABLE msgid_claims (
+    app_id integer NOT NULL,
+    msgid  bigint NOT NULL,
+    PRIMARY KEY (app_id, msgid)
+);
+"#,
+    ),
 ];
 
 fn pg(e: tokio_postgres::Error) -> StoreError {
@@ -266,8 +279,9 @@ pub const REFERENCE_TABLES: [&str; 2] = ["imreport_meta", "apps"];
 
 /// Tables Citus distributes by `app_id`, all co-located with the first: one app's rows, and so
 /// each of its transactions, on one worker.
-pub const DISTRIBUTED_TABLES: [&str; 11] = [
+pub const DISTRIBUTED_TABLES: [&str; 12] = [
     "app_state",
+    "msgid_claims",
     "messages",
     "msg_index",
     "msg_counts",

@@ -353,7 +353,11 @@ async fn a_cursor_dies_with_its_app_even_when_the_key_is_reused(backend: Backend
     let (status, page) = s.get_as(&old, &q).await;
     assert_eq!(status, 200, "{page}");
     let cursor = page["cursor"].as_str().unwrap().to_owned();
-    assert_eq!(cursor.len(), imreport_domain::cursor::CURSOR_LEN);
+    // Longer on PostgreSQL by the transactions in flight then (other tests', too).
+    assert!(
+        cursor.len() >= imreport_domain::cursor::CURSOR_LEN,
+        "{cursor}"
+    );
 
     s.store
         .delete_app("reusedkey000000000000000")
