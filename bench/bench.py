@@ -348,7 +348,7 @@ class ImreportCitus(ImreportPg):
         import psycopg
         with psycopg.connect(CITUS, autocommit=True) as c:
             return c.execute(
-                "SELECT coalesce(sum(citus_total_relation_size(logicalrelid)), 0) FROM pg_dist_partition p "
+                "SELECT coalesce(sum(citus_total_relation_size(logicalrelid)), 0)::bigint FROM pg_dist_partition p "
                 "JOIN pg_class c ON c.oid = p.logicalrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE n.nspname = %s AND c.relkind = 'r'", (self.schema,)).fetchone()[0]
 
