@@ -78,6 +78,14 @@ impl From<StoreError> for ApiError {
                 CODE_BUSY,
                 "the server is shutting down; retry on another server or shortly",
             ),
+            StoreError::Unavailable(why) => {
+                tracing::warn!(error = %why, "the database is unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    CODE_BUSY,
+                    "the database is unavailable right now; retry after the Retry-After delay: nothing of this request was stored",
+                )
+            }
             StoreError::DiskFull(why) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 CODE_BUSY,

@@ -51,9 +51,15 @@ pub enum StoreError {
     /// The embedded storage engine failed.
     #[error("storage engine: {0}")]
     Engine(#[source] Arc<fjall::Error>),
-    /// PostgreSQL answered with an error, or the connection to it failed.
+    /// PostgreSQL answered with an error.
     #[error("postgres: {0}")]
     Postgres(#[source] Arc<tokio_postgres::Error>),
+    /// The database cannot be reached or cannot take writes now (a connection lost or refused,
+    /// a server shutting down, a primary demoted to a standby): nothing of the request was
+    /// stored, and the same request may succeed in a moment, on a new connection (to the new
+    /// primary, with a multi-host URL and `target_session_attrs=read-write`).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(#[source] Arc<tokio_postgres::Error>),
     /// A day partition a write needed was dropped meanwhile (by another server's retention).
     #[error("a partition was dropped meanwhile: {0}")]
     PartitionGone(#[source] Arc<tokio_postgres::Error>),

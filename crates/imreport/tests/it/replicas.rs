@@ -626,3 +626,126 @@ async fn one_app_ingests_through_two_servers_at_once_exactly() {
     }
     assert_eq!(counted, by_kind);
 }
+
+/// Losing the writable database (its primary demoted to a read-only standby, every connection
+/// cut) answers ingest `503` with `Retry-After`, never a 500, and stores nothing of those
+/// requests; history reads go on; once the database takes writes again the server finds it on
+/// new connections by itself, with no restart. (Simulated on this machine's one server: the
+/// server's own role is made read-only and its sessions are terminated.)
+#[tokio::test]
+async fn ingest_answers_503_while_the_database_cannot_take_writes_and_recovers_by_itself() {
+    let role = format!("it_role_{}", &fresh_schema()[3..]);
+    let admin = connect().await;
+    admin
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN SUPERUSER"))
+        .await
+        .unwrap();
+    let url = test_database_url().replacen("postgres@", &format!("{role}@"), 1);
+    assert!(url.contains(&role), "{url}");
+    let s = TestServer::start_with(Backend::Postgres, |s| s.store = url.clone()).await;
+    let msgs = |from: u64| -> Vec<Value> {
+        (from..from + 10)
+            .map(|i| text_message(i, T0 - 50_000 + i as i64, "group", "g1", "u1"))
+            .collect()
+    };
+    s.ingest_ok(&msgs(1)).await;
+    let cut = format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = '{role}'"
+    );
+    admin
+        .batch_execute(&format!(
+            "ALTER ROLE {role} SET default_transaction_read_only = on; {cut}"
+        ))
+        .await
+        .unwrap();
+    let path = format!(
+        "/v2/groups/g1/messages?count=5&begin_time={}&end_time={}",
+        enc(&sh(T0 - 60_000)),
+        enc(&sh(T0))
+    );
+    for _ in 0..3 {
+        let r = s
+            .http
+            .post(format!("{}/ingest/v1/events", s.url))
+            .header("authorization", s.app.header())
+            .body(ndjson(&msgs(100)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        assert!(r.headers().contains_key("retry-after"));
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            body["error"]["code"],
+            imreport_server::error::CODE_BUSY,
+            "{body}"
+        );
+        // Reads go on.
+        let (status, page) = s.get(&path).await;
+        assert_eq!((status, page["total"].as_u64()), (200, Some(10)), "{page}");
+    }
+    admin
+        .batch_execute(&format!(
+            "ALTER ROLE {role} RESET default_transaction_read_only; {cut}"
+        ))
+        .await
+        .unwrap();
+    // Writable again: the first request may still meet a connection cut above (503); then 200.
+    let mut status = 0;
+    for _ in 0..5 {
+        (status, _) = s.ingest(ndjson(&msgs(100))).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+    }
+    assert_eq!(status, 200);
+    let (total, all) = s
+        .walk(
+            &s.app,
+            "/v2/groups/g1/messages",
+            7,
+            &sh(T0 - 60_000),
+            &sh(T0),
+        )
+        .await;
+    assert_eq!(
+        (total, all.len()),
+        (20, 20),
+        "only what was acknowledged is stored"
+    );
+    drop(s);
+    // The server's schema is dropped (by the role) as it stops; then the role itself.
+    for _ in 0..50 {
+        let gone = admin
+            .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+            .await;
+        if gone.is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the test role {role} could not be dropped");
+}
+
+/// A multi-host URL with `target_session_attrs=read-write` reaches whichever host takes writes:
+/// here the first host refuses connections (a primary gone) and the server works on the second.
+#[tokio::test]
+async fn a_multi_host_url_reaches_the_host_that_takes_writes() {
+    // A port nothing listens on: bound, then released.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{dead},127.0.0.1:5432/test?target_session_attrs=read-write"
+    );
+    let s = TestServer::start_with(Backend::Postgres, |s| s.store = url.clone()).await;
+    s.ingest_ok(&[text_message(1, T0 - 1_000, "single", "u", "v")])
+        .await;
+    let (total, _) = s
+        .walk(&s.app, "/v2/messages", 10, &sh(T0 - 60_000), &sh(T0))
+        .await;
+    assert_eq!(total, 1);
+}

@@ -88,9 +88,13 @@ pub struct PostgresConfig {
 
 /// Maps a database error to the store's errors by its SQLSTATE: a full disk is `DiskFull`, a
 /// row with no partition to go to (the schema has no other checks) `PartitionGone`, a broken or
-/// refused connection and everything else `Postgres`.
+/// refused connection, a server shutting down or a read-only one `Unavailable`, and everything
+/// else `Postgres`.
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     use tokio_postgres::error::SqlState;
+    if unavailable(&e) {
+        return StoreError::Unavailable(Arc::new(e));
+    }
     match e.code() {
         Some(c) if *c == SqlState::DISK_FULL => StoreError::DiskFull(
             e.as_db_error()
@@ -98,6 +102,23 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
         ),
         Some(c) if *c == SqlState::CHECK_VIOLATION => StoreError::PartitionGone(Arc::new(e)),
         _ => StoreError::Postgres(Arc::new(e)),
+    }
+}
+
+/// The connection is gone or was never made (no SQLSTATE: closed, an I/O error, a timeout), or
+/// the server says it cannot serve now: connection exceptions (class 08), an operator or crash
+/// shutdown, still starting, or read-only (a standby, or a primary demoted to one).
+fn unavailable(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    match e.code() {
+        None => e.as_db_error().is_none(),
+        Some(c) => {
+            c.code().starts_with("08")
+                || *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::CANNOT_CONNECT_NOW
+                || *c == SqlState::READ_ONLY_SQL_TRANSACTION
+        }
     }
 }
 
