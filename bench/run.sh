@@ -12,7 +12,7 @@ SIZES=("$@")
 if [ "${BENCH_SMOKE:-}" = 1 ]; then
   # The smoke run checks the suite's plumbing, not speed: the debug binary the tests built
   # will do, which spares CI a release build.
-  SIZES=(20000)
+  SIZES=(10000)
   cargo build --quiet --bin imreport
   export IMREPORT_BIN="$PWD/target/debug/imreport"
 else

@@ -24,31 +24,58 @@ fn dir_path(r: &Replicas) -> std::path::PathBuf {
     r._dirs[0].path().to_owned()
 }
 
-#[tokio::test]
-async fn two_servers_over_one_database_answer_as_one() {
+/// Two real servers over one fresh schema (no configured cursor key), and an app created
+/// through the first one's admin API.
+struct TwoServers {
+    replicas: Replicas,
+    schema: String,
+    urls: [String; 2],
+    data: [String; 2],
+    creds: Creds,
+}
+
+fn two_servers() -> TwoServers {
     let schema = fresh_schema();
     let db = test_database_url();
     let store = ["--store", db.as_str(), "--pg-schema", schema.as_str()];
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (data_a, data_b) = (
-        dir_a.path().to_str().unwrap().to_owned(),
-        dir_b.path().to_str().unwrap().to_owned(),
-    );
-    let (a, url_a) = spawn_server(&data_a, &store);
-    let (b, url_b) = spawn_server(&data_b, &store);
-    let _replicas = Replicas {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let data = dirs
+        .each_ref()
+        .map(|d| d.path().to_str().unwrap().to_owned());
+    let (a, url_a) = spawn_server(&data[0], &store);
+    let (b, url_b) = spawn_server(&data[1], &store);
+    let replicas = Replicas {
         children: vec![a, b],
         schema: schema.clone(),
-        _dirs: vec![dir_a, dir_b],
+        _dirs: dirs.into(),
     };
-
-    // An app created through server A's admin API works on server B at once.
-    let (ok, out, err) = imreport(&["app", "create", "--data-dir", &data_a]);
+    let (ok, out, err) = imreport(&["app", "create", "--data-dir", &data[0]]);
     assert!(ok, "{err}");
     let creds = Creds {
         key: field(&out, "app_key"),
         secret: field(&out, "master_secret"),
     };
+    TwoServers {
+        replicas,
+        schema,
+        urls: [url_a, url_b],
+        data,
+        creds,
+    }
+}
+
+#[tokio::test]
+async fn two_servers_over_one_database_answer_as_one() {
+    let TwoServers {
+        replicas: _replicas,
+        schema,
+        urls: [url_a, url_b],
+        data: [_, data_b],
+        creds,
+    } = two_servers();
+    let db = test_database_url();
+
+    // An app created through server A's admin API works on server B at once.
     let (ok, out, err) = imreport(&["app", "list", "--data-dir", &data_b]);
     assert!(ok && out.contains(&creds.key), "{out}{err}");
     // ...and straight in the database, with no server involved.
@@ -483,24 +510,12 @@ async fn a_transaction_in_flight_when_a_walk_began_stays_out_of_it() {
 /// server yields it exactly once and equals its `total`, and the statistics equal the history.
 #[tokio::test]
 async fn one_app_ingests_through_two_servers_at_once_exactly() {
-    let schema = fresh_schema();
-    let db = test_database_url();
-    let store = ["--store", db.as_str(), "--pg-schema", schema.as_str()];
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let data_a = dir_a.path().to_str().unwrap().to_owned();
-    let (a, url_a) = spawn_server(&data_a, &store);
-    let (b, url_b) = spawn_server(dir_b.path().to_str().unwrap(), &store);
-    let _replicas = Replicas {
-        children: vec![a, b],
-        schema: schema.clone(),
-        _dirs: vec![dir_a, dir_b],
-    };
-    let (ok, out, err) = imreport(&["app", "create", "--data-dir", &data_a]);
-    assert!(ok, "{err}");
-    let creds = Creds {
-        key: field(&out, "app_key"),
-        secret: field(&out, "master_secret"),
-    };
+    let TwoServers {
+        replicas: _replicas,
+        urls: [url_a, url_b],
+        creds,
+        ..
+    } = two_servers();
     let http = reqwest::Client::new();
     let now = jiff::Timestamp::now().as_millisecond();
     let base = now - 3 * HOUR;

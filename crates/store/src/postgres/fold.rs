@@ -34,22 +34,12 @@ pub(super) type ClaimMarks = (std::time::SystemTime, Vec<(i32, i64)>);
 /// One pass over every app; returns the hours still waiting to be counted (dirty ones not quiet
 /// yet, and hours not reached: none once the folder has caught up).
 pub(super) async fn fold(s: &PostgresStore) -> Result<u64> {
-    let mut client = s.client().await?;
     // One server at a time; the others skip this pass.
-    let lock = "hashtext(current_schema() || '.imreport.fold')";
-    let got: bool = client
-        .query_one(&format!("SELECT pg_try_advisory_lock({lock})"), &[])
-        .await
-        .map_err(pg_error)?
-        .get(0);
-    if !got {
+    let Some(mut client) = s.lock_alone("fold").await? else {
         return Ok(0);
-    }
+    };
     let result = fold_apps(s, &mut client).await;
-    client
-        .execute(&format!("SELECT pg_advisory_unlock({lock})"), &[])
-        .await
-        .map_err(pg_error)?;
+    PostgresStore::unlock(&client, "fold").await?;
     result
 }
 

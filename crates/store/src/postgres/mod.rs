@@ -385,22 +385,12 @@ impl PostgresStore {
             &(civil_today..=civil_today + 1).collect(),
         )
         .await?;
-        let client = self.client().await?;
         // One server at a time drops; the others skip this round.
-        let lock = "hashtext(current_schema() || '.imreport.retention')";
-        let got: bool = client
-            .query_one(&format!("SELECT pg_try_advisory_lock({lock})"), &[])
-            .await
-            .map_err(pg_error)?
-            .get(0);
-        if !got {
+        let Some(client) = self.lock_alone("retention").await? else {
             return Ok(0);
-        }
+        };
         let result = self.drop_before(&client, horizon, stats_horizon).await;
-        client
-            .execute(&format!("SELECT pg_advisory_unlock({lock})"), &[])
-            .await
-            .map_err(pg_error)?;
+        Self::unlock(&client, "retention").await?;
         let dropped = result?;
         if dropped > 0 {
             self.forget_partitions();
@@ -411,6 +401,32 @@ impl PostgresStore {
             );
         }
         Ok(dropped)
+    }
+
+    /// A connection holding the schema's session advisory lock `name`, if no other server holds
+    /// it (upkeep one server at a time; the others skip the pass). Release it with [`Self::unlock`].
+    pub(crate) async fn lock_alone(&self, name: &str) -> Result<Option<Object>> {
+        let client = self.client().await?;
+        let got: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtext(current_schema() || '.imreport.' || $1))",
+                &[&name],
+            )
+            .await
+            .map_err(pg_error)?
+            .get(0);
+        Ok(got.then_some(client))
+    }
+
+    pub(crate) async fn unlock(client: &Object, name: &str) -> Result<()> {
+        client
+            .execute(
+                "SELECT pg_advisory_unlock(hashtext(current_schema() || '.imreport.' || $1))",
+                &[&name],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(())
     }
 
     async fn drop_before(

@@ -213,7 +213,7 @@ fn every_walk_matches_the_model(backend: Backend) {
         arb_upkeep(),
     );
     check_property(
-        12,
+        backend.cases(12),
         file!(),
         inputs,
         |(stream, batch_sizes, queries, upkeep)| {

@@ -459,10 +459,15 @@ fn statistics_match_a_brute_force_recomputation(backend: Backend) {
         proptest::collection::vec((0i64..23, 1i64..40), 1..4),
         proptest::collection::vec((0i64..23, 0i64..24, 1i64..24), 1..4),
     );
-    check_property(10, file!(), inputs, |(events, batch, days, hours)| {
-        runtime().block_on(check(backend, events, batch, days, hours));
-        Ok(())
-    });
+    check_property(
+        backend.cases(10),
+        file!(),
+        inputs,
+        |(events, batch, days, hours)| {
+            runtime().block_on(check(backend, events, batch, days, hours));
+            Ok(())
+        },
+    );
 }
 
 async fn future_buckets_are_zeros_with_totals_carried(backend: Backend) {
