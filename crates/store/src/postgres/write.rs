@@ -219,10 +219,8 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
     // Claim every msgid the batch would store (in order: two batches claiming in the same order
     // cannot deadlock). A msgid another batch holds waits for it; one that comes back unclaimed
     // was claimed by a batch that has committed since this one reserved, and may be stored.
-    let mut ids: Vec<i64> = assigned_ids(stored_next, &kept)
-        .into_iter()
-        .map(|(id, _)| id as i64)
-        .collect();
+    let given = assigned_ids(stored_next, &kept);
+    let mut ids: Vec<i64> = given.iter().map(|(id, _)| *id as i64).collect();
     ids.sort_unstable();
     ids.dedup();
     let claimed: HashSet<u64> = if ids.is_empty() {
@@ -236,7 +234,7 @@ async fn try_ingest(s: &PostgresStore, app: &App, events: &[Event]) -> Result<In
             .map(|r| r.get::<_, i64>(0) as u64)
             .collect()
     };
-    if assigned_ids(stored_next, &kept)
+    if given
         .iter()
         .any(|(id, assigned)| *assigned && !claimed.contains(id))
     {
