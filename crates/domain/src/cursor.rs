@@ -17,23 +17,30 @@ use sha2::{Digest, Sha256};
 pub const EXPIRED: &str = "cursor expired";
 
 /// 2: bound to the app itself (number, key, creation time), not only its key. 3: the snapshot's
-/// commits in flight follow the fixed part (a count, then each as its distance below `upto`).
-const VERSION: u8 = 3;
-/// Cursors of version 2 (no commits in flight) are still opened.
+/// commits in flight follow the fixed part (a count, then each as its distance below `upto`, 4
+/// bytes). 4: as 3, with the distances as LEB128 varints, each from the one before in
+/// descending order (commits in flight sit close together, so most take a byte or two).
+const VERSION: u8 = 4;
+/// Cursors of versions 2 (no commits in flight) and 3, issued before an upgrade, still open.
 const VERSION_2: u8 = 2;
+const VERSION_3: u8 = 3;
 const MAC_LEN: usize = 16;
 /// The fixed part of the body.
 const BODY_LEN: usize = 1 + 8 + 1 + 8 + 8 + 8 + 2 + 8 + 8 + 8 + 8 + 8;
-/// Most commits in flight a cursor carries.
-pub const MAX_PENDING: usize = u8::MAX as usize;
+/// The contract's longest cursor, in characters.
+pub const MAX_CURSOR_LEN: usize = 256;
 /// Length of a cursor whose snapshot has no commits in flight (always, on the embedded store):
-/// unpadded base64url of the body and its tag. Each commit in flight adds 4 bytes.
-pub const CURSOR_LEN: usize = ((BODY_LEN + 1 + MAC_LEN) * 4).div_ceil(3);
+/// unpadded base64url of the body and its tag. Each commit in flight adds 1 to 10 bytes.
+pub const CURSOR_LEN: usize = encoded_len(BODY_LEN + 1 + MAC_LEN);
+
+const fn encoded_len(bytes: usize) -> usize {
+    (bytes * 4).div_ceil(3)
+}
 
 /// What a walk sees: the commits up to `upto`, less those still in flight when it began
-/// (`pending`; the PostgreSQL backend's concurrent ingests, never more than [`MAX_PENDING`] and
-/// each less than `2^32` below `upto`). Always empty on the embedded store, whose commits are
-/// sequential.
+/// (`pending`, each at most `upto`: the PostgreSQL backend's concurrent ingests). Always empty
+/// on the embedded store, whose commits are sequential. A cursor carries it only when it
+/// [`fits`](Snapshot::fits).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub upto: u64,
@@ -52,6 +59,55 @@ impl Snapshot {
     /// Whether the walk sees a row written by commit `seq`.
     pub fn sees(&self, seq: u64) -> bool {
         seq <= self.upto && !self.pending.contains(&seq)
+    }
+
+    /// Whether every commit `walk` sees had finished when this snapshot was taken: a reader
+    /// (a standby) holding this snapshot then has all of the walk's rows. Of the commits up to
+    /// this `upto`, those in its `pending` had not finished; later ones it does not know of.
+    pub fn covers(&self, walk: &Snapshot) -> bool {
+        let seen = |c: &u64| *c <= walk.upto && !walk.pending.contains(c);
+        let mut unseen_above: Vec<u64> = walk
+            .pending
+            .iter()
+            .copied()
+            .filter(|p| *p > self.upto && *p <= walk.upto)
+            .collect();
+        unseen_above.sort_unstable();
+        unseen_above.dedup();
+        // Every commit after this `upto` that the walk covers is one it does not see.
+        walk.upto.saturating_sub(self.upto) == unseen_above.len() as u64
+            && !self.pending.iter().any(seen)
+    }
+
+    /// Whether a cursor can carry this snapshot within [`MAX_CURSOR_LEN`] characters (commits
+    /// in flight far apart take more room each).
+    pub fn fits(&self) -> bool {
+        self.pending.iter().all(|p| *p <= self.upto)
+            && encoded_len(BODY_LEN + MAC_LEN + self.pending_bytes().len()) <= MAX_CURSOR_LEN
+    }
+
+    /// The count of commits in flight, then each one's distance below the one before
+    /// (the first's below `upto`), largest first, as LEB128 varints.
+    fn pending_bytes(&self) -> Vec<u8> {
+        let mut sorted = self.pending.clone();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        sorted.dedup();
+        let mut out = vec![sorted.len().min(u8::MAX as usize) as u8];
+        let mut prev = self.upto;
+        for p in sorted.iter().take(u8::MAX as usize) {
+            let mut d = prev.wrapping_sub(*p);
+            prev = *p;
+            loop {
+                let b = (d & 0x7f) as u8;
+                d >>= 7;
+                if d == 0 {
+                    out.push(b);
+                    break;
+                }
+                out.push(b | 0x80);
+            }
+        }
+        out
     }
 }
 
@@ -162,6 +218,32 @@ impl Reader<'_> {
     fn i64(&mut self) -> i64 {
         i64::from_be_bytes(self.take())
     }
+    /// Version 4's commits in flight: exactly the rest of the body, each below the one before.
+    fn pending(&mut self, upto: u64) -> Option<Vec<u64>> {
+        let (&n, mut rest) = self.0.split_first()?;
+        let mut out = Vec::with_capacity(n as usize);
+        let mut prev = upto;
+        for _ in 0..n {
+            let mut d = 0u64;
+            let mut shift = 0;
+            loop {
+                let (&b, tail) = rest.split_first()?;
+                rest = tail;
+                if shift > 63 {
+                    return None;
+                }
+                d |= u64::from(b & 0x7f) << shift;
+                shift += 7;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            prev = prev.checked_sub(d)?;
+            out.push(prev);
+        }
+        self.0 = rest;
+        rest.is_empty().then_some(out)
+    }
 }
 
 /// Seals a cursor for `app` and `scope`.
@@ -180,15 +262,28 @@ pub fn seal(key: &CursorKey, app: Binding<'_>, scope: &Scope, st: &CursorState) 
     b.extend_from_slice(&st.snapshot.upto.to_be_bytes());
     b.extend_from_slice(&st.issued_ms.to_be_bytes());
     debug_assert_eq!(b.len(), BODY_LEN);
-    // The store never hands out more, nor any further below (see `Snapshot`).
-    let pending = &st.snapshot.pending[..st.snapshot.pending.len().min(MAX_PENDING)];
-    b.push(pending.len() as u8);
-    for p in pending {
-        b.extend_from_slice(&((st.snapshot.upto - p) as u32).to_be_bytes());
-    }
+    // The stores hand out only snapshots that fit.
+    debug_assert!(st.snapshot.fits(), "{:?}", st.snapshot);
+    b.extend_from_slice(&st.snapshot.pending_bytes());
     let tag = mac(key, &b);
     b.extend_from_slice(&tag);
     URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Where a version 4 body ends: after the count of commits in flight and that many varints.
+fn varints_end(bytes: &[u8]) -> Option<usize> {
+    let n = *bytes.get(BODY_LEN)?;
+    let mut at = BODY_LEN + 1;
+    for _ in 0..n {
+        let len = bytes
+            .get(at..)?
+            .iter()
+            .take(10)
+            .position(|b| b & 0x80 == 0)?
+            + 1;
+        at += len;
+    }
+    Some(at)
 }
 
 /// Opens a cursor, checking in turn its form, its seal, the app, the scope and its age.
@@ -210,10 +305,11 @@ pub fn open(
     };
     let body_len = match bytes.first() {
         Some(&VERSION_2) => BODY_LEN,
-        Some(&VERSION) if bytes.len() > BODY_LEN => BODY_LEN + 1 + 4 * bytes[BODY_LEN] as usize,
+        Some(&VERSION_3) if bytes.len() > BODY_LEN => BODY_LEN + 1 + 4 * bytes[BODY_LEN] as usize,
+        Some(&VERSION) => varints_end(&bytes).ok_or_else(malformed)?,
         _ => return Err(malformed()),
     };
-    if bytes.len() != body_len + MAC_LEN {
+    if bytes.len() != body_len + MAC_LEN || bytes.len() > MAX_CURSOR_LEN {
         return Err(malformed());
     }
     let (body, tag) = bytes.split_at(body_len);
@@ -250,11 +346,13 @@ pub fn open(
     let upto = r.u64();
     let issued_ms = r.i64();
     let mut snapshot = Snapshot::at(upto);
-    if body[0] == VERSION {
+    if body[0] == VERSION_3 {
         let n = r.take::<1>()[0];
         snapshot.pending = (0..n)
             .map(|_| upto.wrapping_sub(u64::from(u32::from_be_bytes(r.take()))))
             .collect();
+    } else if body[0] == VERSION {
+        snapshot.pending = r.pending(upto).ok_or_else(malformed)?;
     }
     if now_ms.saturating_sub(issued_ms) > ttl_ms {
         return Err(Error::invalid(format!(
@@ -323,14 +421,15 @@ mod tests {
     }
 
     #[test]
-    fn commits_in_flight_round_trip_and_version_2_cursors_still_open() {
+    fn commits_in_flight_round_trip_and_version_2_and_3_cursors_still_open() {
         let mut s = state();
         s.snapshot = Snapshot {
             upto: 1 << 62 | 9_000,
-            pending: vec![1 << 62 | 8_999, 1 << 62 | 12, 1 << 62 | 9_000],
+            pending: vec![1 << 62 | 9_000, 1 << 62 | 8_999, 1 << 62 | 12],
         };
         let c = seal(&key(), app("appA"), &Scope::App, &s);
-        assert_eq!(c.len(), ((BODY_LEN + 1 + 12 + MAC_LEN) * 4).div_ceil(3));
+        // Distances 0, 1 and 8987: one byte, one byte, two bytes.
+        assert_eq!(c.len(), encoded_len(BODY_LEN + 1 + 4 + MAC_LEN));
         let opened = open(&key(), app("appA"), &Scope::App, &c, 10_000, 120_000).unwrap();
         assert_eq!(opened, s);
         assert!(!opened.snapshot.sees(1 << 62 | 12) && opened.snapshot.sees(1 << 62 | 13));
@@ -350,6 +449,38 @@ mod tests {
             open(&key(), app("appA"), &Scope::App, &v2, 10_000, 120_000).unwrap(),
             s
         );
+        // A version 3 cursor: 4 bytes a commit in flight.
+        let mut v3 = raw[..BODY_LEN].to_vec();
+        v3[0] = VERSION_3;
+        v3.push(2);
+        v3.extend_from_slice(&3u32.to_be_bytes());
+        v3.extend_from_slice(&70_000u32.to_be_bytes());
+        let tag = mac(&key(), &v3);
+        v3.extend_from_slice(&tag);
+        let opened = open(
+            &key(),
+            app("appA"),
+            &Scope::App,
+            &URL_SAFE_NO_PAD.encode(v3),
+            10_000,
+            120_000,
+        )
+        .unwrap();
+        assert_eq!(opened.snapshot.pending, vec![4, 7u64.wrapping_sub(70_000)]);
+    }
+
+    /// Commits in flight, as PostgreSQL lists them: near `upto` mostly, a few far below.
+    fn snapshots() -> impl Strategy<Value = Snapshot> {
+        (
+            (1u64 << 62)..(1u64 << 62) + (1 << 40),
+            proptest::collection::vec(prop_oneof![4 => 0u64..500, 1 => 0u64..(1 << 40)], 0..120),
+        )
+            .prop_map(|(upto, below)| {
+                let mut pending: Vec<u64> = below.iter().map(|d| upto - d).collect();
+                pending.sort_unstable_by(|a, b| b.cmp(a));
+                pending.dedup();
+                Snapshot { upto, pending }
+            })
     }
 
     #[test]
@@ -415,6 +546,37 @@ mod tests {
             raw[pos] ^= 1 << bit;
             let forged = URL_SAFE_NO_PAD.encode(raw);
             prop_assert!(open(&key(), app("appA"), &Scope::App, &forged, 10_000, 120_000).is_err());
+        }
+
+        /// Every snapshot that fits seals into a cursor of at most 256 characters that opens
+        /// to it; the others are refused by `fits` (the store then waits or answers 503).
+        #[test]
+        fn snapshots_that_fit_seal_within_the_contracts_length(snap in snapshots()) {
+            let mut s = state();
+            s.snapshot = snap.clone();
+            if snap.fits() {
+                let c = seal(&key(), app("appA"), &Scope::App, &s);
+                prop_assert!(c.len() <= MAX_CURSOR_LEN, "{}", c.len());
+                prop_assert_eq!(open(&key(), app("appA"), &Scope::App, &c, 10_000, 120_000).unwrap(), s);
+            } else {
+                prop_assert!(snap.pending.len() > 20, "{} in flight did not fit", snap.pending.len());
+            }
+        }
+
+        /// `covers` against a model: the reader's finished commits (up to its `upto`, less its
+        /// own in flight) include every commit the walk sees.
+        #[test]
+        fn covers_means_every_commit_the_walk_sees_had_finished(
+            walk_upto in 0u64..40,
+            walk_pending in proptest::collection::btree_set(0u64..40, 0..8),
+            reader_upto in 0u64..40,
+            reader_pending in proptest::collection::btree_set(0u64..40, 0..8),
+        ) {
+            let walk = Snapshot { upto: walk_upto, pending: walk_pending.into_iter().filter(|p| *p <= walk_upto).collect() };
+            let reader = Snapshot { upto: reader_upto, pending: reader_pending.into_iter().filter(|p| *p <= reader_upto).collect() };
+            let finished = |c: u64| c <= reader.upto && !reader.pending.contains(&c);
+            let model = (0..40).filter(|c| walk.sees(*c)).all(finished);
+            prop_assert_eq!(reader.covers(&walk), model);
         }
 
         #[test]

@@ -102,6 +102,8 @@ pub async fn open_store(s: &Settings, clock: &Clock) -> Result<Stores> {
                 clock: clock.clone(),
                 tz,
                 busy_hour: s.busy_hour,
+                standbys: s.standby_urls(),
+                standby_max_lag: Settings::secs(s.pg_standby_max_lag_secs),
                 url,
             };
             let pg = PostgresStore::connect(config)

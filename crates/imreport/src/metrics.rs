@@ -87,6 +87,15 @@ fn describe() {
         "imreport_postgres_fold_pending_hours",
         "PostgreSQL: finished hours not counted yet (their first pages count their rows)"
     );
+    describe_gauge!(
+        "imreport_postgres_standby_lag_seconds",
+        Unit::Seconds,
+        "PostgreSQL: how far each read replica is behind the primary, measured each second"
+    );
+    describe_counter!(
+        "imreport_postgres_standby_fallbacks_total",
+        "PostgreSQL: next pages read on the primary because no standby had replayed what their walk saw in time"
+    );
     describe_counter!(
         "imreport_retention_dropped_partitions_total",
         "Day partitions retention dropped"

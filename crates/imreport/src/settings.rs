@@ -64,8 +64,15 @@ settings! {
     /// PostgreSQL schema for imreport's tables, created if missing (empty: the URL's
     /// search_path, usually public).
     pg_schema: String = String::new();
-    /// Most PostgreSQL connections this server opens.
+    /// Most PostgreSQL connections this server opens (to the primary, and to each standby).
     pg_pool_size: usize = 16;
+    /// PostgreSQL hot standbys (streaming replicas of the store's database) to read history
+    /// and statistics from, as postgres:// URLs separated by spaces; ingest and upkeep stay
+    /// on the primary (empty: every read on the primary).
+    pg_standbys: String = String::new();
+    /// Seconds a standby may lag the primary and still serve first pages and statistics; a
+    /// next page waits for a standby to replay what its walk saw, or reads the primary.
+    pg_standby_max_lag_secs: f64 = 5.0;
     /// Address of the public API (Report V2, ingest, health).
     listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 8080));
     /// Address of the admin API; keep it on loopback (port 0: a free one). Its address and
@@ -192,6 +199,21 @@ impl Settings {
         anyhow::ensure!(self.pg_pool_size >= 2, "pg_pool_size must be at least 2");
         anyhow::ensure!(self.busy_hour >= 1, "busy_hour must be at least 1");
         anyhow::ensure!(
+            self.pg_standby_max_lag_secs.is_finite() && self.pg_standby_max_lag_secs >= 0.0,
+            "pg_standby_max_lag_secs must be a number of seconds, 0 or more"
+        );
+        for url in self.standby_urls() {
+            anyhow::ensure!(
+                url.starts_with("postgres://") || url.starts_with("postgresql://"),
+                "pg_standbys takes postgres:// URLs separated by spaces, not {url:?}"
+            );
+        }
+        anyhow::ensure!(
+            self.standby_urls().is_empty()
+                || matches!(self.store_choice()?, StoreChoice::Postgres { .. }),
+            "pg_standbys needs the PostgreSQL store (store = a postgres:// URL)"
+        );
+        anyhow::ensure!(
             self.retention_days >= 1,
             "retention_days must be at least 1"
         );
@@ -255,6 +277,14 @@ impl Settings {
             consumer: self.nats_consumer.clone(),
             ack_wait: Settings::secs(self.nats_ack_wait_secs),
         })
+    }
+
+    /// The standbys `pg_standbys` names.
+    pub fn standby_urls(&self) -> Vec<String> {
+        self.pg_standbys
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Which store the settings name.
@@ -438,5 +468,42 @@ mod tests {
             }
         );
         assert!(StoreChoice::parse("mysql://u@h/db", "").is_err());
+    }
+
+    #[test]
+    fn standbys_are_postgres_urls_for_the_postgres_store() {
+        let resolve = |argv: &[&str]| {
+            let matches = decorate(Cli::command())
+                .try_get_matches_from(std::iter::once("imreport").chain(argv.iter().copied()))
+                .unwrap();
+            Cli::from_arg_matches(&matches).unwrap().args.resolve()
+        };
+        let s = resolve(&[
+            "--store",
+            "postgres://u@db1/x",
+            "--pg-standbys",
+            " postgres://u@db2/x  postgresql://u@db3,db4/x ",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.standby_urls(),
+            ["postgres://u@db2/x", "postgresql://u@db3,db4/x"]
+        );
+        let err = |argv: &[&str]| resolve(argv).unwrap_err().to_string();
+        assert!(
+            err(&["--pg-standbys", "postgres://u@db2/x"]).contains("needs the PostgreSQL store")
+        );
+        assert!(
+            err(&["--store", "postgres://u@db1/x", "--pg-standbys", "host=db2"])
+                .contains("postgres:// URLs")
+        );
+        assert!(
+            err(&[
+                "--store",
+                "postgres://u@db1/x",
+                "--pg-standby-max-lag-secs=-1"
+            ])
+            .contains("0 or more")
+        );
     }
 }

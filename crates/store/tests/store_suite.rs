@@ -83,6 +83,8 @@ async fn fresh(backend: Backend, retention_days: u32) -> Fresh {
                 clock: clock.clone(),
                 tz,
                 busy_hour: imreport_store::BUSY_HOUR,
+                standbys: Vec::new(),
+                standby_max_lag: std::time::Duration::from_secs(5),
                 url: url.clone(),
             };
             let pg = PostgresStore::connect(config).await.unwrap_or_else(|e| {

@@ -364,10 +364,13 @@ async fn the_data_dir_is_its_owners_alone() {
 fn the_api_docs_match_the_binary() {
     let docs =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/API.md")).unwrap();
-    let len = imreport_domain::cursor::CURSOR_LEN;
+    let (len, max) = (
+        imreport_domain::cursor::CURSOR_LEN,
+        imreport_domain::cursor::MAX_CURSOR_LEN,
+    );
     assert!(
-        docs.contains(&format!("no padding, {len} characters")),
-        "docs/API.md must give the cursor length, {len}"
+        docs.contains(&format!("no padding, {len} to {max} characters")),
+        "docs/API.md must give the cursor length, {len} to {max}"
     );
     // Every setting has its row: flag, environment variable, and the declared default.
     for (name, _) in imreport::settings::SETTINGS {

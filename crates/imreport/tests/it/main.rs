@@ -19,4 +19,5 @@ mod nats;
 mod openapi;
 mod replicas;
 mod sdk;
+mod standby;
 mod support;

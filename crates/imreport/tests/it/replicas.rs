@@ -471,8 +471,9 @@ async fn a_transaction_in_flight_when_a_walk_began_stays_out_of_it() {
     assert_eq!(first["total"], 31);
     let cursor = first["cursor"].as_str().unwrap().to_owned();
     assert!(
-        cursor.len() > imreport_domain::cursor::CURSOR_LEN,
-        "the cursor carries the transaction in flight"
+        cursor.len() > imreport_domain::cursor::CURSOR_LEN
+            && cursor.len() <= imreport_domain::cursor::MAX_CURSOR_LEN,
+        "the cursor carries the transaction in flight, within the contract's length"
     );
     tx.commit().await.unwrap();
     let mut ids: Vec<u64> = first["messages"]

@@ -10,6 +10,7 @@
 pub mod fold;
 mod read;
 pub mod schema;
+mod standby;
 mod write;
 
 use crate::window::Window;
@@ -56,10 +57,6 @@ pub(crate) fn walk_snapshot(pg: &str) -> Result<imreport_domain::cursor::Snapsho
                 .map_err(|_| bad())
         })
         .collect::<Result<Vec<u64>>>()?;
-    if pending.len() > imreport_domain::cursor::MAX_PENDING {
-        // More ingests in flight than a cursor carries: a moment later there are fewer.
-        return Err(StoreError::Overloaded);
-    }
     Ok(imreport_domain::cursor::Snapshot {
         upto: (commit_seq(xmax) - 1) as u64,
         pending,
@@ -84,6 +81,11 @@ pub struct PostgresConfig {
     /// messages; quieter hours are counted from their index rows (see `fold.rs`). Any value
     /// reads right; tests lower it to reach both sides.
     pub busy_hour: u64,
+    /// Hot standbys of the database to read history and statistics from (URLs), ingest and
+    /// upkeep staying on `url`'s primary (see `standby.rs`).
+    pub standbys: Vec<String>,
+    /// Furthest a standby may lag the primary and still serve first pages and statistics.
+    pub standby_max_lag: Duration,
 }
 
 /// Maps a database error to the store's errors by its SQLSTATE: a full disk is `DiskFull`, a
@@ -124,7 +126,7 @@ fn unavailable(e: &tokio_postgres::Error) -> bool {
 
 /// A deadlock victim, a serialization failure or a lock timeout: the same transaction may
 /// succeed when run again.
-fn retryable(e: &tokio_postgres::Error) -> bool {
+pub(crate) fn retryable(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
     matches!(e.code(), Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED
         || *c == SqlState::T_R_SERIALIZATION_FAILURE
@@ -142,6 +144,7 @@ fn pool_error(e: PoolError) -> StoreError {
 
 pub(crate) struct Inner {
     pool: Pool,
+    standbys: standby::Standbys,
     config: PostgresConfig,
     window: Window,
     /// Partition days known to exist (messages and msg_index; presence by civil day), so that
@@ -161,6 +164,56 @@ pub struct PostgresStore {
 
 const PARTITION_OFFSET: &str = "partition_offset_ms";
 
+fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
+    url.parse()
+        .map_err(|e| StoreError::Config(format!("invalid PostgreSQL URL: {e}")))
+}
+
+/// A connection pool on `url` whose sessions use `schema`, created first when `create` says
+/// so (on the primary; a standby only reads it).
+async fn connect_pool(url: &str, schema: Option<&str>, size: usize, create: bool) -> Result<Pool> {
+    let mut pg = parse_url(url)?;
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(Duration::from_secs(10));
+    }
+    if let Some(schema) = schema {
+        if create {
+            let (client, conn) = pg.connect(NoTls).await.map_err(pg_error)?;
+            let task = tokio::spawn(conn);
+            // Two servers creating it at once: one wins, the other sees it exist.
+            let created = client
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .await;
+            if let Err(e) = created {
+                let exists = client
+                    .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
+                    .await
+                    .map_err(pg_error)?;
+                if exists.is_none() {
+                    return Err(pg_error(e));
+                }
+            }
+            drop(client);
+            let _ = task.await;
+        }
+        pg.options(format!("-c search_path={schema}"));
+    }
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size.max(2))
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Config(format!("postgres connection pool: {e}")))
+}
+
 fn valid_schema(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
@@ -173,57 +226,42 @@ fn valid_schema(name: &str) -> bool {
 impl PostgresStore {
     /// Connects, creates the schema if asked to, and applies pending migrations.
     pub async fn connect(config: PostgresConfig) -> Result<Self> {
-        let mut pg: tokio_postgres::Config = config
-            .url
-            .parse()
-            .map_err(|e| StoreError::Config(format!("invalid PostgreSQL URL: {e}")))?;
-        if pg.get_connect_timeout().is_none() {
-            pg.connect_timeout(Duration::from_secs(10));
+        let schema = config.schema.as_deref();
+        if let Some(schema) = schema
+            && !valid_schema(schema)
+        {
+            return Err(StoreError::Config(format!(
+                "invalid schema name {schema:?}: use lowercase letters, digits and _"
+            )));
         }
-        if let Some(schema) = &config.schema {
-            if !valid_schema(schema) {
-                return Err(StoreError::Config(format!(
-                    "invalid schema name {schema:?}: use lowercase letters, digits and _"
-                )));
-            }
-            let (client, conn) = pg.connect(NoTls).await.map_err(pg_error)?;
-            let task = tokio::spawn(conn);
-            // Two servers creating it at once: one wins, the other sees it exist.
-            let created = client
-                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-                .await;
-            if let Err(e) = created {
-                let exists = client
-                    .query_opt(
-                        "SELECT 1 FROM pg_namespace WHERE nspname = $1",
-                        &[&schema.as_str()],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                if exists.is_none() {
-                    return Err(pg_error(e));
-                }
-            }
-            drop(client);
-            let _ = task.await;
-            pg.options(format!("-c search_path={schema}"));
+        let pool = connect_pool(&config.url, schema, config.pool_size, true).await?;
+        let mut standbys = Vec::new();
+        for url in &config.standbys {
+            let pg = parse_url(url)?;
+            let name = pg
+                .get_hosts()
+                .iter()
+                .zip(pg.get_ports().iter().chain(std::iter::repeat(&5432)))
+                .map(|(h, p)| match h {
+                    tokio_postgres::config::Host::Tcp(h) => format!("{h}:{p}"),
+                    tokio_postgres::config::Host::Unix(d) => format!("{}:{p}", d.display()),
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            standbys.push((
+                name,
+                connect_pool(url, schema, config.pool_size, false).await?,
+            ));
         }
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size.max(2))
-            .wait_timeout(Some(Duration::from_secs(10)))
-            .create_timeout(Some(Duration::from_secs(10)))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Config(format!("postgres connection pool: {e}")))?;
         let mut client = pool.get().await.map_err(pool_error)?;
         schema::migrate(&mut client).await?;
+        if !standbys.is_empty() && schema::has_citus(&client).await? {
+            // A walk's snapshot is its app's worker's, which a coordinator's standby lacks.
+            return Err(StoreError::Config(
+                "read replicas (standbys) are not supported on Citus; read from the coordinator"
+                    .into(),
+            ));
+        }
         let offset = i64::from(config.tz.offset_secs(config.clock.now_ms())) * 1000;
         client
             .execute(
@@ -249,9 +287,11 @@ impl PostgresStore {
             partition_offset_ms,
             tz: config.tz.clone(),
         };
-        Ok(PostgresStore {
+        let watched = !standbys.is_empty();
+        let store = PostgresStore {
             inner: Arc::new(Inner {
                 pool,
+                standbys: standby::Standbys::new(standbys, config.standby_max_lag),
                 config,
                 window,
                 pdays: Mutex::new(BTreeSet::new()),
@@ -259,7 +299,11 @@ impl PostgresStore {
                 fold_seen: Mutex::new(Default::default()),
                 claim_marks: Mutex::new(Default::default()),
             }),
-        })
+        };
+        if watched {
+            tokio::spawn(standby::watch(Arc::downgrade(&store.inner)));
+        }
+        Ok(store)
     }
 
     pub(crate) async fn client(&self) -> Result<Object> {
@@ -510,6 +554,17 @@ fn app_from_row(r: &tokio_postgres::Row) -> App {
     }
 }
 
+async fn find_app(client: &Object, key: String) -> Result<Option<App>> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {APP_COLUMNS} FROM apps WHERE app_key = $1"
+        ))
+        .await
+        .map_err(pg_error)?;
+    let row = client.query_opt(&stmt, &[&key]).await.map_err(pg_error)?;
+    Ok(row.map(|r| app_from_row(&r)))
+}
+
 const APP_COLUMNS: &str = "app_id, app_key, name, secret_salt, secret_sha256, created_ms";
 
 #[async_trait]
@@ -544,15 +599,24 @@ impl Store for PostgresStore {
     }
 
     async fn app(&self, key: &str) -> Result<Option<App>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {APP_COLUMNS} FROM apps WHERE app_key = $1"
-            ))
-            .await
-            .map_err(pg_error)?;
-        let row = client.query_opt(&stmt, &[&key]).await.map_err(pg_error)?;
-        Ok(row.map(|r| app_from_row(&r)))
+        if self.inner.standbys.is_empty() {
+            return find_app(&self.client().await?, key.to_owned()).await;
+        }
+        // Read on a standby, so that requests are authenticated while the primary is away.
+        let owned = key.to_owned();
+        let found = read::on_reader(self, move |client| {
+            Box::pin(find_app(client, owned.clone()))
+        })
+        .await?;
+        if found.is_some() {
+            return Ok(found);
+        }
+        // An app created a moment ago may not be replayed yet: the primary knows.
+        match self.client().await {
+            Ok(client) => find_app(&client, key.to_owned()).await,
+            Err(StoreError::Unavailable(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn set_secret(&self, key: &str, secret: SecretHash) -> Result<App> {

@@ -1,8 +1,9 @@
 //! Reads: history pages (keyset SQL on the primary key or the scope index) and rollups.
 
-use super::{PostgresStore, pg_error};
+use super::{PostgresStore, pg_error, standby};
 use crate::archive::{BATCH, BackupItem};
 use crate::{DaysReport, Page, PageRequest, Result, StoreError};
+use futures::future::BoxFuture;
 use imreport_domain::app::App;
 use imreport_domain::cursor::{Position, Snapshot};
 use imreport_domain::lifecycle::decode_history;
@@ -160,22 +161,96 @@ async fn snapshot(
         .map_err(pg_error)
 }
 
+/// What one attempt at a page came to.
+enum Attempt {
+    Page(Page),
+    /// The standby has not replayed everything the walk sees yet.
+    Behind,
+    /// More transactions were in flight than a cursor carries; a moment later there are fewer.
+    Crowded,
+}
+
+/// A page from a fresh standby when there is one and it has replayed what the walk sees
+/// (waiting up to [`standby::CATCH_UP`] for it), else from the primary.
 pub(super) async fn page(
     s: &PostgresStore,
     app: &App,
     scope: &Scope,
     req: PageRequest,
 ) -> Result<Page> {
-    let mut client = s.client().await?;
+    let started = std::time::Instant::now();
+    let mut standbys = true;
+    let mut crowded = 0u64;
+    loop {
+        let standby = standbys.then(|| s.inner.standbys.pick()).flatten();
+        let attempt = match standby {
+            Some(sb) => {
+                let Some(mut client) = sb.client().await else {
+                    continue;
+                };
+                match page_on(s, &mut client, true, app, scope, &req).await {
+                    Err(e) if standby::elsewhere(&e) => {
+                        sb.failed(&e.to_string());
+                        continue;
+                    }
+                    other => other?,
+                }
+            }
+            None => {
+                let mut client = s.client().await?;
+                page_on(s, &mut client, false, app, scope, &req).await?
+            }
+        };
+        match attempt {
+            Attempt::Page(p) => return Ok(p),
+            Attempt::Behind if started.elapsed() < standby::CATCH_UP => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Attempt::Behind => {
+                metrics::counter!("imreport_postgres_standby_fallbacks_total").increment(1);
+                standbys = false;
+            }
+            Attempt::Crowded if crowded < 20 => {
+                crowded += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(5 * crowded)).await;
+            }
+            Attempt::Crowded => return Err(StoreError::Overloaded),
+        }
+    }
+}
+
+async fn page_on(
+    s: &PostgresStore,
+    client: &mut deadpool_postgres::Object,
+    on_standby: bool,
+    app: &App,
+    scope: &Scope,
+    req: &PageRequest,
+) -> Result<Attempt> {
     // One snapshot for the sequence, the total and the page.
-    let tx = snapshot(&mut client).await?;
+    let tx = snapshot(client).await?;
     let app_id = app.id as i32;
     let (tag, sid) = (i16::from(scope.tag()), scope.id());
     let (begin, end) = (req.range.begin, req.range.end);
     let (snapshot, total) = match req.after {
         None => total(&tx, s, app_id, scope, begin, end).await?,
-        Some(_) => (req.snapshot.clone(), req.total),
+        Some(_) => {
+            if on_standby {
+                let own: String = tx
+                    .query_one("SELECT pg_current_snapshot()::text", &[])
+                    .await
+                    .map_err(pg_error)?
+                    .get(0);
+                if !super::walk_snapshot(&own)?.covers(&req.snapshot) {
+                    return Ok(Attempt::Behind);
+                }
+            }
+            (req.snapshot.clone(), req.total)
+        }
     };
+    if !snapshot.fits() {
+        return Ok(Attempt::Crowded);
+    }
     let (after_ctime, after_msgid) = match req.after {
         Some(p) => (p.ctime, p.msgid as i64),
         // Stored msgids start at 1, so (begin, 0) is just before the window.
@@ -242,13 +317,30 @@ pub(super) async fn page(
             msgid: msgid as u64,
         });
     }
-    Ok(Page {
+    Ok(Attempt::Page(Page {
         total,
         snapshot,
         count: rows.len().min(want as usize),
         json,
         next: if more { last } else { None },
-    })
+    }))
+}
+
+/// Runs a read on a fresh standby when there is one, else (or when the standby fails it) on
+/// the primary.
+pub(super) async fn on_reader<T>(
+    s: &PostgresStore,
+    read: impl for<'c> Fn(&'c mut deadpool_postgres::Object) -> BoxFuture<'c, Result<T>>,
+) -> Result<T> {
+    if let Some(sb) = s.inner.standbys.pick()
+        && let Some(mut client) = sb.client().await
+    {
+        match read(&mut client).await {
+            Err(e) if standby::elsewhere(&e) => sb.failed(&e.to_string()),
+            other => return other,
+        }
+    }
+    read(&mut s.client().await?).await
 }
 
 /// Day rows `from..=to` and the totals at the end of `from - 1` (the all-time totals minus the
@@ -259,25 +351,30 @@ pub(super) async fn stats_days(
     from: i64,
     to: i64,
 ) -> Result<DaysReport> {
-    let mut client = s.client().await?;
-    let tx = snapshot(&mut client).await?;
     let app_id = app.id as i32;
-    let q = tx
-        .prepare_cached("SELECT day, v FROM stat_days WHERE app_id = $1 AND day >= $2")
-        .await
-        .map_err(pg_error)?;
-    let rows = tx
-        .query(&q, &[&app_id, &(from as i32)])
-        .await
-        .map_err(pg_error)?;
-    let totals = tx
-        .query_opt(
-            "SELECT users, groups FROM stat_totals WHERE app_id = $1",
-            &[&app_id],
-        )
-        .await
-        .map_err(pg_error)?;
-    tx.commit().await.map_err(pg_error)?;
+    let (rows, totals) = on_reader(s, move |client| {
+        Box::pin(async move {
+            let tx = snapshot(client).await?;
+            let q = tx
+                .prepare_cached("SELECT day, v FROM stat_days WHERE app_id = $1 AND day >= $2")
+                .await
+                .map_err(pg_error)?;
+            let rows = tx
+                .query(&q, &[&app_id, &(from as i32)])
+                .await
+                .map_err(pg_error)?;
+            let totals = tx
+                .query_opt(
+                    "SELECT users, groups FROM stat_totals WHERE app_id = $1",
+                    &[&app_id],
+                )
+                .await
+                .map_err(pg_error)?;
+            tx.commit().await.map_err(pg_error)?;
+            Ok((rows, totals))
+        })
+    })
+    .await?;
     let rows = rows.iter().map(|r| {
         let mut f = [0i64; DAY_FIELDS];
         for (x, y) in f.iter_mut().zip(r.get::<_, Vec<i64>>(1)) {
@@ -298,17 +395,22 @@ pub(super) async fn stats_hours(
     from: i64,
     to: i64,
 ) -> Result<Vec<MsgCounts>> {
-    let client = s.client().await?;
-    let q = client
-        .prepare_cached(
-            "SELECT hour, v FROM stat_hours WHERE app_id = $1 AND hour >= $2 AND hour <= $3",
-        )
-        .await
-        .map_err(pg_error)?;
-    let rows = client
-        .query(&q, &[&(app.id as i32), &(from as i32), &(to as i32)])
-        .await
-        .map_err(pg_error)?;
+    let app_id = app.id as i32;
+    let rows = on_reader(s, move |client| {
+        Box::pin(async move {
+            let q = client
+                .prepare_cached(
+                    "SELECT hour, v FROM stat_hours WHERE app_id = $1 AND hour >= $2 AND hour <= $3",
+                )
+                .await
+                .map_err(pg_error)?;
+            client
+                .query(&q, &[&app_id, &(from as i32), &(to as i32)])
+                .await
+                .map_err(pg_error)
+        })
+    })
+    .await?;
     let n = usize::try_from(to - from + 1).unwrap_or(0);
     let mut out = vec![MsgCounts::default(); n];
     for r in &rows {
@@ -325,38 +427,39 @@ pub(super) async fn stats_hours(
 /// A day's busiest senders and groups: the top `n` tallies of each, ranked as
 /// [`imreport_domain::rollup::top_tallies`] ranks them (ids in byte order: `COLLATE "C"`).
 pub(super) async fn busiest(s: &PostgresStore, app: &App, day: i64, n: usize) -> Result<Busiest> {
-    let client = s.client().await?;
-    let q = client
-        .prepare_cached(
-            "SELECT id, n FROM presence
-              WHERE app_id = $1 AND day = $2 AND kind = $3 AND n > 0
-              ORDER BY n DESC, id COLLATE \"C\" LIMIT $4",
-        )
-        .await
-        .map_err(pg_error)?;
-    let mut lists = Vec::with_capacity(2);
-    for set in [Presence::Sender, Presence::ActiveGroup] {
-        let rows = client
-            .query(
-                &q,
-                &[
-                    &(app.id as i32),
-                    &(day as i32),
-                    &i16::from(set.code()),
-                    &(n as i64),
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
-        lists.push(
-            rows.iter()
-                .map(|r| Tally {
-                    id: r.get(0),
-                    messages: r.get::<_, i64>(1) as u64,
-                })
-                .collect(),
-        );
-    }
+    let app_id = app.id as i32;
+    let mut lists = on_reader(s, move |client| {
+        Box::pin(async move {
+            let q = client
+                .prepare_cached(
+                    "SELECT id, n FROM presence
+                      WHERE app_id = $1 AND day = $2 AND kind = $3 AND n > 0
+                      ORDER BY n DESC, id COLLATE \"C\" LIMIT $4",
+                )
+                .await
+                .map_err(pg_error)?;
+            let mut lists: Vec<Vec<Tally>> = Vec::with_capacity(2);
+            for set in [Presence::Sender, Presence::ActiveGroup] {
+                let rows = client
+                    .query(
+                        &q,
+                        &[&app_id, &(day as i32), &i16::from(set.code()), &(n as i64)],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                lists.push(
+                    rows.iter()
+                        .map(|r| Tally {
+                            id: r.get(0),
+                            messages: r.get::<_, i64>(1) as u64,
+                        })
+                        .collect(),
+                );
+            }
+            Ok(lists)
+        })
+    })
+    .await?;
     let groups = lists.pop().unwrap_or_default();
     let senders = lists.pop().unwrap_or_default();
     Ok(Busiest { senders, groups })

@@ -294,19 +294,23 @@ pub const DISTRIBUTED_TABLES: [&str; 12] = [
     "stat_totals",
 ];
 
-/// On a Citus coordinator (the `citus` extension is installed in the database), distributes the
-/// tables not yet distributed: on the first start, and after a migration adds a table. Data
-/// already in a table is moved to the workers as it is distributed. Without Citus: nothing.
-async fn distribute(client: &Client) -> Result<()> {
-    let citus: bool = client
+/// Whether the database is a Citus coordinator (the `citus` extension is installed).
+pub(crate) async fn has_citus(client: &Client) -> Result<bool> {
+    Ok(client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')",
             &[],
         )
         .await
         .map_err(pg)?
-        .get(0);
-    if !citus {
+        .get(0))
+}
+
+/// On a Citus coordinator (the `citus` extension is installed in the database), distributes the
+/// tables not yet distributed: on the first start, and after a migration adds a table. Data
+/// already in a table is moved to the workers as it is distributed. Without Citus: nothing.
+async fn distribute(client: &Client) -> Result<()> {
+    if !has_citus(client).await? {
         return Ok(());
     }
     let done: Vec<String> = client
