@@ -82,3 +82,20 @@ async fn imreport_distributes_its_tables_by_app_on_a_citus_coordinator() {
         .await;
     assert_eq!(page["total"], 1, "{page}");
 }
+
+/// Read replicas are refused on a Citus coordinator, at the start and saying why: a walk's
+/// snapshot is the app's worker's, which a coordinator's standby does not show.
+#[tokio::test]
+async fn read_replicas_are_refused_on_citus() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(Backend::Citus, dir.path());
+    settings.pg_standbys = test_citus_url();
+    let schema = settings.pg_schema.clone();
+    let err =
+        match imreport::launch::open_store(&settings, &imreport_domain::Clock::manual(T0)).await {
+            Ok(_) => panic!("a server with standbys started on Citus"),
+            Err(e) => format!("{e:#}"),
+        };
+    drop_schema_at(test_citus_url(), schema);
+    assert!(err.contains("not supported on Citus"), "{err}");
+}

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 struct Replicas {
     children: Vec<std::process::Child>,
+    db: String,
     schema: String,
     _dirs: Vec<tempfile::TempDir>,
 }
@@ -16,7 +17,7 @@ impl Drop for Replicas {
             let _ = c.kill();
             let _ = c.wait();
         }
-        drop_schema(std::mem::take(&mut self.schema));
+        drop_schema_at(self.db.clone(), std::mem::take(&mut self.schema));
     }
 }
 
@@ -34,9 +35,12 @@ struct TwoServers {
     creds: Creds,
 }
 
-fn two_servers() -> TwoServers {
+fn two_servers(backend: Backend) -> TwoServers {
     let schema = fresh_schema();
-    let db = test_database_url();
+    let db = match backend {
+        Backend::Citus => test_citus_url(),
+        _ => test_database_url(),
+    };
     let store = ["--store", db.as_str(), "--pg-schema", schema.as_str()];
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let data = dirs
@@ -46,6 +50,7 @@ fn two_servers() -> TwoServers {
     let (b, url_b) = spawn_server(&data[1], &store);
     let replicas = Replicas {
         children: vec![a, b],
+        db: db.clone(),
         schema: schema.clone(),
         _dirs: dirs.into(),
     };
@@ -66,14 +71,23 @@ fn two_servers() -> TwoServers {
 
 #[tokio::test]
 async fn two_servers_over_one_database_answer_as_one() {
+    answer_as_one(Backend::Postgres).await
+}
+
+#[tokio::test]
+async fn two_servers_over_one_citus_cluster_answer_as_one() {
+    answer_as_one(Backend::Citus).await
+}
+
+async fn answer_as_one(backend: Backend) {
     let TwoServers {
         replicas: _replicas,
         schema,
         urls: [url_a, url_b],
         data: [_, data_b],
         creds,
-    } = two_servers();
-    let db = test_database_url();
+    } = two_servers(backend);
+    let db = _replicas.db.clone();
 
     // An app created through server A's admin API works on server B at once.
     let (ok, out, err) = imreport(&["app", "list", "--data-dir", &data_b]);
@@ -511,12 +525,21 @@ async fn a_transaction_in_flight_when_a_walk_began_stays_out_of_it() {
 /// server yields it exactly once and equals its `total`, and the statistics equal the history.
 #[tokio::test]
 async fn one_app_ingests_through_two_servers_at_once_exactly() {
+    ingest_through_two_servers_at_once(Backend::Postgres).await
+}
+
+#[tokio::test]
+async fn one_app_ingests_through_two_servers_at_once_exactly_on_citus() {
+    ingest_through_two_servers_at_once(Backend::Citus).await
+}
+
+async fn ingest_through_two_servers_at_once(backend: Backend) {
     let TwoServers {
         replicas: _replicas,
         urls: [url_a, url_b],
         creds,
         ..
-    } = two_servers();
+    } = two_servers(backend);
     let http = reqwest::Client::new();
     let now = jiff::Timestamp::now().as_millisecond();
     let base = now - 3 * HOUR;
