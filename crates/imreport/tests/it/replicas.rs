@@ -286,8 +286,9 @@ async fn totals_agree_with_the_rows_before_and_after_hours_are_counted() {
     // 3 days of messages, one every 7 min 10 s: u0-u4 to groups g0-g2, the chatroom c0, or u5.
     let mut model: Vec<(i64, &'static str, String, String)> = Vec::new();
     let mut events = Vec::new();
+    let t = |i: i64| T0 - 3 * DAY + i * 430_000;
     for i in 0..600u64 {
-        let t = T0 - 3 * DAY + (i as i64) * 430_000;
+        let t = t(i as i64);
         let from = format!("u{}", i % 5);
         let (tt, target) = match i % 4 {
             0 | 1 => ("group", format!("g{}", i % 3)),
@@ -318,6 +319,11 @@ async fn totals_agree_with_the_rows_before_and_after_hours_are_counted() {
         (T0 - 2 * DAY + 30 * 60_000, T0 - 2 * DAY + 90 * 60_000 - 1),
         (T0 - 2 * DAY + 61_000, T0 - 2 * DAY + 62 * 60_000 - 1),
         (T0 - 2 * DAY + 600_000, T0 - 2 * DAY + 600_999),
+        // Edges just past messages near an hour's start and just before one near its end
+        // (message i at T0 - 3d + i * 430 s; hours start at :00 in Kolkata, T0 - 3d at :30): a
+        // counted hour's counter less the rows of its shorter part outside the window.
+        (t(300) + 1, t(305) - 1),
+        (t(100) + 1, t(305) - 1),
     ];
     type Model = Vec<(i64, &'static str, String, String)>;
     let expected = |model: &Model, scope: &Scope, (b, e): (i64, i64)| {

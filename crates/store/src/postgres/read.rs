@@ -45,21 +45,48 @@ const APP_COUNTERS: &str =
 const SCOPE_COUNTERS: &str = "SELECT hour, n FROM scope_counts
     WHERE app_id = $1 AND scope = $4 AND scope_id = $5 AND hour >= $2 AND hour < $3";
 
-/// Rows in the intervals `[$2[i], $3[i])`: one index range count each.
-const APP_ROWS: &str = "SELECT coalesce(sum(c), 0)::int8
-    FROM unnest($2::int8[], $3::int8[]) AS r(lo, hi),
+/// Rows in the intervals `[$2[i], $3[i])`, each counted `$4[i]` times (1, or -1 for the rest of
+/// an hour whose counter stands in for it): one index range count each.
+const APP_ROWS: &str = "SELECT coalesce(sum(c * r.sign), 0)::int8
+    FROM unnest($2::int8[], $3::int8[], $4::int8[]) AS r(lo, hi, sign),
          LATERAL (SELECT count(*) AS c FROM messages
                    WHERE app_id = $1 AND msg_ctime >= r.lo AND msg_ctime < r.hi) x";
-const SCOPE_ROWS: &str = "SELECT coalesce(sum(c), 0)::int8
-    FROM unnest($2::int8[], $3::int8[]) AS r(lo, hi),
+const SCOPE_ROWS: &str = "SELECT coalesce(sum(c * r.sign), 0)::int8
+    FROM unnest($2::int8[], $3::int8[], $4::int8[]) AS r(lo, hi, sign),
          LATERAL (SELECT count(*) AS c FROM msg_index
-                   WHERE app_id = $1 AND scope = $4 AND scope_id = $5
+                   WHERE app_id = $1 AND scope = $5 AND scope_id = $6
                      AND msg_ctime >= r.lo AND msg_ctime < r.hi) x";
 
+/// Row ranges to count, each added or (`sign` -1) taken away; consecutive added ranges merge
+/// into one.
+#[derive(Default)]
+struct Ranges {
+    lo: Vec<i64>,
+    hi: Vec<i64>,
+    sign: Vec<i64>,
+}
+
+impl Ranges {
+    fn push(&mut self, lo: i64, hi: i64, sign: i64) {
+        if lo >= hi {
+            return;
+        }
+        if sign == 1 && self.sign.last() == Some(&1) && self.hi.last() == Some(&lo) {
+            *self.hi.last_mut().expect("one range") = hi;
+            return;
+        }
+        self.lo.push(lo);
+        self.hi.push(hi);
+        self.sign.push(sign);
+    }
+}
+
 /// The app's commit sequence and the messages of `scope` in `[begin, end]`: the counters of the
-/// window's counted whole hours, and rows only where no counter stands (the edges' partial
-/// hours, hours not counted yet or dirty, and a scope's quiet hours), so that the cost stays
-/// that of ~168 counters and a few hours of rows whatever a 7-day window holds.
+/// window's counted hours, and rows only where no counter stands (hours not counted yet or
+/// dirty, and a scope's quiet hours), so that the cost stays that of ~168 counters and a few
+/// hours of rows whatever a 7-day window holds. An hour the window's edge cuts is its counter
+/// less the rows of the part outside the window when that part is the shorter (a window from
+/// `hh:00:01` counts one second of rows, not an hour's).
 async fn total(
     tx: &deadpool_postgres::Transaction<'_>,
     s: &PostgresStore,
@@ -70,12 +97,9 @@ async fn total(
 ) -> Result<(Snapshot, u64)> {
     let w = &s.inner.window;
     let h = MILLIS_PER_HOUR;
-    // The window's whole hours `[first, last)`, aligned as the counters are.
-    let first = match w.hour_start(begin) {
-        x if x == begin => x,
-        x => x + h,
-    };
-    let last = w.hour_start(end + 1).max(first);
+    // Every hour the window touches, `[first, last)`, aligned as the counters are.
+    let first = w.hour_start(begin);
+    let last = w.hour_start(end) + h;
     let (tag, sid) = (i16::from(scope.tag()), scope.id());
     let state = tx.prepare_cached(FOLD_STATE).await.map_err(pg_error)?;
     let q = match scope {
@@ -99,47 +123,46 @@ async fn total(
     };
     let (snapshot, folded, dirty): (&str, i64, Vec<i64>) =
         (state.get(0), state.get(1), state.get(2));
-    let counted = |hour: i64| hour < folded && !dirty.contains(&hour);
+    let counters: std::collections::HashMap<i64, i64> =
+        counters.iter().map(|r| (r.get(0), r.get(1))).collect();
     let mut n = 0i64;
-    // Hours whose counter stands in for their rows (every counted hour for the app, where no
-    // counter means no message; a scope's counted busy hours).
-    let mut covered: Vec<i64> = Vec::new();
-    if let Scope::App = scope {
-        covered.extend(
-            (first..last.min(folded))
-                .step_by(h as usize)
-                .filter(|x| counted(*x)),
-        );
-    }
-    for r in &counters {
-        let hour: i64 = r.get(0);
-        if counted(hour) {
-            n += r.get::<_, i64>(1);
-            if *scope != Scope::App {
-                covered.push(hour);
+    let mut ranges = Ranges::default();
+    for hour in (first..last).step_by(h as usize) {
+        // The window's part of the hour.
+        let (lo, hi) = (hour.max(begin), (hour + h).min(end + 1));
+        let counted = hour < folded && !dirty.contains(&hour);
+        // What stands in for the hour's rows: its counter (a counted app hour with none
+        // holds no message; a scope's quiet hour has none and is counted from rows).
+        let counter = match scope {
+            Scope::App if counted => Some(counters.get(&hour).copied().unwrap_or(0)),
+            _ if counted => counters.get(&hour).copied(),
+            _ => None,
+        };
+        match counter {
+            None => ranges.push(lo, hi, 1),
+            Some(0) => {}
+            Some(c) if h - (hi - lo) < hi - lo => {
+                n += c;
+                ranges.push(hour, lo, -1);
+                ranges.push(hi, hour + h, -1);
             }
+            Some(_) => ranges.push(lo, hi, 1),
         }
     }
-    covered.sort_unstable();
-    // The rest of `[begin, end]`, as half-open intervals between covered hours.
-    let (mut lo, mut hi) = (Vec::new(), Vec::new());
-    let mut from = begin;
-    for hour in covered.into_iter().chain([end + 1]) {
-        if from < hour {
-            lo.push(from);
-            hi.push(hour.min(end + 1));
-        }
-        from = (hour + h).max(from);
-    }
-    if !lo.is_empty() {
+    if !ranges.lo.is_empty() {
         let row = match scope {
             Scope::App => {
                 let q = tx.prepare_cached(APP_ROWS).await.map_err(pg_error)?;
-                tx.query_one(&q, &[&app_id, &lo, &hi]).await
+                tx.query_one(&q, &[&app_id, &ranges.lo, &ranges.hi, &ranges.sign])
+                    .await
             }
             _ => {
                 let q = tx.prepare_cached(SCOPE_ROWS).await.map_err(pg_error)?;
-                tx.query_one(&q, &[&app_id, &lo, &hi, &tag, &sid]).await
+                tx.query_one(
+                    &q,
+                    &[&app_id, &ranges.lo, &ranges.hi, &ranges.sign, &tag, &sid],
+                )
+                .await
             }
         }
         .map_err(pg_error)?;
