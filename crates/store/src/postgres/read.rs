@@ -22,6 +22,9 @@ const APP_PAGE: &str = "SELECT msg_ctime, msgid, rec, seq FROM messages
       AND seq <= $5
     ORDER BY msg_ctime, msgid LIMIT $6";
 
+/// Planner settings of a page's transaction (see `page_on`).
+const PLAN_GUARD: &str = "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off";
+
 /// The scope's page from its index, each record fetched by primary key (a per-row lookup keeps
 /// the plan a walk of the index whatever the planner estimates).
 const SCOPE_PAGE: &str = "SELECT x.msg_ctime, x.msgid,
@@ -252,6 +255,12 @@ async fn page_on(
 ) -> Result<Attempt> {
     // One snapshot for the sequence, the total and the page.
     let tx = snapshot(client).await?;
+    // A page is an ordered walk of a primary key from a position, `LIMIT`ed: the index scan is
+    // always the plan. Day partitions not analyzed yet (right after a load, before autovacuum
+    // gets to them) have no statistics, and the planner then guessed a few rows and chose a
+    // bitmap scan and sort of the whole window instead (0.76 s for a day of 10M messages,
+    // 5.5 s for 7 days); nothing it could pick instead of these is right for a page.
+    tx.batch_execute(PLAN_GUARD).await.map_err(pg_error)?;
     let app_id = app.id as i32;
     let (tag, sid) = (i16::from(scope.tag()), scope.id());
     let (begin, end) = (req.range.begin, req.range.end);
