@@ -169,10 +169,14 @@ fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
         .map_err(|e| StoreError::Config(format!("invalid PostgreSQL URL: {e}")))
 }
 
-/// A connection pool on `url` whose sessions use `schema`, created first when `create` says
+/// A connection pool on `pg` whose sessions use `schema`, created first when `create` says
 /// so (on the primary; a standby only reads it).
-async fn connect_pool(url: &str, schema: Option<&str>, size: usize, create: bool) -> Result<Pool> {
-    let mut pg = parse_url(url)?;
+async fn connect_pool(
+    mut pg: tokio_postgres::Config,
+    schema: Option<&str>,
+    size: usize,
+    create: bool,
+) -> Result<Pool> {
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(Duration::from_secs(10));
     }
@@ -245,23 +249,14 @@ impl PostgresStore {
                 "invalid schema name {schema:?}: use lowercase letters, digits and _"
             )));
         }
-        let pool = connect_pool(&config.url, schema, config.pool_size, true).await?;
+        let pool = connect_pool(parse_url(&config.url)?, schema, config.pool_size, true).await?;
         let mut standbys = Vec::new();
         for url in &config.standbys {
             let pg = parse_url(url)?;
-            let name = pg
-                .get_hosts()
-                .iter()
-                .zip(pg.get_ports().iter().chain(std::iter::repeat(&5432)))
-                .map(|(h, p)| match h {
-                    tokio_postgres::config::Host::Tcp(h) => format!("{h}:{p}"),
-                    tokio_postgres::config::Host::Unix(d) => format!("{}:{p}", d.display()),
-                })
-                .collect::<Vec<_>>()
-                .join(",");
+            let name = standby::name(&pg);
             standbys.push((
                 name,
-                connect_pool(url, schema, config.pool_size, false).await?,
+                connect_pool(pg, schema, config.pool_size, false).await?,
             ));
         }
         let mut client = pool.get().await.map_err(pool_error)?;

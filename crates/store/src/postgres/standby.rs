@@ -101,6 +101,19 @@ impl Standby {
     }
 }
 
+/// A standby's `host:port` (each host's, for a multi-host URL), for logs and metrics.
+pub(crate) fn name(pg: &tokio_postgres::Config) -> String {
+    pg.get_hosts()
+        .iter()
+        .zip(pg.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(h, p)| match h {
+            tokio_postgres::config::Host::Tcp(h) => format!("{h}:{p}"),
+            tokio_postgres::config::Host::Unix(d) => format!("{}:{p}", d.display()),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Whether a read that failed on a standby should be tried elsewhere: the standby is gone or
 /// refused it, or recovery cancelled the query (a conflict with replay, SQLSTATE 40001/40P01).
 pub(crate) fn elsewhere(e: &StoreError) -> bool {
