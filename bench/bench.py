@@ -298,17 +298,23 @@ class ImreportPg(Imreport):
         """Waits for the upkeep that counts finished hours (every 10 s; a dirty hour once a pass
         finds it untouched since the one before) to count every hour of the load that it will
         count yet: none dirty, and the app's `folded` mark past the load's last hour (or past
-        the last hour that ended 5 minutes ago). Returns how long that took after the load."""
+        the last hour that ended 5 minutes ago), and to vacuum every day partition of the
+        messages and their index once its inserts stopped (a partition vacuumed since its last
+        insert, no vacuum running). Returns how long that took after the load."""
         if SMOKE:
             return None
         import psycopg
         start = time.perf_counter()
         with psycopg.connect(self.dsn(), autocommit=True) as c:
             while time.perf_counter() - start < 600:
-                dirty, folded = c.execute(
-                    "SELECT (SELECT count(*) FROM fold_dirty), (SELECT min(folded) FROM app_state)").fetchone()
+                dirty, folded, unvacuumed = c.execute(
+                    "SELECT (SELECT count(*) FROM fold_dirty), (SELECT min(folded) FROM app_state),"
+                    " (SELECT count(*) FROM pg_stat_user_tables WHERE schemaname = current_schema()"
+                    "   AND (relname LIKE 'messages\\_p%' OR relname LIKE 'msg\\_index\\_p%')"
+                    "   AND n_ins_since_vacuum > 0)"
+                    " + (SELECT count(*) FROM pg_stat_progress_vacuum)").fetchone()
                 want = min((int(time.time() * 1000) - 300_000) // HOUR * HOUR, self.w.end + 1)
-                if dirty == 0 and folded is not None and folded >= want:
+                if dirty == 0 and folded is not None and folded >= want and unvacuumed == 0:
                     break
                 time.sleep(0.5)
         return time.perf_counter() - start

@@ -97,6 +97,10 @@ fn describe() {
         "PostgreSQL: next pages read on the primary because no standby had replayed what their walk saw in time"
     );
     describe_counter!(
+        "imreport_postgres_vacuumed_partitions_total",
+        "PostgreSQL: day partitions the upkeep vacuumed (see docs/API.md, Vacuum)"
+    );
+    describe_counter!(
         "imreport_retention_dropped_partitions_total",
         "Day partitions retention dropped"
     );

@@ -476,52 +476,184 @@ async fn a_transaction_in_flight_when_a_walk_began_stays_out_of_it() {
         .await
         .unwrap();
     assert_eq!(copied, 1);
+    // And its entry in user u's index, so that u's walk (keys from the index, records and
+    // their stamps after) meets it too.
+    let indexed = tx
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.msg_index (app_id, scope, scope_id, msg_ctime, msgid, seq)
+                 SELECT app_id, scope, scope_id, msg_ctime + 20, 1000005, $1 FROM {schema}.msg_index
+                  WHERE msgid = 5 AND scope = 1 AND scope_id = 'u'"
+            ),
+            &[&((1i64 << 62) + xid)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(indexed, 1);
     // A later transaction commits meanwhile: the snapshot's `xmax` passes the one in flight,
     // which the snapshot (and so the cursor) then lists as in flight.
     s.ingest_ok(&[text_message(31, T0 - 1_000, "single", "u", "v")])
         .await;
-    let path = "/v2/messages";
-    let q = format!(
-        "{path}?count=10&begin_time={}&end_time={}",
-        enc(&sh(T0 - 120_000)),
-        enc(&sh(T0))
-    );
-    let (status, first) = s.get(&q).await;
-    assert_eq!(status, 200, "{first}");
-    assert_eq!(first["total"], 31);
-    let cursor = first["cursor"].as_str().unwrap().to_owned();
-    assert!(
-        cursor.len() > imreport_domain::cursor::CURSOR_LEN
-            && cursor.len() <= imreport_domain::cursor::MAX_CURSOR_LEN,
-        "the cursor carries the transaction in flight, within the contract's length"
-    );
-    tx.commit().await.unwrap();
-    let mut ids: Vec<u64> = first["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["msgid"].as_u64().unwrap())
-        .collect();
-    let mut next = Some(cursor);
-    while let Some(c) = next {
-        let (status, page) = s.get(&format!("{path}?cursor={c}")).await;
-        assert_eq!(status, 200, "{page}");
-        ids.extend(
-            page["messages"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["msgid"].as_u64().unwrap()),
+    let paths = ["/v2/messages", "/v2/users/u/messages"];
+    let mut firsts = Vec::new();
+    for path in paths {
+        let q = format!(
+            "{path}?count=10&begin_time={}&end_time={}",
+            enc(&sh(T0 - 120_000)),
+            enc(&sh(T0))
         );
-        next = page["cursor"].as_str().map(str::to_owned);
+        let (status, first) = s.get(&q).await;
+        assert_eq!(status, 200, "{first}");
+        assert_eq!(first["total"], 31, "{path}");
+        let cursor = first["cursor"].as_str().unwrap();
+        assert!(
+            cursor.len() > imreport_domain::cursor::CURSOR_LEN
+                && cursor.len() <= imreport_domain::cursor::MAX_CURSOR_LEN,
+            "the cursor carries the transaction in flight, within the contract's length"
+        );
+        firsts.push(first);
+    }
+    tx.commit().await.unwrap();
+    for (path, first) in paths.into_iter().zip(firsts) {
+        let mut ids: Vec<u64> = first["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["msgid"].as_u64().unwrap())
+            .collect();
+        let mut next = first["cursor"].as_str().map(str::to_owned);
+        while let Some(c) = next {
+            let (status, page) = s.get(&format!("{path}?cursor={c}")).await;
+            assert_eq!(status, 200, "{page}");
+            ids.extend(
+                page["messages"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m["msgid"].as_u64().unwrap()),
+            );
+            next = page["cursor"].as_str().map(str::to_owned);
+        }
+        assert_eq!(
+            ids,
+            (1..=31).collect::<Vec<u64>>(),
+            "{path}: the walk is its snapshot"
+        );
+        let (total, all) = s.walk(&s.app, path, 10, &sh(T0 - 120_000), &sh(T0)).await;
+        assert_eq!((total, all.len()), (32, 32), "{path}: a new walk sees it");
+    }
+}
+
+/// The upkeep vacuums each day partition of the messages and their index once its inserts stop
+/// (so that scoped pages and counts answer from the index alone), once, and pages read the same
+/// after it.
+#[tokio::test]
+async fn day_partitions_are_vacuumed_once_their_inserts_stop() {
+    use imreport_domain::scope::Scope;
+    use imreport_domain::time::TimeRange;
+    use imreport_store::{PageRequest, Store};
+    let schema = fresh_schema();
+    let store = postgres_store(
+        &schema,
+        imreport_domain::Clock::manual(T0),
+        "Asia/Shanghai",
+        60,
+    )
+    .await;
+    let app = create_app(&store).await;
+    // Two days of messages, one every 3 minutes, to three groups.
+    let events: Vec<Value> = (0..960u64)
+        .map(|i| {
+            let t = T0 - 2 * DAY + i as i64 * 180_000;
+            text_message(i + 1, t, "group", &format!("g{}", i % 3), "u0")
+        })
+        .collect();
+    let decoded = imreport_domain::event::decode_batch(
+        ndjson(&events).as_bytes(),
+        "app",
+        T0,
+        &imreport_domain::event::IngestLimits::default(),
+    )
+    .unwrap();
+    store.ingest(&app, decoded).await.unwrap();
+    let page = || async {
+        let req = PageRequest {
+            range: TimeRange {
+                begin: T0 - 2 * DAY,
+                end: T0 - 1,
+            },
+            count: 1000,
+            after: None,
+            snapshot: Default::default(),
+            total: 0,
+        };
+        let p = store
+            .page(&app, &Scope::Group("g1".into()), req)
+            .await
+            .unwrap();
+        (p.total, p.count, p.json)
+    };
+    let before = page().await;
+    assert_eq!((before.0, before.1), (320, 320));
+    let client = connect().await;
+    // The partitions holding rows, and how many of them are not vacuumed since their last
+    // insert, or have pages not marked all-visible.
+    let mut holding = Vec::new();
+    for table in ["messages", "msg_index"] {
+        for r in client
+            .query(
+                &format!("SELECT DISTINCT tableoid::regclass::text FROM {schema}.{table}"),
+                &[],
+            )
+            .await
+            .unwrap()
+        {
+            let name: String = r.get(0);
+            holding.push(name.rsplit('.').next().unwrap().to_owned());
+        }
+    }
+    assert!(holding.len() >= 4, "{holding:?}");
+    let unvacuumed = format!(
+        "SELECT count(*)::int8 FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+          WHERE s.schemaname = '{schema}' AND s.relname = ANY($1)
+            AND (s.vacuum_count = 0 OR s.n_ins_since_vacuum > 0 OR c.relallvisible < c.relpages)"
+    );
+    let vacuums = format!(
+        "SELECT sum(vacuum_count)::int8 FROM pg_stat_user_tables
+          WHERE schemaname = '{schema}' AND relname = ANY($1)"
+    );
+    let count = |sql: String| {
+        let (client, holding) = (&client, &holding);
+        async move {
+            client
+                .query_one(&sql, &[holding])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    // Inserts reach the statistics a while after their commit (up to 10 s); passes go on until
+    // every partition is done, or a minute.
+    let mut left = -1;
+    for _ in 0..120 {
+        store.tidy().await.unwrap();
+        left = count(unvacuumed.clone()).await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
     assert_eq!(
-        ids,
-        (1..=31).collect::<Vec<u64>>(),
-        "the walk is its snapshot"
+        left, 0,
+        "every partition holding rows is vacuumed and all-visible"
     );
-    let (total, all) = s.walk(&s.app, path, 10, &sh(T0 - 120_000), &sh(T0)).await;
-    assert_eq!((total, all.len()), (32, 32), "a new walk sees it");
+    let done = count(vacuums.clone()).await;
+    store.tidy().await.unwrap();
+    store.tidy().await.unwrap();
+    assert_eq!(count(vacuums).await, done, "once: nothing inserted since");
+    assert_eq!(page().await, before, "the same page after");
+    drop(store);
+    drop_schema(schema);
 }
 
 /// One app's batches commit concurrently through two servers (PostgreSQL): six clients send

@@ -11,6 +11,7 @@ pub mod fold;
 mod read;
 pub mod schema;
 mod standby;
+mod vacuum;
 mod write;
 
 use crate::window::Window;
@@ -154,6 +155,9 @@ pub(crate) struct Inner {
     fold_seen: Mutex<fold::Seen>,
     /// Each folder pass's msgid watermarks, oldest first (see `fold::clear_claims`).
     claim_marks: Mutex<std::collections::VecDeque<fold::ClaimMarks>>,
+    /// A Citus coordinator: its tables are the workers' shards.
+    citus: bool,
+    vacuum_seen: Mutex<vacuum::Seen>,
 }
 
 /// The PostgreSQL store. Cheap to clone; clones share one connection pool.
@@ -261,7 +265,8 @@ impl PostgresStore {
         }
         let mut client = pool.get().await.map_err(pool_error)?;
         schema::migrate(&mut client).await?;
-        if !standbys.is_empty() && schema::has_citus(&client).await? {
+        let citus = schema::has_citus(&client).await?;
+        if !standbys.is_empty() && citus {
             // A walk's snapshot is its app's worker's, which a coordinator's standby lacks.
             return Err(StoreError::Config(
                 "read replicas (standbys) are not supported on Citus; read from the coordinator"
@@ -304,6 +309,8 @@ impl PostgresStore {
                 cdays: Mutex::new(BTreeSet::new()),
                 fold_seen: Mutex::new(Default::default()),
                 claim_marks: Mutex::new(Default::default()),
+                citus,
+                vacuum_seen: Mutex::new(Default::default()),
             }),
         };
         if watched {
@@ -699,6 +706,7 @@ impl Store for PostgresStore {
     async fn tidy(&self) -> Result<()> {
         let pending = fold::fold(self).await?;
         metrics::gauge!("imreport_postgres_fold_pending_hours").set(pending as f64);
+        vacuum::vacuum(self).await?;
         Ok(())
     }
 

@@ -25,16 +25,28 @@ const APP_PAGE: &str = "SELECT msg_ctime, msgid, rec, seq FROM messages
 /// Planner settings of a page's transaction (see `page_on`).
 const PLAN_GUARD: &str = "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off";
 
-/// The scope's page from its index, each record fetched by primary key (a per-row lookup keeps
-/// the plan a walk of the index whatever the planner estimates).
-const SCOPE_PAGE: &str = "SELECT x.msg_ctime, x.msgid,
-        (SELECT m.rec FROM messages m
-          WHERE m.app_id = $1 AND m.msg_ctime = x.msg_ctime AND m.msgid = x.msgid), x.seq
+/// The scope's page from its index: keys only, so that a partition the upkeep has vacuumed
+/// answers from the index alone (`seq` is not in the index); the records and their `seq` follow
+/// in one statement ([`RECORDS`]), and rows past the snapshot are left out after it.
+const SCOPE_PAGE: &str = "SELECT x.msg_ctime, x.msgid
     FROM msg_index x
-    WHERE x.app_id = $1 AND x.scope = $7 AND x.scope_id = $8
+    WHERE x.app_id = $1 AND x.scope = $6 AND x.scope_id = $7
       AND x.msg_ctime >= $2 AND x.msg_ctime <= $4 AND (x.msg_ctime, x.msgid) > ($2, $3)
-      AND x.seq <= $5
-    ORDER BY x.msg_ctime, x.msgid LIMIT $6";
+    ORDER BY x.msg_ctime, x.msgid LIMIT $5";
+
+/// The records of a scope's page, by primary key from arrays of its keys, bounded by the
+/// page's time span so that only its day partitions are opened. One statement for the page
+/// instead of a lookup per row (a subquery per row re-entered the partitioned table a
+/// thousand times: 7.7 ms against 1 + 3.9 ms for keys then records, EXPLAIN ANALYZE at 10M).
+/// A lateral subquery (`OFFSET 0` keeps it one) so that each key is one primary-key lookup:
+/// as a plain join, the plans made for the first executions (which see the arrays) chose a
+/// hash join over every message of the page's span (57 ms for a chatroom page at 10M, 3 ms
+/// as lookups).
+const RECORDS: &str = "SELECT k.ct, k.id, m.rec, m.seq
+    FROM unnest($2::int8[], $3::int8[]) AS k(ct, id)
+    CROSS JOIN LATERAL (SELECT rec, seq FROM messages
+        WHERE app_id = $1 AND msg_ctime = k.ct AND msgid = k.id
+          AND msg_ctime >= $4 AND msg_ctime <= $5 OFFSET 0) m";
 
 /// The transaction's snapshot (from the app's node: on Citus, its worker), the app's `folded` mark and the dirty hours of `[$2, $3)`: what says which
 /// hours are counted (see `fold.rs`).
@@ -290,55 +302,61 @@ async fn page_on(
     };
     let want = i64::from(req.count);
     let upto = snapshot.upto as i64;
-    let (app_q, scope_q) = match scope {
-        Scope::App => (
-            Some(tx.prepare_cached(APP_PAGE).await.map_err(pg_error)?),
-            None,
-        ),
+    let (page_q, records_q) = match scope {
+        Scope::App => (tx.prepare_cached(APP_PAGE).await, None),
         _ => (
-            None,
-            Some(tx.prepare_cached(SCOPE_PAGE).await.map_err(pg_error)?),
+            tx.prepare_cached(SCOPE_PAGE).await,
+            Some(tx.prepare_cached(RECORDS).await.map_err(pg_error)?),
         ),
     };
+    let page_q = page_q.map_err(pg_error)?;
     // want + 1 rows the snapshot sees (the last says whether more follow), asking again past
     // the last row read when rows of transactions in flight at the snapshot were left out.
+    // Rows are (msg_ctime, msgid, rec, seq) for every scope.
     let mut rows = Vec::new();
     let mut from = (after_ctime, after_msgid);
     loop {
         let limit = want + 1 - rows.len() as i64;
-        let base: [&(dyn ToSql + Sync); 6] = [&app_id, &from.0, &from.1, &end, &upto, &limit];
-        let got = match (&app_q, &scope_q) {
-            (Some(q), _) => tx.query(q, &base).await,
-            (_, Some(q)) => {
-                let mut params = base.to_vec();
-                params.push(&tag);
-                params.push(&sid);
-                tx.query(q, &params).await
+        let (n, got) = match &records_q {
+            None => {
+                let params: [&(dyn ToSql + Sync); 6] =
+                    [&app_id, &from.0, &from.1, &end, &upto, &limit];
+                let got = tx.query(&page_q, &params).await.map_err(pg_error)?;
+                (got.len() as i64, got)
             }
-            _ => unreachable!("one query is prepared"),
-        }
-        .map_err(pg_error)?;
-        let n = got.len() as i64;
-        if let Some(r) = got.last() {
+            Some(records_q) => {
+                let params: [&(dyn ToSql + Sync); 7] =
+                    [&app_id, &from.0, &from.1, &end, &limit, &tag, &sid];
+                let keys = tx.query(&page_q, &params).await.map_err(pg_error)?;
+                if let Some(k) = keys.last() {
+                    from = (k.get(0), k.get(1));
+                }
+                (
+                    keys.len() as i64,
+                    records(&tx, records_q, app_id, &keys).await?,
+                )
+            }
+        };
+        if records_q.is_none()
+            && let Some(r) = got.last()
+        {
             from = (r.get(0), r.get(1));
         }
-        rows.extend(
-            got.into_iter()
-                .filter(|r| !snapshot.pending.contains(&(r.get::<_, i64>(3) as u64))),
-        );
+        rows.extend(got.into_iter().filter(|r| {
+            let seq = r.get::<_, i64>(3);
+            seq <= upto && !snapshot.pending.contains(&(seq as u64))
+        }));
         if n < limit || rows.len() as i64 > want {
             break;
         }
     }
     tx.commit().await.map_err(pg_error)?;
     let more = rows.len() as i64 > want;
+    rows.truncate(want as usize);
     let mut json = Vec::with_capacity(rows.len() * 512);
     let mut last = None;
-    for (n, row) in rows.iter().take(want as usize).enumerate() {
-        let (ctime, msgid): (i64, i64) = (row.get(0), row.get(1));
-        let rec: &[u8] = row
-            .get::<_, Option<&[u8]>>(2)
-            .ok_or_else(|| StoreError::Corrupt("an indexed message has no record".into()))?;
+    for (n, row) in rows.iter().enumerate() {
+        let (ctime, msgid, rec): (i64, i64, &[u8]) = (row.get(0), row.get(1), row.get(2));
         let view = view_record(rec).map_err(|_| StoreError::Corrupt("a message record".into()))?;
         if n > 0 {
             json.push(b',');
@@ -356,6 +374,37 @@ async fn page_on(
         json,
         next: if more { last } else { None },
     }))
+}
+
+/// The records of a scope page's `keys` (msg_ctime, msgid), in the keys' order, as rows of
+/// (msg_ctime, msgid, rec, seq).
+async fn records(
+    tx: &deadpool_postgres::Transaction<'_>,
+    q: &tokio_postgres::Statement,
+    app_id: i32,
+    keys: &[tokio_postgres::Row],
+) -> Result<Vec<tokio_postgres::Row>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (cts, ids): (Vec<i64>, Vec<i64>) = keys
+        .iter()
+        .map(|k| (k.get::<_, i64>(0), k.get::<_, i64>(1)))
+        .unzip();
+    let (lo, hi) = (cts[0], cts[cts.len() - 1]);
+    let mut got = tx
+        .query(q, &[&app_id, &cts, &ids, &lo, &hi])
+        .await
+        .map_err(pg_error)?;
+    if got.len() != keys.len() {
+        return Err(StoreError::Corrupt(
+            "an indexed message has no record".into(),
+        ));
+    }
+    // The lookups return rows in the keys' order; sorting keeps that a property of this code,
+    // not of the plan.
+    got.sort_unstable_by_key(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)));
+    Ok(got)
 }
 
 /// Runs a read on a fresh standby when there is one, else (or when the standby fails it) on
