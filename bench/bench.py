@@ -654,7 +654,8 @@ def report(runs, cmd):
              "with 50,000 groups and 5,000 chatrooms whose activity is spread thin, its group and chatroom figures "
              "asked of one with a small share) is loaded into imreport (embedded "
              "store, over HTTP), imreport on its PostgreSQL backend (over HTTP; the same PostgreSQL server as the next "
-             "column, default settings), PostgreSQL 15 (day partitions, an index per scope, COPY, keyset SQL, `count(*)`, "
+             "column, default settings), imreport on Citus (over HTTP; a coordinator and two workers on the same machine, "
+             "two shards per table, when a cluster answers at BENCH_CITUS), PostgreSQL 15 (day partitions, an index per scope, COPY, keyset SQL, `count(*)`, "
              "`GROUP BY`) and DuckDB (sorted table, same SQL), and the same questions are asked of each.", "",
              f"- Machine: {os.cpu_count()} cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
              f"{platform.platform()}", f"- Command: `{cmd}`", f"- Date: {datetime.date.today().isoformat()}",
@@ -668,7 +669,8 @@ def report(runs, cmd):
              f"most {WALK_BUDGET_S} s.",
              "- Order: each system loads, then (imreport only) the suite waits until the process has been idle for "
              f"{SETTLE_IDLE_S} s, so that the upkeep the embedded store defers past a load (sealing memtables, merging "
-             "each finished day partition) is done; how long that upkeep ran is its own row. Then the queries, the "
+             "each finished day partition) is done (on PostgreSQL and Citus: until the upkeep has counted the load's "
+             "finished hours and vacuumed its day partitions); how long that upkeep ran is its own row. Then the queries, the "
              "walk, the statistics, and disk and memory. After each PostgreSQL-backed column its database is dropped "
              "and PostgreSQL checkpointed, so that its deferred writes do not land in the next column's figures.",
              "- Disk: bytes allocated on disk at the end of the run (`du`, for imreport's data dir and DuckDB's file), "
