@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BIN = pathlib.Path(os.environ["IMREPORT_BIN"]) if os.environ.get("IMREPORT_BIN") else ROOT / "target" / "release" / "imreport"
@@ -98,9 +99,10 @@ FULL_TYPES = {"target_name": "text", "from_name": "text", "target_appkey": "text
 class Workload:
     """The data set and the questions, in instants."""
 
-    def __init__(self, n, profile="standard"):
+    def __init__(self, n, profile="standard", days=7):
         self.n = n
         self.profile = profile
+        self.days = days
         now = int(time.time() * 1000)
         self.end = (now + SH) // HOUR * HOUR - SH - 1  # last ms of the previous civil hour
         self.end_str = sh(self.end)
@@ -123,7 +125,7 @@ class Workload:
                        (nm - datetime.date(1970, 1, 1)).days]
 
     def loadgen_args(self):
-        return ["--seed", "1", "--messages", str(self.n), "--days", "7", "--end", self.end_str, "--quiet",
+        return ["--seed", "1", "--messages", str(self.n), "--days", str(self.days), "--end", self.end_str, "--quiet",
                 "--profile", self.profile]
 
 
@@ -600,6 +602,91 @@ def measure(sys_, w):
     return r
 
 
+def time_to_ready(data_dir):
+    """Seconds from starting `imreport serve` on `data_dir` to its first `200` from `/readyz`."""
+    t = time.perf_counter()
+    proc = subprocess.Popen([BIN, "serve", "--data-dir", data_dir, "--listen", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = proc.stdout.readline().strip().rsplit(" ", 1)[1]
+        while time.perf_counter() - t < 600:
+            try:
+                with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
+                    if r.status == 200:
+                        return time.perf_counter() - t
+            except OSError:
+                pass
+            time.sleep(0.01)
+        raise RuntimeError("the server was not ready within 600 s")
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def run_scale(n, days, base):
+    """Issue 25's scale run: imreport alone, standard traffic loaded through the API, at `base`
+    over 7 days (the suite's usual shape) and at `n` over `days` days; the same questions of each
+    (the windows end at the same instant), disk, peak RSS, and the time from start to ready on
+    each data dir."""
+    out = []
+    for size, span in ((base, 7), (n, days)):
+        work = pathlib.Path(tempfile.mkdtemp(prefix="imreport-scale-"))
+        try:
+            w = Workload(size, "standard", span)
+            log(f"== scale: {size:,} messages, standard traffic, {span} days ending {w.end_str} (Asia/Shanghai)")
+            s = Imreport(w, work)
+            try:
+                rate = s.load()
+                settle = s.settle()
+                log(f"   {rate:,.0f} messages/s; background upkeep ran {settle:.1f} s more; querying")
+                r = {"ingest_per_sec": rate, "settle_s": settle, **measure(s, w)}
+            finally:
+                s.close()
+            r["ready_s"] = time_to_ready(s.dir)
+            log(f"   ready {r['ready_s']:.2f} s after start on that data dir")
+            r["totals"] = {k: v["total"] for k, v in r["first_page"].items()}
+            out.append({"messages": size, "days": span, "results": r})
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return {"date": datetime.date.today().isoformat(), "command": f"bench/run.sh --scale {n} {days} {base}",
+            "runs": out}
+
+
+def scale_report():
+    """BENCHMARKS.md's section for the last scale run (bench/results-scale.json), if any."""
+    path = ROOT / "bench" / "results-scale.json"
+    if not path.exists():
+        return []
+    saved = json.loads(path.read_text())
+    (small, large) = saved["runs"]
+    a, b = small["results"], large["results"]
+    lines = [f"## Scale: imreport alone at {small['messages']:,} and {large['messages']:,} messages", "",
+             f"`{saved['command']}` on {saved['date']}: standard traffic loaded through the API ({small['messages']:,} "
+             f"over {small['days']} days, {large['messages']:,} over {large['days']} days, each into a new data dir), "
+             "the same questions of each, then the time from starting `imreport serve` on that data dir to its first "
+             "`200` from `/readyz`. Issue 25's targets at the larger size: first page and statistics p99 within 1.5× "
+             "of the smaller, peak RSS ≤ 300 MB, ready within 5 s.", "",
+             f"| figure | {small['messages']:,} | {large['messages']:,} | larger ÷ smaller |", "|---|---|---|---|"]
+
+    def row(label, x, y):
+        ratio = f"{y / x:.2f}×" if isinstance(x, (int, float)) and x else ""
+        cell = lambda v: fmt_ms(v) if isinstance(v, float) and v < 100 else f"{v:,.0f}"
+        lines.append(f"| {label} | {cell(x)} | {cell(y)} | {ratio} |")
+    row("ingest, durable (messages/s)", a["ingest_per_sec"], b["ingest_per_sec"])
+    row("background upkeep after the load (s)", a["settle_s"], b["settle_s"])
+    for k in a["first_page"]:
+        row(f"first page {k} (p99, ms)", a["first_page"][k]["p99"], b["first_page"][k]["p99"])
+    row("full 7-day walk, 1000 a page (messages/s)", a["walk"]["per_sec"], b["walk"]["per_sec"])
+    for k in a["stats"]:
+        row(f"statistics {k} (p99, ms)", a["stats"][k]["p99"], b["stats"][k]["p99"])
+    row("disk (bytes/message)", a["bytes_per_message"], b["bytes_per_message"])
+    row("peak RSS (MB)", a["rss_peak"] / 2**20, b["rss_peak"] / 2**20)
+    row("start to ready (s)", a["ready_s"], b["ready_s"])
+    lines += ["", f"`total` of each first page at {large['messages']:,}: "
+              + ", ".join(f"{k} {v:,}" for k, v in b["totals"].items()), ""]
+    return lines
+
+
 def run_size(n, profile, work):
     w = Workload(n, profile)
     log(f"== {n:,} messages, {profile} traffic, 7 days ending {w.end_str} (Asia/Shanghai)")
@@ -728,6 +815,7 @@ def report(runs, cmd):
         for k in a["stats"]:
             lines.append(f"| statistics {k} p99 (ms) | {fmt_ms(a['stats'][k]['p99'])} | {fmt_ms(b['stats'][k]['p99'])} |")
         lines.append("")
+    lines += scale_report()
     lines += ["## What limits each figure", "", open(ROOT / "bench" / "LIMITS.md").read().strip(), ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
     (ROOT / "bench" / "results.json").write_text(json.dumps(
@@ -742,6 +830,18 @@ def main():
                 for r in saved]
         report(runs, "bench/run.sh " + " ".join(str(r["messages"]) for r in saved))
         log("wrote BENCHMARKS.md")
+        return
+    if sys.argv[1:2] == ["--scale"]:
+        # bench/run.sh --scale [MESSAGES [DAYS [BASE]]]: issue 25's scale run (imreport alone;
+        # 100M over 60 days against 10M over 7 by default), kept in bench/results-scale.json;
+        # BENCHMARKS.md is rewritten from the last runs of both.
+        args = [int(a) for a in sys.argv[2:]]
+        n, days, base = (args + [100_000_000, 60, 10_000_000][len(args):])[:3]
+        (ROOT / "bench" / "results-scale.json").write_text(json.dumps(run_scale(n, days, base), indent=1))
+        log("wrote bench/results-scale.json")
+        if (ROOT / "bench" / "results.json").exists():
+            sys.argv[1:] = ["--report-only"]
+            main()
         return
     sizes = [int(a) for a in sys.argv[1:]] or [1_000_000]
     runs = []

@@ -2,6 +2,8 @@
 # The benchmark suite: imreport beside PostgreSQL 15 and DuckDB on the same generated data.
 #   bench/run.sh                 # 1M messages, then writes BENCHMARKS.md
 #   bench/run.sh 1000000 10000000
+#   bench/run.sh --scale [MESSAGES [DAYS [BASE]]]   # imreport alone at 100M over 60 days
+#                                                   # against 10M over 7 (issue 25)
 #   BENCH_SMOKE=1 bench/run.sh   # seconds-long smoke run (CI): no figures judged, nothing written
 # Needs: cargo, python3 (installs duckdb and psycopg from PyPI into bench/.venv), PostgreSQL
 # reachable at 127.0.0.1:5432 (started with pg_ctlcluster when it is down).
