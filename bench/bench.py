@@ -828,7 +828,8 @@ def main():
         saved = json.loads((ROOT / "bench" / "results.json").read_text())
         runs = [(type("W", (), {"n": r["messages"], "profile": r.get("profile", "standard")}), r["results"])
                 for r in saved]
-        report(runs, "bench/run.sh " + " ".join(str(r["messages"]) for r in saved))
+        # Each size ran every profile: the command names each size once.
+        report(runs, "bench/run.sh " + " ".join(str(n) for n in dict.fromkeys(r["messages"] for r in saved)))
         log("wrote BENCHMARKS.md")
         return
     if sys.argv[1:2] == ["--scale"]:

@@ -229,6 +229,22 @@ async fn create_app(store: &impl imreport_store::Store) -> imreport_domain::app:
         .unwrap()
 }
 
+/// Stores `events` as one batch straight through the store (no server), decoded at `T0`.
+async fn store_events(
+    store: &impl imreport_store::Store,
+    app: &imreport_domain::app::App,
+    events: &[Value],
+) {
+    let decoded = imreport_domain::event::decode_batch(
+        ndjson(events).as_bytes(),
+        "app",
+        T0,
+        &imreport_domain::event::IngestLimits::default(),
+    )
+    .unwrap();
+    store.ingest(app, decoded).await.unwrap();
+}
+
 /// A plain connection to the test database, to look at or alter a schema behind the store.
 async fn connect() -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(&test_database_url(), tokio_postgres::NoTls)
@@ -298,14 +314,7 @@ async fn totals_agree_with_the_rows_before_and_after_hours_are_counted() {
         events.push(text_message(i + 1, t, tt, &target, &from));
         model.push((t, tt, target, from));
     }
-    let decoded = imreport_domain::event::decode_batch(
-        ndjson(&events).as_bytes(),
-        "app",
-        T0,
-        &imreport_domain::event::IngestLimits::default(),
-    )
-    .unwrap();
-    store.ingest(&app, decoded).await.unwrap();
+    store_events(&store, &app, &events).await;
     let scopes = [
         Scope::App,
         Scope::User("u1".into()),
@@ -396,14 +405,7 @@ async fn totals_agree_with_the_rows_before_and_after_hours_are_counted() {
         late.push(text_message(10_000 + i, t, tt, target, from));
         model.push((t, tt, target.to_owned(), from.to_owned()));
     }
-    let decoded = imreport_domain::event::decode_batch(
-        ndjson(&late).as_bytes(),
-        "app",
-        T0,
-        &imreport_domain::event::IngestLimits::default(),
-    )
-    .unwrap();
-    store.ingest(&app, decoded).await.unwrap();
+    store_events(&store, &app, &late).await;
     let dirty = format!("SELECT count(*)::int8 FROM {schema}.fold_dirty");
     assert!(scalar(&client, &dirty).await >= 1);
     let want: Vec<u64> = scopes
@@ -568,14 +570,7 @@ async fn day_partitions_are_vacuumed_once_their_inserts_stop() {
             text_message(i + 1, t, "group", &format!("g{}", i % 3), "u0")
         })
         .collect();
-    let decoded = imreport_domain::event::decode_batch(
-        ndjson(&events).as_bytes(),
-        "app",
-        T0,
-        &imreport_domain::event::IngestLimits::default(),
-    )
-    .unwrap();
-    store.ingest(&app, decoded).await.unwrap();
+    store_events(&store, &app, &events).await;
     let page = || async {
         let req = PageRequest {
             range: TimeRange {

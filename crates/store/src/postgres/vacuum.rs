@@ -1,5 +1,4 @@
-//! Vacuuming the day partitions pages read, as part of the upkeep (see docs/API.md "PostgreSQL
-//! upkeep").
+//! Vacuuming the day partitions pages read, as part of the upkeep (docs/API.md, "Vacuum").
 //!
 //! A scoped page reads its keys from `msg_index` and `total` counts index ranges: both answer
 //! from the index alone only on pages the visibility map marks all-visible, which only VACUUM
@@ -20,14 +19,17 @@ use super::{PostgresStore, pg_error};
 use crate::Result;
 use std::collections::HashMap;
 
-/// Autovacuum's defaults: `autovacuum_vacuum_insert_threshold` and `_scale_factor`.
+/// Autovacuum's defaults: `autovacuum_vacuum_insert_threshold` and `_scale_factor`, and
+/// `autovacuum_analyze_threshold` and `_scale_factor`.
 const INSERT_BASE: f64 = 1000.0;
 const INSERT_SCALE: f64 = 0.2;
+const ANALYZE_BASE: f64 = 50.0;
+const ANALYZE_SCALE: f64 = 0.1;
 
-/// The partitions of the tables pages read, their inserts since their last vacuum and their row
-/// estimates.
-const PARTITIONS: &str =
-    "SELECT c.relname::text, s.n_ins_since_vacuum, greatest(c.reltuples, 0)::float8
+/// The partitions of the tables pages read, their inserts since their last vacuum, their rows
+/// changed since their last analyze and their row estimates.
+const PARTITIONS: &str = "SELECT c.relname::text, s.n_ins_since_vacuum, s.n_mod_since_analyze,
+        greatest(c.reltuples, 0)::float8
     FROM pg_inherits i
     JOIN pg_class c ON c.oid = i.inhrelid
     JOIN pg_class p ON p.oid = i.inhparent
@@ -38,7 +40,8 @@ const PARTITIONS: &str =
 /// Each partition's insert count at the previous pass.
 pub(crate) type Seen = HashMap<String, i64>;
 
-/// Vacuums (and analyzes) the partitions due; one server at a time. Returns how many.
+/// Vacuums the partitions due, analyzing those changed enough (autovacuum's analyze rule); one
+/// server at a time. Returns how many.
 pub(super) async fn vacuum(s: &PostgresStore) -> Result<usize> {
     if s.inner.citus {
         return Ok(0);
@@ -53,27 +56,32 @@ pub(super) async fn vacuum(s: &PostgresStore) -> Result<usize> {
 
 async fn pass(s: &PostgresStore, client: &deadpool_postgres::Object) -> Result<usize> {
     let rows = client.query(PARTITIONS, &[]).await.map_err(pg_error)?;
-    let due: Vec<String> = {
+    // (partition, whether to analyze it too)
+    let due: Vec<(String, bool)> = {
         let mut seen = s.inner.vacuum_seen.lock().expect("lock");
         let mut now = Seen::new();
         let mut due = Vec::new();
         for r in &rows {
-            let (name, inserts, rows): (String, i64, f64) = (r.get(0), r.get(1), r.get(2));
+            let (name, inserts, changed, rows): (String, i64, i64, f64) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
             let quiet = seen.get(&name) == Some(&inserts);
             if inserts > 0 && (quiet || inserts as f64 >= INSERT_BASE + INSERT_SCALE * rows) {
-                due.push(name.clone());
+                // A few late rows are not worth sampling the whole partition again.
+                let analyze = changed as f64 >= ANALYZE_BASE + ANALYZE_SCALE * rows;
+                due.push((name.clone(), analyze));
             }
             now.insert(name, inserts);
         }
         *seen = now;
         due
     };
-    for name in &due {
-        // Partition names are ours (`{table}_p{day}`); quoted all the same.
-        // A partition retention dropped meanwhile, or any other failure: the next pass tries
-        // again what is still due.
+    for (name, analyze) in &due {
+        let options = if *analyze { " (ANALYZE)" } else { "" };
+        // Partition names are ours (`{table}_p{day}`); quoted all the same. A partition
+        // retention dropped meanwhile, or any other failure: the next pass tries again what is
+        // still due.
         if let Err(e) = client
-            .batch_execute(&format!("VACUUM (ANALYZE) \"{name}\""))
+            .batch_execute(&format!("VACUUM{options} \"{name}\""))
             .await
         {
             tracing::debug!(error = %e, partition = %name, "vacuum postponed");
@@ -85,7 +93,7 @@ async fn pass(s: &PostgresStore, client: &deadpool_postgres::Object) -> Result<u
             .lock()
             .expect("lock")
             .insert(name.clone(), 0);
-        tracing::debug!(partition = %name, "vacuumed");
+        tracing::debug!(partition = %name, analyze, "vacuumed");
     }
     metrics::counter!("imreport_postgres_vacuumed_partitions_total").increment(due.len() as u64);
     Ok(due.len())
