@@ -317,29 +317,25 @@ async fn page_on(
     let mut from = (after_ctime, after_msgid);
     loop {
         let limit = want + 1 - rows.len() as i64;
-        let (n, got) = match &records_q {
+        // The rows read, each one's key first: for a scope, its keys and their records.
+        let (keys, got) = match &records_q {
             None => {
                 let params: [&(dyn ToSql + Sync); 6] =
                     [&app_id, &from.0, &from.1, &end, &upto, &limit];
                 let got = tx.query(&page_q, &params).await.map_err(pg_error)?;
-                (got.len() as i64, got)
+                (None, got)
             }
             Some(records_q) => {
                 let params: [&(dyn ToSql + Sync); 7] =
                     [&app_id, &from.0, &from.1, &end, &limit, &tag, &sid];
                 let keys = tx.query(&page_q, &params).await.map_err(pg_error)?;
-                if let Some(k) = keys.last() {
-                    from = (k.get(0), k.get(1));
-                }
-                (
-                    keys.len() as i64,
-                    records(&tx, records_q, app_id, &keys).await?,
-                )
+                let got = records(&tx, records_q, app_id, &keys).await?;
+                (Some(keys), got)
             }
         };
-        if records_q.is_none()
-            && let Some(r) = got.last()
-        {
+        let read = keys.as_ref().unwrap_or(&got);
+        let n = read.len() as i64;
+        if let Some(r) = read.last() {
             from = (r.get(0), r.get(1));
         }
         rows.extend(got.into_iter().filter(|r| {
