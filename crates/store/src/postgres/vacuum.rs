@@ -15,7 +15,7 @@
 //! pass over what was written. On Citus the tables are the workers' shards: their autovacuum
 //! keeps them.
 
-use super::{PostgresStore, pg_error};
+use super::{PostgresStore, pg_error, schema};
 use crate::Result;
 use std::collections::HashMap;
 
@@ -26,16 +26,15 @@ const INSERT_SCALE: f64 = 0.2;
 const ANALYZE_BASE: f64 = 50.0;
 const ANALYZE_SCALE: f64 = 0.1;
 
-/// The partitions of the tables pages read, their inserts since their last vacuum, their rows
-/// changed since their last analyze and their row estimates.
-const PARTITIONS: &str = "SELECT c.relname::text, s.n_ins_since_vacuum, s.n_mod_since_analyze,
+/// The tables pages read; their day partitions are what this vacuums.
+const TABLES: [&str; 2] = ["messages", "msg_index"];
+
+/// Partitions' inserts since their last vacuum, rows changed since their last analyze and row
+/// estimates, by name.
+const STATS: &str = "SELECT s.relname::text, s.n_ins_since_vacuum, s.n_mod_since_analyze,
         greatest(c.reltuples, 0)::float8
-    FROM pg_inherits i
-    JOIN pg_class c ON c.oid = i.inhrelid
-    JOIN pg_class p ON p.oid = i.inhparent
-    JOIN pg_namespace n ON n.oid = p.relnamespace
-    JOIN pg_stat_user_tables s ON s.relid = c.oid
-    WHERE n.nspname = current_schema() AND p.relname IN ('messages', 'msg_index')";
+    FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+    WHERE s.schemaname = current_schema() AND s.relname = ANY($1)";
 
 /// Each partition's insert count at the previous pass.
 pub(crate) type Seen = HashMap<String, i64>;
@@ -55,7 +54,13 @@ pub(super) async fn vacuum(s: &PostgresStore) -> Result<usize> {
 }
 
 async fn pass(s: &PostgresStore, client: &deadpool_postgres::Object) -> Result<usize> {
-    let rows = client.query(PARTITIONS, &[]).await.map_err(pg_error)?;
+    let mut names = Vec::new();
+    for table in TABLES {
+        for day in schema::partitions(client, table).await? {
+            names.push(schema::partition_name(table, day));
+        }
+    }
+    let rows = client.query(STATS, &[&names]).await.map_err(pg_error)?;
     // (partition, whether to analyze it too)
     let due: Vec<(String, bool)> = {
         let mut seen = s.inner.vacuum_seen.lock().expect("lock");
