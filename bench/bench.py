@@ -732,7 +732,7 @@ def fmt_ms(x):
     return f"{x:.2f}" if x < 10 else f"{x:.0f}"
 
 
-def report(runs, cmd):
+def report(runs, cmd, date=None):
     imr = "imreport"
     lines = ["# Benchmarks", "",
              "Written by `bench/run.sh` (this file is generated; edit `bench/bench.py`). The same generated traffic "
@@ -745,7 +745,7 @@ def report(runs, cmd):
              "two shards per table, when a cluster answers at BENCH_CITUS), PostgreSQL 15 (day partitions, an index per scope, COPY, keyset SQL, `count(*)`, "
              "`GROUP BY`) and DuckDB (sorted table, same SQL), and the same questions are asked of each.", "",
              f"- Machine: {os.cpu_count()} cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
-             f"{platform.platform()}", f"- Command: `{cmd}`", f"- Date: {datetime.date.today().isoformat()}",
+             f"{platform.platform()}", f"- Command: `{cmd}`", f"- Date: {date or datetime.date.today().isoformat()}",
              f"- Latencies: median and p99 of {REPS} runs after one warm-up (fewer, at least 5, where one figure would "
              "take over 8 s), measured by a Python client on the same machine: HTTP with keep-alive (a minimal client on one "
              "socket) and orjson for imreport, psycopg 3 and the duckdb module for the others, with the client's garbage collector paused "
@@ -819,7 +819,8 @@ def report(runs, cmd):
     lines += ["## What limits each figure", "", open(ROOT / "bench" / "LIMITS.md").read().strip(), ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
     (ROOT / "bench" / "results.json").write_text(json.dumps(
-        [{"messages": w.n, "profile": getattr(w, "profile", "standard"), "results": r} for w, r in runs], indent=1))
+        [{"messages": w.n, "profile": getattr(w, "profile", "standard"), "date": date or datetime.date.today().isoformat(),
+          "results": r} for w, r in runs], indent=1))
 
 
 def main():
@@ -829,7 +830,9 @@ def main():
         runs = [(type("W", (), {"n": r["messages"], "profile": r.get("profile", "standard")}), r["results"])
                 for r in saved]
         # Each size ran every profile: the command names each size once.
-        report(runs, "bench/run.sh " + " ".join(str(n) for n in dict.fromkeys(r["messages"] for r in saved)))
+        # ... and the date those figures were measured, not today's.
+        report(runs, "bench/run.sh " + " ".join(str(n) for n in dict.fromkeys(r["messages"] for r in saved)),
+               saved[0].get("date"))
         log("wrote BENCHMARKS.md")
         return
     if sys.argv[1:2] == ["--scale"]:

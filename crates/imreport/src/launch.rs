@@ -282,6 +282,10 @@ fn scrape(
         if let Some(e) = &embedded {
             metrics::gauge!("imreport_store_disk_bytes").set(e.disk_space() as f64);
             metrics::gauge!("imreport_store_day_partitions").set(e.day_partitions() as f64);
+            let m = e.memory();
+            metrics::gauge!("imreport_store_memtable_bytes").set(m.write_buffer_bytes as f64);
+            metrics::gauge!("imreport_store_pending_flushes").set(m.pending_flushes as f64);
+            metrics::gauge!("imreport_store_block_cache_bytes").set(m.cache_bytes as f64);
         }
         metrics::counter!("imreport_connections_refused_total").absolute(conns.refused());
         if let Some(st) = &intake {

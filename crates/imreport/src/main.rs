@@ -14,9 +14,11 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// in mimalloc 3) kept the memtables fjall had just flushed resident for a second: peak RSS of a
 /// 10M-message load ~350 MB, against ~285 MB at 100 ms (10 ms: ~260 MB, but ~10% slower
 /// ingest: memory returned and faulted in again). Since memtables are 8 MiB, 300 ms peaks at
-/// ~190-220 MB and ingests 1-20% faster than 100 ms (three alternating 1M loads).
+/// ~190-220 MB and ingests 1-20% faster than 100 ms (three alternating 1M loads). At 100M
+/// messages over 60 days (session 17), 300 ms peaked at 304-308 MB, 100 ms at 282 MB but 23%
+/// slower, 200 ms (with the writer's counter cache halved) at 291 MB as fast as 300.
 /// `MIMALLOC_PURGE_DELAY` in the environment still wins.
-const PURGE_DELAY_MS: std::ffi::c_long = 300;
+const PURGE_DELAY_MS: std::ffi::c_long = 200;
 
 fn tune_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {

@@ -78,6 +78,20 @@ fn describe() {
         "imreport_store_day_partitions",
         "Day partitions the store holds (PostgreSQL: of the messages table)"
     );
+    describe_gauge!(
+        "imreport_store_memtable_bytes",
+        Unit::Bytes,
+        "Embedded store: bytes written to memtables and not yet flushed to tables"
+    );
+    describe_gauge!(
+        "imreport_store_pending_flushes",
+        "Embedded store: sealed memtables waiting to be flushed"
+    );
+    describe_gauge!(
+        "imreport_store_block_cache_bytes",
+        Unit::Bytes,
+        "Embedded store: bytes held by the block cache (at most 64 MiB)"
+    );
     describe_histogram!(
         "imreport_postgres_ingest_seconds",
         Unit::Seconds,

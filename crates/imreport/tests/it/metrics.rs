@@ -160,6 +160,10 @@ async fn counters_move_by_exactly_what_a_workload_did_and_promtool_accepts_them(
     }
     assert!(get("imreport_writer_fsync_seconds_count") >= 1.0);
     assert!(get("imreport_store_disk_bytes") > 0.0);
+    // Where the embedded store's memory is: each within its bound.
+    assert!(get("imreport_store_block_cache_bytes") <= 64.0 * 1024.0 * 1024.0);
+    assert!(get("imreport_store_memtable_bytes") <= 64.0 * 1024.0 * 1024.0);
+    assert!(get("imreport_store_pending_flushes") <= 64.0);
 
     // Prometheus's own checker accepts the exposition.
     let mut check = std::process::Command::new("promtool")
@@ -230,4 +234,6 @@ async fn the_postgres_backend_reports_its_ingest_time_size_and_partitions() {
     assert_eq!(get("imreport_postgres_ingest_seconds_count"), 3.0);
     assert!(get("imreport_store_disk_bytes") > 0.0);
     assert!(get("imreport_store_day_partitions") >= 1.0);
+    // The embedded store's memory gauges are not the PostgreSQL backend's.
+    assert!(!got.contains_key("imreport_store_memtable_bytes"), "{text}");
 }
