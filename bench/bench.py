@@ -734,6 +734,7 @@ def fmt_ms(x):
 
 def report(runs, cmd, date=None):
     imr = "imreport"
+    date = date or datetime.date.today().isoformat()
     lines = ["# Benchmarks", "",
              "Written by `bench/run.sh` (this file is generated; edit `bench/bench.py`). The same generated traffic "
              "(`imreport loadgen --seed 1`, 7 days, Zipf users and groups, 80% text; in three profiles: `standard`, "
@@ -745,7 +746,7 @@ def report(runs, cmd, date=None):
              "two shards per table, when a cluster answers at BENCH_CITUS), PostgreSQL 15 (day partitions, an index per scope, COPY, keyset SQL, `count(*)`, "
              "`GROUP BY`) and DuckDB (sorted table, same SQL), and the same questions are asked of each.", "",
              f"- Machine: {os.cpu_count()} cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
-             f"{platform.platform()}", f"- Command: `{cmd}`", f"- Date: {date or datetime.date.today().isoformat()}",
+             f"{platform.platform()}", f"- Command: `{cmd}`", f"- Date: {date}",
              f"- Latencies: median and p99 of {REPS} runs after one warm-up (fewer, at least 5, where one figure would "
              "take over 8 s), measured by a Python client on the same machine: HTTP with keep-alive (a minimal client on one "
              "socket) and orjson for imreport, psycopg 3 and the duckdb module for the others, with the client's garbage collector paused "
@@ -819,7 +820,7 @@ def report(runs, cmd, date=None):
     lines += ["## What limits each figure", "", open(ROOT / "bench" / "LIMITS.md").read().strip(), ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
     (ROOT / "bench" / "results.json").write_text(json.dumps(
-        [{"messages": w.n, "profile": getattr(w, "profile", "standard"), "date": date or datetime.date.today().isoformat(),
+        [{"messages": w.n, "profile": getattr(w, "profile", "standard"), "date": date,
           "results": r} for w, r in runs], indent=1))
 
 

@@ -283,7 +283,7 @@ fn scrape(
             metrics::gauge!("imreport_store_disk_bytes").set(e.disk_space() as f64);
             metrics::gauge!("imreport_store_day_partitions").set(e.day_partitions() as f64);
             let m = e.memory();
-            metrics::gauge!("imreport_store_memtable_bytes").set(m.write_buffer_bytes as f64);
+            metrics::gauge!("imreport_store_memtable_bytes").set(m.memtable_bytes as f64);
             metrics::gauge!("imreport_store_pending_flushes").set(m.pending_flushes as f64);
             metrics::gauge!("imreport_store_block_cache_bytes").set(m.cache_bytes as f64);
         }

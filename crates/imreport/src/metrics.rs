@@ -90,7 +90,7 @@ fn describe() {
     describe_gauge!(
         "imreport_store_block_cache_bytes",
         Unit::Bytes,
-        "Embedded store: bytes held by the block cache (at most 64 MiB)"
+        "Embedded store: bytes held by the block cache (at most its configured size)"
     );
     describe_histogram!(
         "imreport_postgres_ingest_seconds",

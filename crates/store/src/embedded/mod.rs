@@ -99,7 +99,7 @@ impl EmbeddedConfig {
         EmbeddedConfig {
             retention_days,
             queue_depth,
-            cache_bytes: 64 * 1024 * 1024,
+            cache_bytes: CACHE_BYTES,
             clock,
             tz,
             min_free_disk_bytes,
@@ -224,10 +224,13 @@ impl Inner {
     }
 }
 
+/// The block cache's size (decompressed blocks of every keyspace), unless configured otherwise.
+pub const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// See [`EmbeddedStore::memory`].
 #[derive(Debug, Clone, Copy)]
 pub struct StoreMemory {
-    pub write_buffer_bytes: u64,
+    pub memtable_bytes: u64,
     pub pending_flushes: u64,
     pub cache_bytes: u64,
 }
@@ -398,7 +401,7 @@ impl EmbeddedStore {
     pub fn memory(&self) -> StoreMemory {
         let db = &self.inner.db;
         StoreMemory {
-            write_buffer_bytes: db.write_buffer_size(),
+            memtable_bytes: db.write_buffer_size(),
             pending_flushes: db.outstanding_flushes() as u64,
             cache_bytes: db.cache_size(),
         }
