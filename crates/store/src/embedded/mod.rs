@@ -2,6 +2,7 @@
 //! group-commits ingest batches (one fsync for every request waiting), and reads on tokio's
 //! blocking pool so that storage work never stalls the async workers.
 
+mod hot_rows;
 mod id_index_retention;
 mod keys;
 mod read;
@@ -122,6 +123,8 @@ pub(crate) struct Inner {
     legacy_ids: bool,
     entities: Keyspace,
     stats: Keyspace,
+    /// The statistics rows rewritten last, which readers look up instead of scanning.
+    hot_stats: hot_rows::HotRows,
     /// Message partitions by partition day (see [`Inner::pday`]).
     days: RwLock<BTreeMap<i64, Keyspace>>,
     /// The format of each partition in `days`.
@@ -353,6 +356,7 @@ impl EmbeddedStore {
             legacy_ids,
             entities,
             stats,
+            hot_stats: Default::default(),
             days: RwLock::new(days),
             formats: RwLock::new(formats),
             acts: RwLock::new(acts),

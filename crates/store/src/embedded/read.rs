@@ -534,8 +534,7 @@ pub(crate) fn stats_days(inner: &Inner, app: u32, from: i64, to: i64) -> Result<
     let lo = keys::stat_key(app, keys::STAT_DAY, from);
     let hi = keys::stat_key(app, keys::STAT_DAY, i64::MAX);
     let mut rows = Vec::new();
-    for kv in snap.range(&inner.stats, lo..=hi) {
-        let (k, v) = kv.into_inner()?;
+    for (k, v) in inner.hot_stats.range(&snap, &inner.stats, lo, hi)? {
         let day = i64::from_be_bytes(k[5..13].try_into().expect("8 bytes")) ^ i64::MIN;
         rows.push((day, DayStats::decode(&v)));
     }
@@ -552,8 +551,8 @@ pub(crate) fn stats_hours(inner: &Inner, app: u32, from: i64, to: i64) -> Result
     let mut out = vec![MsgCounts::default(); n];
     let lo = keys::stat_key(app, keys::STAT_HOUR, from);
     let hi = keys::stat_key(app, keys::STAT_HOUR, to);
-    for kv in inner.stats.range(lo..=hi) {
-        let (k, v) = kv.into_inner()?;
+    let snap = inner.db.snapshot();
+    for (k, v) in inner.hot_stats.range(&snap, &inner.stats, lo, hi)? {
         let hour = i64::from_be_bytes(k[5..13].try_into().expect("8 bytes")) ^ i64::MIN;
         out[(hour - from) as usize] = decode_counts(&v);
     }

@@ -126,6 +126,17 @@ impl Writer {
                 .put(ks, key.as_slice(), (current + delta).to_be_bytes());
             counted.push((day, hour, ScopeKey::from_vec(key), current + delta));
         }
+        inner.hot_stats.touch(
+            g.seq,
+            (g.days
+                .keys()
+                .map(|&(app, day)| keys::stat_key(app, keys::STAT_DAY, day)))
+            .chain(
+                g.hours
+                    .keys()
+                    .map(|&(app, h)| keys::stat_key(app, keys::STAT_HOUR, h)),
+            ),
+        );
         for ((app, day), delta) in g.days.drain() {
             let key = keys::stat_key(app, keys::STAT_DAY, day);
             let mut row = inner
