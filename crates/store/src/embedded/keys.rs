@@ -318,6 +318,52 @@ pub fn tally_key_into(app: u32, set: Presence, id: &str, k: &mut Vec<u8>) {
     entity_key_into(app, set.code().to_ascii_uppercase(), id, k);
 }
 
+/// A commit's messages per sender and group of one app and civil day, not yet added to their
+/// tallies (see `Writer::stage_tallies`): `app | 'L' | seq` in the day's presence keyspace. Its
+/// value is [`encode_tally_log`]'s; a tally's count is its key's value plus its entries in every
+/// log of the day.
+pub fn tally_log_key(app: u32, seq: u64) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[..4].copy_from_slice(&app.to_be_bytes());
+    k[4] = TALLY_LOG;
+    k[5..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The prefix of an app's tally logs in a day's presence keyspace.
+pub fn tally_log_prefix(app: u32) -> [u8; 5] {
+    let mut k = [0u8; 5];
+    k[..4].copy_from_slice(&app.to_be_bytes());
+    k[4] = TALLY_LOG;
+    k
+}
+
+pub const TALLY_LOG: u8 = b'L';
+
+/// Appends one log entry: a tally key without its app (`code | id`) and the messages it adds.
+pub fn encode_tally_log(key: &[u8], delta: u64, out: &mut Vec<u8>) {
+    use varint_rs::VarintWriter;
+    let _ = out.write_usize_varint(key.len());
+    out.extend_from_slice(key);
+    let _ = out.write_u64_varint(delta);
+}
+
+/// The entries of a tally log (a truncated entry, which no writer makes, ends them).
+pub fn tally_log_entries(v: &[u8]) -> impl Iterator<Item = (&[u8], u64)> + '_ {
+    use varint_rs::VarintReader;
+    let mut rest = v;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let len = rest.read_usize_varint().ok()?;
+        let key = rest.get(..len)?;
+        rest = &rest[len..];
+        let delta = rest.read_u64_varint().ok()?;
+        Some((key, delta))
+    })
+}
+
 pub fn u64_value(v: &[u8]) -> u64 {
     v.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }

@@ -12,6 +12,7 @@ use imreport_domain::message::view_record;
 use imreport_domain::rollup::{Busiest, DayStats, MsgCounts, Presence, decode_counts, top_tallies};
 use imreport_domain::scope::Scope;
 use imreport_domain::time::{MILLIS_PER_HOUR, MILLIS_PER_MINUTE, TimeRange};
+use std::collections::HashMap;
 
 impl Inner {
     /// The day partitions that exist between two instants, oldest first.
@@ -567,31 +568,55 @@ pub(crate) fn stats_hours(inner: &Inner, app: u32, from: i64, to: i64) -> Result
 }
 
 /// A day's busiest senders and groups: a scan of the day's tallies of each (one key per sender
-/// or group that day), keeping the top `n`.
+/// or group that day) plus the day's tally logs not yet folded into them (at most a few commits'
+/// worth, see `Writer::stage_tallies`), keeping the top `n`.
 pub(crate) fn busiest(inner: &Inner, app: u32, day: i64, n: usize) -> Result<Busiest> {
     let Some(ks) = inner.acts.read().expect("lock").get(&day).cloned() else {
         return Ok(Busiest::default());
     };
-    let top = |set: Presence| -> Result<Vec<imreport_domain::rollup::Tally>> {
+    let snap = inner.db.snapshot();
+    // Logged messages by tally key without the app (`code | id`).
+    let mut logged: HashMap<Vec<u8>, u64> = HashMap::new();
+    for kv in snap.prefix(&ks, keys::tally_log_prefix(app)) {
+        let (_, v) = kv.into_inner()?;
+        for (key, delta) in keys::tally_log_entries(&v) {
+            *logged.entry(key.to_vec()).or_default() += delta;
+        }
+    }
+    let mut top = |set: Presence| -> Result<Vec<imreport_domain::rollup::Tally>> {
         let mut prefix = Vec::new();
         keys::tally_key_into(app, set, "", &mut prefix);
         let mut failed = None;
-        let tallies = ks.prefix(&prefix).map_while(|kv| match kv.into_inner() {
-            Ok((k, v)) => Some((
-                String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
-                keys::u64_value(&v),
-            )),
-            Err(e) => {
-                failed = Some(e);
-                None
-            }
-        });
+        let id = |k: &[u8]| String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+        let stored = snap
+            .prefix(&ks, &prefix)
+            .map_while(|kv| match kv.into_inner() {
+                Ok((k, v)) => Some((
+                    id(&k),
+                    keys::u64_value(&v) + logged.remove(&k[4..]).unwrap_or(0),
+                )),
+                Err(e) => {
+                    failed = Some(e);
+                    None
+                }
+            });
         // A heap of `n`: bounded memory however many members the day has.
-        let top = top_tallies(tallies, n);
-        match failed {
-            Some(e) => Err(e.into()),
-            None => Ok(top),
+        let mut top = top_tallies(stored, n);
+        if let Some(e) = failed {
+            return Err(e.into());
         }
+        // Those only logged so far.
+        let code = prefix[4];
+        let fresh: Vec<(String, u64)> = logged
+            .iter()
+            .filter(|(k, _)| k.first() == Some(&code))
+            .map(|(k, d)| (String::from_utf8_lossy(&k[1..]).into_owned(), *d))
+            .collect();
+        if !fresh.is_empty() {
+            let kept = top.drain(..).map(|t| (t.id, t.messages));
+            top = top_tallies(kept.chain(fresh), n);
+        }
+        Ok(top)
     };
     Ok(Busiest {
         senders: top(Presence::Sender)?,

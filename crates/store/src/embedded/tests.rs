@@ -619,3 +619,97 @@ async fn walks_read_partitions_of_every_format_alike() {
         }
     }
 }
+
+/// The busiest lists count every message once while commits log their tallies, fold the logs
+/// into the tallies (every `TALLY_FOLD`th commit of an app and day) and a restart leaves logs
+/// no writer remembers: checked against a count after every commit, for two apps and two days.
+#[tokio::test]
+async fn busiest_counts_each_message_once_across_tally_logs_folds_and_restarts() {
+    use std::collections::HashMap as Map;
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config();
+    let tz = config.tz.clone();
+    let (mut store, a) = store_with_app(dir.path(), config.clone()).await;
+    let b = store
+        .create_app("other", "other", SecretHash::new("secret-secret"))
+        .await
+        .unwrap();
+    let days = [T0 - 1000, T0 - MILLIS_PER_DAY];
+    // (app, civil day) -> sender or group -> messages.
+    let mut senders: Map<(u32, i64), Map<String, u64>> = Map::new();
+    let mut groups: Map<(u32, i64), Map<String, u64>> = Map::new();
+    let mut msgid = 0;
+    for commit in 0..6 * super::writer::TALLY_FOLD as u64 + 5 {
+        if commit == 3 * super::writer::TALLY_FOLD as u64 - 3 {
+            drop(store);
+            store = reopen(dir.path(), config.clone()).await;
+        }
+        let app = if commit % 3 == 2 { &b } else { &a };
+        let mut lines = Vec::new();
+        for i in 0..1 + commit % 4 {
+            msgid += 1;
+            let t = days[((commit + i) % 2) as usize] + msgid as i64;
+            let (from, gid) = (format!("u{}", (commit * 7 + i) % 5), format!("g{}", i % 3));
+            lines.push(format!(
+                r#"{{"event":"message","msgid":{msgid},"msg_ctime":{t},"target_type":"group","target_id":"{gid}","from_id":"{from}","msg_type":"text","msg_body":{{}}}}"#
+            ));
+            let day = tz.civil_day(t);
+            *senders
+                .entry((app.id, day))
+                .or_default()
+                .entry(from)
+                .or_default() += 1;
+            *groups
+                .entry((app.id, day))
+                .or_default()
+                .entry(gid)
+                .or_default() += 1;
+        }
+        assert_eq!(
+            ingest(&store, app, &lines).await.accepted,
+            lines.len() as u64
+        );
+        for app in [&a, &b] {
+            for t in days {
+                let day = tz.civil_day(t);
+                let want = |m: &Map<(u32, i64), Map<String, u64>>| {
+                    let mut v: Vec<(String, u64)> = m
+                        .get(&(app.id, day))
+                        .map(|m| m.iter().map(|(k, n)| (k.clone(), *n)).collect())
+                        .unwrap_or_default();
+                    v.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.cmp(&y.0)));
+                    v
+                };
+                let got = store.busiest(app, day, 100).await.unwrap();
+                let list = |t: &[imreport_domain::rollup::Tally]| -> Vec<(String, u64)> {
+                    t.iter().map(|t| (t.id.clone(), t.messages)).collect()
+                };
+                assert_eq!(
+                    list(&got.senders),
+                    want(&senders),
+                    "senders after commit {commit}"
+                );
+                assert_eq!(
+                    list(&got.groups),
+                    want(&groups),
+                    "groups after commit {commit}"
+                );
+            }
+        }
+    }
+    // Both days of the busier app were folded (tallies stored) and hold fewer logs than a fold.
+    let acts = store.inner.acts.read().unwrap();
+    for t in days {
+        let ks = &acts[&tz.civil_day(t)];
+        let mut tally = Vec::new();
+        keys::tally_key_into(
+            a.id,
+            imreport_domain::rollup::Presence::Sender,
+            "",
+            &mut tally,
+        );
+        assert!(ks.prefix(&tally).count() > 0);
+        let logs = ks.prefix(keys::tally_log_prefix(a.id)).count();
+        assert!(logs < super::writer::TALLY_FOLD, "{logs} logs");
+    }
+}

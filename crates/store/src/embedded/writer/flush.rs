@@ -202,8 +202,14 @@ impl Writer {
         for (day, keys) in g.presence {
             self.present.entry(day).or_default().extend(keys);
         }
-        for (day, key, n) in tallied {
+        for (day, key, n) in tallied.values {
             self.tallies.entry(day).or_default().insert(key, n);
+        }
+        for at in tallied.folded {
+            self.tally_logs.remove(&at);
+        }
+        for at in tallied.logged {
+            *self.tally_logs.entry(at).or_default() += 1;
         }
         for (day, hour, key, n) in counted {
             self.counters.set(day, hour, key, n);
@@ -214,6 +220,9 @@ impl Writer {
             let present = &self.present;
             self.complete.retain(|d| present.contains_key(d));
             self.tallies.retain(|d, _| present.contains_key(d));
+            // A day dropped here counts its logs again from its next write; its logs are
+            // counted by readers meanwhile, and folded with the others then.
+            self.tally_logs.retain(|(d, _), _| present.contains_key(d));
         }
         Ok(())
     }

@@ -29,6 +29,7 @@ use imreport_domain::time::{MILLIS_PER_HOUR, MILLIS_PER_MINUTE};
 use runs::{ArenaRange, Position, cut_runs};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use staging::Staged;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{
@@ -40,6 +41,10 @@ use tokio::sync::oneshot;
 
 /// A writer idle this long seals its memtables (see `flush_memtables`).
 const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Commits of one app and civil day per fold of its tally logs into its tallies (see
+/// `Writer::stage_tallies`): a tally read adds at most this many logs less one.
+pub(super) const TALLY_FOLD: usize = 16;
 
 /// Most events folded into one commit; bounds the memory and latency of a group.
 const MAX_GROUP_EVENTS: usize = 100_000;
@@ -146,6 +151,7 @@ impl Handle {
             fresh: HashMap::default(),
             present: HashMap::default(),
             tallies: HashMap::default(),
+            tally_logs: HashMap::default(),
             complete: HashSet::default(),
             counters: Counters::default(),
             arena: Vec::new(),
@@ -238,6 +244,8 @@ struct Writer {
     /// The stored tallies (see [`keys::tally_key_into`]) of the days in `present`: a commit adds
     /// its deltas to these without a read; a complete day's missing tally is zero.
     tallies: HashMap<i64, HashMap<PresenceKey, u64>>,
+    /// Tally logs this writer wrote since it last folded them, by civil day and app.
+    tally_logs: HashMap<(i64, u32), usize>,
     counters: Counters,
     /// The last commit's record arena (see `Group::arena`), emptied.
     arena: Vec<u8>,
@@ -260,6 +268,15 @@ type ScopeKey = smallvec::SmallVec<[u8; 32]>;
 const PRESENT_DAYS: i64 = 2;
 
 type IngestJob = (App, Vec<Event>, oneshot::Sender<Result<IngestOutcome>>);
+
+/// What [`Writer::stage_tallies`] staged: tallies written (day, key, value), and the logs
+/// written and folded (day, app).
+#[derive(Default)]
+struct StagedTallies {
+    values: Vec<(i64, PresenceKey, u64)>,
+    logged: Vec<(i64, u32)>,
+    folded: Vec<(i64, u32)>,
+}
 
 /// Everything one commit group changes, gathered before it is written.
 struct Group {
@@ -526,6 +543,7 @@ impl Writer {
         self.present.clear();
         self.complete.clear();
         self.tallies.clear();
+        self.tally_logs.clear();
         self.counters = Counters::default();
     }
 
