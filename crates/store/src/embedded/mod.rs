@@ -305,7 +305,9 @@ impl EmbeddedStore {
             // flush before fjall stalls writes) and the journal cap below.
             .max_write_buffer_size(Some(WRITE_BUFFER_BYTES))
             .max_journaling_size(JOURNAL_BYTES)
-            .journal_compression(fjall::CompressionType::Lz4);
+            // Uncompressed: the writer compressed every batch it journaled (an eighth of its
+            // time), for a file deleted once its memtables are flushed (bench/LIMITS.md).
+            .journal_compression(fjall::CompressionType::None);
         let db = match builder.open() {
             Err(fjall::Error::Locked) => return Err(StoreError::Locked(dir.display().to_string())),
             other => other?,
