@@ -47,22 +47,25 @@ def pctl(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def timed(fn, reps=REPS, budget_s=8.0, label=""):
+def timed(fn, reps=REPS, budget_s=8.0, label="", server=None):
     """Median and p99 of `reps` runs after a warm-up; fewer (at least 5) for a slow system, so
     that one figure takes at most about `budget_s`. The client's garbage collector is paused
     while sampling, as Python's `timeit` does: one of its full passes took 7-8 ms here, and a p99
     of a few hundred samples would charge it to the system measured. Samples far above the median are logged,
-    with when they ran."""
+    with when they ran. `server`, when given, returns the server's own time for the last request
+    (its Server-Timing header), kept beside each sample."""
     fn()  # warm
     gc.collect()
     gc.disable()
-    ts, started, at = [], time.perf_counter(), []
+    ts, started, at, own = [], time.perf_counter(), [], []
     try:
         for i in range(reps):
             t = time.perf_counter()
             fn()
             ts.append((time.perf_counter() - t) * 1000)
             at.append(t)
+            if server and (ms := server()) is not None:
+                own.append(ms)
             if i >= 4 and time.perf_counter() - started > budget_s:
                 break
     finally:
@@ -71,7 +74,10 @@ def timed(fn, reps=REPS, budget_s=8.0, label=""):
     for i, (ms, t) in enumerate(zip(ts, at)):
         if ms > 3 * med and ms > 2:
             log(f"   slow sample {label} #{i}: {ms:.1f} ms (median {med:.1f}; at +{t - T0:.1f} s)")
-    return {"p50": med, "p99": pctl(ts, 99), "runs": len(ts)}
+    r = {"p50": med, "p99": pctl(ts, 99), "runs": len(ts)}
+    if own:
+        r.update(server_p50=statistics.median(own), server_p99=pctl(own, 99))
+    return r
 
 
 T0 = time.perf_counter()
@@ -151,6 +157,9 @@ class Http:
         status = int(head[0].split()[1])
         fields = dict(line.split(b":", 1) for line in head[1:])
         fields = {k.strip().lower(): v.strip() for k, v in fields.items()}
+        # imreport's own time for the request (`Server-Timing: app;dur=<ms>`).
+        timing = fields.get(b"server-timing", b"")
+        self.server_ms = float(timing.split(b"dur=", 1)[1]) if b"dur=" in timing else None
         if b"content-length" not in fields:
             raise RuntimeError(f"{path}: no Content-Length in {head}")
         n = int(fields[b"content-length"])
@@ -241,6 +250,9 @@ class Imreport:
     def _path(self, scope, sid):
         return {"app": "/v2/messages", "user": f"/v2/users/{sid}/messages", "group": f"/v2/groups/{sid}/messages",
                 "chatroom": f"/v2/chatrooms/{sid}/messages"}[scope]
+
+    def server_ms(self):
+        return self.conn.server_ms
 
     def first_page(self, scope, sid, b, e):
         q = urllib.parse.urlencode({"count": 1000, "begin_time": sh(b), "end_time": sh(e)})
@@ -547,7 +559,8 @@ def first_pages(sys_, w, tag=""):
         for win, (b, e) in w.windows.items():
             totals = set()
             out[f"{scope} {win}"] = timed(lambda: totals.add(sys_.first_page(scope, sid, b, e)),
-                                          label=f"{sys_.name}{tag} {scope} {win}")
+                                          label=f"{sys_.name}{tag} {scope} {win}",
+                                          server=getattr(sys_, "server_ms", None))
             out[f"{scope} {win}"]["total"] = max(totals)
     return out
 
@@ -560,7 +573,8 @@ def stats_figures(sys_, w, tag=""):
                         ("messages 24 HOUR", ("messages", "HOUR", last + " 00", 24)),
                         ("messages 60 DAY", ("messages", "DAY", day0, 60)),
                         ("messages 2 MONTH", ("messages", "MONTH", w.month0.strftime("%Y-%m"), 2))]:
-        out[label] = timed(lambda: sys_.stats(*args), label=f"{sys_.name}{tag} {label}")
+        out[label] = timed(lambda: sys_.stats(*args), label=f"{sys_.name}{tag} {label}",
+                           server=getattr(sys_, "server_ms", None))
     return out
 
 
@@ -803,6 +817,18 @@ def report(runs, cmd, date=None):
                 lines.append(f"| first page {k} | {fmt_ms(v['p50'])} | {fmt_ms(v['p99'])} |")
             for k, v in d["stats"].items():
                 lines.append(f"| statistics {k} | {fmt_ms(v['p50'])} | {fmt_ms(v['p99'])} |")
+        if "server_p99" in next(iter(res[imr]["first_page"].values())):
+            # What of each imreport figure is the server's own time (its Server-Timing header):
+            # the rest is the loopback and the Python client decoding the answer.
+            cols = ["idle"] + (["while ingesting"] if d else [])
+            lines += ["", "imreport's own time for the same requests (its `Server-Timing` header; the figures above "
+                      "add the loopback and the Python client decoding the answer), p50 / p99 in ms:", "",
+                      "| figure | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+            for kind, label in (("first_page", "first page"), ("stats", "statistics")):
+                for k, v in res[imr][kind].items():
+                    cells = [v] + ([d[kind][k]] if d else [])
+                    lines.append(f"| {label} {k} | " + " | ".join(
+                        f"{fmt_ms(c['server_p50'])} / {fmt_ms(c['server_p99'])}" if "server_p99" in c else "" for c in cells) + " |")
         same = all(res[n].get("totals") == res[imr].get("totals") for n in names)
         lines += ["", f"`total` of each first page ({'identical across systems' if same else 'imreport; the other columns differ, see the note under What limits each figure'}): "
                   + ", ".join(f"{k} {v:,}" for k, v in res[imr]["totals"].items()), ""]

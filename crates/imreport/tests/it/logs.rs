@@ -1,4 +1,5 @@
-//! Request ids and logs, on the real binary: every response carries `X-Request-Id`, every log
+//! Request ids and logs, on the real binary: every response carries `X-Request-Id` (and
+//! `Server-Timing`), every log
 //! line of a request carries it, one access-log line a request; and no secret, Authorization
 //! header or message body reaches the logs, even at the most verbose level.
 
@@ -32,7 +33,13 @@ async fn logs_carry_request_ids_and_never_secrets_headers_or_bodies() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let id_of = |r: &reqwest::Response| r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let id_of = |r: &reqwest::Response| {
+        // Every answer also carries the server's time for it (`Server-Timing: app;dur=<ms>`).
+        let timing = r.headers()["server-timing"].to_str().unwrap();
+        let ms: f64 = timing.strip_prefix("app;dur=").unwrap().parse().unwrap();
+        assert!((0.0..60_000.0).contains(&ms), "{timing}");
+        r.headers()["x-request-id"].to_str().unwrap().to_owned()
+    };
     let fresh = |id: &str| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit());
 
     // An ingest with the caller's id, a body worth hiding and the app's credentials.
