@@ -765,7 +765,8 @@ def report(runs, cmd, date=None):
              "take over 8 s), measured by a Python client on the same machine: HTTP with keep-alive (a minimal client on one "
              "socket) and orjson for imreport, psycopg 3 and the duckdb module for the others, with the client's garbage collector paused "
              "while sampling (as Python's `timeit` does). Each figure includes the client's decoding "
-             "of the answer (1000 messages for a first page).",
+             "of the answer (1000 messages for a first page); imreport's own time for the same requests (its "
+             "`Server-Timing` header) has a table of its own under each run's.",
              f"- Full walk: pages of 1000 through the whole 7-day window; for imreport with `imreport export` (a Rust "
              f"client that fetches the next page while it parses and writes the last), for the others with keyset SQL from Python, for at "
              f"most {WALK_BUDGET_S} s.",
