@@ -311,12 +311,27 @@ pub fn entity_key_into(app: u32, kind: u8, id: &str, k: &mut Vec<u8>) {
     k.extend_from_slice(id.as_bytes());
 }
 
+/// An [`entity_key`] (or tally key) as its app and the rest (`kind | id`).
+pub fn split_entity_key(key: &[u8]) -> (u32, &[u8]) {
+    let (app, rest) = key.split_at(4);
+    (u32::from_be_bytes(app.try_into().expect("4 bytes")), rest)
+}
+
+/// The key [`split_entity_key`] split, joined again over `k`.
+pub fn join_entity_key(app: u32, rest: &[u8], k: &mut impl Extend<u8>) {
+    k.extend(app.to_be_bytes());
+    k.extend(rest.iter().copied());
+}
+
 /// The key of a day's tally (messages of one sender or group, see [`Presence::tallied`]) in the
 /// day's presence keyspace: `app | code | id`, the set's code in upper case (`S`, `G`), beside
 /// the set's own keys (`s`, `g`).
 pub fn tally_key_into(app: u32, set: Presence, id: &str, k: &mut Vec<u8>) {
     entity_key_into(app, set.code().to_ascii_uppercase(), id, k);
 }
+
+/// Marks a tally log key (beside the presence sets' and tallies' codes, `s a g S G`).
+pub const TALLY_LOG: u8 = b'L';
 
 /// A commit's messages per sender and group of one app and civil day, not yet added to their
 /// tallies (see `Writer::stage_tallies`): `app | 'L' | seq` in the day's presence keyspace. Its
@@ -338,9 +353,8 @@ pub fn tally_log_prefix(app: u32) -> [u8; 5] {
     k
 }
 
-pub const TALLY_LOG: u8 = b'L';
-
-/// Appends one log entry: a tally key without its app (`code | id`) and the messages it adds.
+/// Appends one log entry: a tally key without its app (`code | id`, see [`split_entity_key`])
+/// and the messages it adds.
 pub fn encode_tally_log(key: &[u8], delta: u64, out: &mut Vec<u8>) {
     use varint_rs::VarintWriter;
     let _ = out.write_usize_varint(key.len());

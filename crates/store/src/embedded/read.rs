@@ -593,7 +593,7 @@ pub(crate) fn busiest(inner: &Inner, app: u32, day: i64, n: usize) -> Result<Bus
             .map_while(|kv| match kv.into_inner() {
                 Ok((k, v)) => Some((
                     id(&k),
-                    keys::u64_value(&v) + logged.remove(&k[4..]).unwrap_or(0),
+                    keys::u64_value(&v) + logged.remove(keys::split_entity_key(&k).1).unwrap_or(0),
                 )),
                 Err(e) => {
                     failed = Some(e);

@@ -116,7 +116,7 @@ impl Writer {
             let ks = self.act(day)?;
             let mut by_app: BTreeMap<u32, Vec<(PresenceKey, u64)>> = BTreeMap::new();
             for (key, delta) in deltas {
-                let app = u32::from_be_bytes(key[..4].try_into().expect("tally key"));
+                let (app, _) = keys::split_entity_key(&key);
                 by_app.entry(app).or_default().push((key, delta));
             }
             for (app, deltas) in by_app {
@@ -124,7 +124,7 @@ impl Writer {
                 if logs + 1 < TALLY_FOLD {
                     let mut log = Vec::with_capacity(deltas.len() * 16);
                     for (key, delta) in &deltas {
-                        keys::encode_tally_log(&key[4..], *delta, &mut log);
+                        keys::encode_tally_log(keys::split_entity_key(key).1, *delta, &mut log);
                     }
                     g.staged
                         .put(&ks, keys::tally_log_key(app, g.seq).as_slice(), log);
@@ -137,10 +137,9 @@ impl Writer {
                 let mut key = PresenceKey::new();
                 for kv in ks.prefix(keys::tally_log_prefix(app)) {
                     let (k, v) = kv.into_inner()?;
-                    for (suffix, delta) in keys::tally_log_entries(&v) {
+                    for (rest, delta) in keys::tally_log_entries(&v) {
                         key.clear();
-                        key.extend_from_slice(&app.to_be_bytes());
-                        key.extend_from_slice(suffix);
+                        keys::join_entity_key(app, rest, &mut key);
                         *all.entry(key.clone()).or_default() += delta;
                     }
                     g.batch.remove(&ks, k);

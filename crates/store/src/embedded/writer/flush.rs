@@ -126,19 +126,11 @@ impl Writer {
                 .put(ks, key.as_slice(), (current + delta).to_be_bytes());
             counted.push((day, hour, ScopeKey::from_vec(key), current + delta));
         }
-        inner.hot_stats.touch(
-            g.seq,
-            (g.days
-                .keys()
-                .map(|&(app, day)| keys::stat_key(app, keys::STAT_DAY, day)))
-            .chain(
-                g.hours
-                    .keys()
-                    .map(|&(app, h)| keys::stat_key(app, keys::STAT_HOUR, h)),
-            ),
-        );
+        // The rows rewritten, for readers to look up (see `hot_rows`).
+        let mut rewritten = Vec::with_capacity(g.days.len() + g.hours.len());
         for ((app, day), delta) in g.days.drain() {
             let key = keys::stat_key(app, keys::STAT_DAY, day);
+            rewritten.push(key);
             let mut row = inner
                 .stats
                 .get(key)?
@@ -149,6 +141,7 @@ impl Writer {
         }
         for ((app, hour), delta) in g.hours.drain() {
             let key = keys::stat_key(app, keys::STAT_HOUR, hour);
+            rewritten.push(key);
             let mut row = inner
                 .stats
                 .get(key)?
@@ -159,6 +152,7 @@ impl Writer {
             }
             g.batch.insert(&inner.stats, key, encode_counts(&row));
         }
+        inner.hot_stats.touch(g.seq, rewritten);
         for (app, (users, groups)) in g.totals.drain() {
             let key = keys::stat_total_key(app);
             let (u, gr) = inner
