@@ -47,7 +47,9 @@ pub(super) async fn post(
                     n += 1;
                     msgs += u64::from(e.is_message());
                 }
-                let payload = bytes::Bytes::copy_from_slice(body.as_bytes());
+                // Handed over, not copied: the next batch is written into a new buffer.
+                let next = String::with_capacity(body.len() + body.len() / 8);
+                let payload = bytes::Bytes::from(std::mem::replace(&mut body, next).into_bytes());
                 // At --rate, a batch goes once the messages before it have had their time.
                 if let Some(rate) = rate {
                     let due = started + std::time::Duration::from_secs_f64(released as f64 / rate);

@@ -161,3 +161,34 @@ fn the_full_and_sparse_profiles_are_what_they_say() {
     );
     assert!(standard > 0.1 && sparse < 0.02, "{standard} {sparse}");
 }
+
+/// The traffic itself is pinned: benchmark runs of different sessions compare the same bytes,
+/// whatever is rewritten in the generator (its string building was, for speed).
+#[test]
+fn each_profile_generates_the_same_bytes_as_before() {
+    use sha2::{Digest, Sha256};
+    for (profile, digest, len) in [
+        (
+            "standard",
+            "f20e7d8df2900921c75ca225bca817d7088a31272072f8b81914007fa5ac1a6b",
+            1_419_091,
+        ),
+        (
+            "full",
+            "9b1338fe40fe5677607fe225f71afbe171f4150eb712eb86f126caa64cfc4396",
+            2_570_044,
+        ),
+        (
+            "sparse",
+            "e702fadb5faf09f74a994d866359c439bb283475be1c5defb10a7baef298f61a",
+            1_489_240,
+        ),
+    ] {
+        let all = lines(&args(&["--profile", profile])).concat();
+        let got: String = Sha256::digest(all.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!((got.as_str(), all.len()), (digest, len), "{profile}");
+    }
+}
