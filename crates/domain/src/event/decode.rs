@@ -554,9 +554,16 @@ pub fn decode_lines_from(
     } else {
         // Sized up front: growing a Vec of a few thousand events by doubling copied megabytes
         // per request into freshly faulted pages (~15% of the decoding threads' time).
-        let lines = body.iter().filter(|b| **b == b'\n').count() + 1;
+        // Newlines found with memchr's SIMD search: a byte-by-byte count was a tenth of the
+        // decoding time, and `str::split`'s search another twentieth.
+        let lines = memchr::memchr_iter(b'\n', body).count() + 1;
         events.reserve_exact(lines.min(limits.max_events));
-        for (i, line) in text.split('\n').enumerate() {
+        let mut start = 0;
+        let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+        for (i, end) in ends.enumerate() {
+            // Cut at ASCII newlines: always char boundaries of the UTF-8 text.
+            let line = &text[start..end];
+            start = end + 1;
             let line = line.trim_matches(json_ws);
             if line.is_empty() {
                 continue;
