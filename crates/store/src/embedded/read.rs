@@ -272,8 +272,8 @@ struct Records<'a> {
     walk: &'a Walk<'a>,
     runs: bool,
     /// The run read last (neighbours in a scope's order often share one), with its records'
-    /// positions and byte ranges decoded once: finding each record by decoding the run from
-    /// its start was a tenth of serving a scoped page.
+    /// positions and byte ranges decoded once a second record of it is wanted: finding each
+    /// record by decoding the run from its start was a tenth of serving a dense scope's page.
     last: Option<((Millis, u64), fjall::Slice)>,
     decoded: Vec<((Millis, u64), std::ops::Range<usize>)>,
 }
@@ -329,11 +329,24 @@ impl Records<'_> {
                 return Ok(true);
             };
             self.decoded.clear();
-            self.decoded.extend(keys::run_records(run, &v));
             self.last = Some((run, v));
+            let v = &self.last.as_ref().expect("just read").1;
+            // The first record wanted of a run: scanned to, not the whole run decoded (a sparse
+            // scope wants one record of each run it reads: decoding all ~30 was a fifth of its
+            // page). A run's records are in position order.
+            let found = keys::run_records(run, v)
+                .take_while(|(p, _)| *p <= (ctime, msgid))
+                .find(|(p, _)| *p == (ctime, msgid));
+            return match found {
+                Some((_, bytes)) => out.push(ctime, msgid, &v[bytes]),
+                None => Ok(true),
+            };
         }
-        let v = &self.last.as_ref().expect("just read").1;
-        // A run's records are in position order.
+        let v = &self.last.as_ref().expect("read before").1;
+        if self.decoded.is_empty() {
+            // A second record of the run: a dense scope's neighbours often share one.
+            self.decoded.extend(keys::run_records(run, v));
+        }
         match self
             .decoded
             .binary_search_by_key(&(ctime, msgid), |(p, _)| *p)
