@@ -61,6 +61,19 @@ fn hex(out: &mut String, v: u64, digits: u32) {
     }
 }
 
+/// Opens a media body: `{"media_id":"<prefix><hex>","media_crc32":<crc>`, the id a u64 in hex
+/// (and, in the full profile, a u32 after it), drawn in that order.
+fn media(r: &mut ChaCha8Rng, b: &mut String, prefix: &str, long_id: bool) {
+    b.push_str(r#"{"media_id":""#);
+    b.push_str(prefix);
+    hex(b, r.random::<u64>(), 16);
+    if long_id {
+        hex(b, u64::from(r.random::<u32>()), 8);
+    }
+    b.push_str(r#"","media_crc32":"#);
+    int(b, r.random::<u32>());
+}
+
 /// `"<prefix><n>"`, as the generator's ids are written.
 fn id(prefix: &str, n: u32) -> String {
     let mut s = String::with_capacity(prefix.len() + 10);
@@ -194,10 +207,7 @@ impl Generator {
                 b.push('}');
             }
             "image" => {
-                b.push_str(r#"{"media_id":"qiniu/image/j/"#);
-                hex(&mut b, r.random::<u64>(), 16);
-                b.push_str(r#"","media_crc32":"#);
-                int(&mut b, r.random::<u32>());
+                media(r, &mut b, "qiniu/image/j/", false);
                 b.push_str(r#","width":"#);
                 int(&mut b, r.random_range(320i32..4096));
                 b.push_str(r#","height":"#);
@@ -207,10 +217,7 @@ impl Generator {
                 b.push('}');
             }
             "voice" => {
-                b.push_str(r#"{"media_id":"qiniu/voice/j/"#);
-                hex(&mut b, r.random::<u64>(), 16);
-                b.push_str(r#"","media_crc32":"#);
-                int(&mut b, r.random::<u32>());
+                media(r, &mut b, "qiniu/voice/j/", false);
                 b.push_str(r#","duration":"#);
                 int(&mut b, r.random_range(1i32..60));
                 b.push_str(r#","format":"amr","fsize":"#);
@@ -225,10 +232,7 @@ impl Generator {
                 );
             }
             "file" => {
-                b.push_str(r#"{"media_id":"qiniu/file/j/"#);
-                hex(&mut b, r.random::<u64>(), 16);
-                b.push_str(r#"","media_crc32":"#);
-                int(&mut b, r.random::<u32>());
+                media(r, &mut b, "qiniu/file/j/", false);
                 b.push_str(r#","fname":"doc"#);
                 int(&mut b, r.random_range(1i32..999));
                 b.push_str(r#".pdf","fsize":"#);
@@ -254,15 +258,6 @@ impl Generator {
                 b.push(char::from(B64[r.random_range(0..64)]));
             }
         };
-        // A media id: the prefix, a u64 and a u32 in hex, then the CRC (drawn in this order).
-        let media = |r: &mut ChaCha8Rng, b: &mut String, prefix: &str| {
-            b.push_str(r#"{"media_id":""#);
-            b.push_str(prefix);
-            hex(b, r.random::<u64>(), 16);
-            hex(b, u64::from(r.random::<u32>()), 8);
-            b.push_str(r#"","media_crc32":"#);
-            int(b, r.random::<u32>());
-        };
         let mut b = String::with_capacity(256);
         match msg_type {
             "text" => {
@@ -280,7 +275,7 @@ impl Generator {
                 b.push('}');
             }
             "image" => {
-                media(r, &mut b, "qiniu/image/j/");
+                media(r, &mut b, "qiniu/image/j/", true);
                 b.push_str(r#","width":"#);
                 int(&mut b, r.random_range(320i32..4096));
                 b.push_str(r#","height":"#);
@@ -292,7 +287,7 @@ impl Generator {
                 b.push_str(r#"","img_link":""}"#);
             }
             "voice" => {
-                media(r, &mut b, "qiniu/voice/j/");
+                media(r, &mut b, "qiniu/voice/j/", true);
                 b.push_str(r#","duration":"#);
                 int(&mut b, r.random_range(1i32..60));
                 b.push_str(r#","format":"amr","fsize":"#);
@@ -302,7 +297,7 @@ impl Generator {
                 b.push_str(r#""}"#);
             }
             "file" => {
-                media(r, &mut b, "qiniu/file/j/");
+                media(r, &mut b, "qiniu/file/j/", true);
                 b.push_str(r#","fname":"report-"#);
                 int(&mut b, r.random_range(1i32..999));
                 b.push_str(r#".pdf","fsize":"#);
