@@ -74,6 +74,26 @@ fn media(r: &mut ChaCha8Rng, b: &mut String, prefix: &str, long_id: bool) {
     int(b, r.random::<u32>());
 }
 
+/// An image body's fields, without its closing brace (the full profile adds a hash).
+fn image(r: &mut ChaCha8Rng, b: &mut String, full: bool) {
+    media(r, b, "qiniu/image/j/", full);
+    b.push_str(r#","width":"#);
+    int(b, r.random_range(320i32..4096));
+    b.push_str(r#","height":"#);
+    int(b, r.random_range(240i32..4096));
+    b.push_str(r#","format":"jpg","fsize":"#);
+    int(b, r.random_range(20_000i32..4_000_000));
+}
+
+/// A voice body's fields, without its closing brace.
+fn voice(r: &mut ChaCha8Rng, b: &mut String, full: bool) {
+    media(r, b, "qiniu/voice/j/", full);
+    b.push_str(r#","duration":"#);
+    int(b, r.random_range(1i32..60));
+    b.push_str(r#","format":"amr","fsize":"#);
+    int(b, r.random_range(1_000i32..100_000));
+}
+
 /// `"<prefix><n>"`, as the generator's ids are written.
 fn id(prefix: &str, n: u32) -> String {
     let mut s = String::with_capacity(prefix.len() + 10);
@@ -207,21 +227,11 @@ impl Generator {
                 b.push('}');
             }
             "image" => {
-                media(r, &mut b, "qiniu/image/j/", false);
-                b.push_str(r#","width":"#);
-                int(&mut b, r.random_range(320i32..4096));
-                b.push_str(r#","height":"#);
-                int(&mut b, r.random_range(240i32..4096));
-                b.push_str(r#","format":"jpg","fsize":"#);
-                int(&mut b, r.random_range(20_000i32..4_000_000));
+                image(r, &mut b, false);
                 b.push('}');
             }
             "voice" => {
-                media(r, &mut b, "qiniu/voice/j/", false);
-                b.push_str(r#","duration":"#);
-                int(&mut b, r.random_range(1i32..60));
-                b.push_str(r#","format":"amr","fsize":"#);
-                int(&mut b, r.random_range(1_000i32..100_000));
+                voice(r, &mut b, false);
                 b.push('}');
             }
             "location" => {
@@ -275,23 +285,13 @@ impl Generator {
                 b.push('}');
             }
             "image" => {
-                media(r, &mut b, "qiniu/image/j/", true);
-                b.push_str(r#","width":"#);
-                int(&mut b, r.random_range(320i32..4096));
-                b.push_str(r#","height":"#);
-                int(&mut b, r.random_range(240i32..4096));
-                b.push_str(r#","format":"jpg","fsize":"#);
-                int(&mut b, r.random_range(20_000i32..4_000_000));
+                image(r, &mut b, true);
                 b.push_str(r#","hash":""#);
                 hash(r, &mut b);
                 b.push_str(r#"","img_link":""}"#);
             }
             "voice" => {
-                media(r, &mut b, "qiniu/voice/j/", true);
-                b.push_str(r#","duration":"#);
-                int(&mut b, r.random_range(1i32..60));
-                b.push_str(r#","format":"amr","fsize":"#);
-                int(&mut b, r.random_range(1_000i32..100_000));
+                voice(r, &mut b, true);
                 b.push_str(r#","hash":""#);
                 hash(r, &mut b);
                 b.push_str(r#""}"#);
