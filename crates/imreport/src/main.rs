@@ -29,7 +29,7 @@ fn tune_allocator() {
     // asks for them on its arenas, and memory it purged (a flushed memtable, a decoded batch)
     // came back as a whole 2 MiB page zeroed at its first touch: a tenth of the writer's and the
     // decoders' time. Without them, 1M-message loads ran 4-20% faster at 15-25% lower peak RSS
-    // (bench/LIMITS.md, Memory). The flag is the process's, kept by every thread.
+    // (bench/LIMITS.md, Ingest). The flag is the process's, kept by every thread.
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
         // Refused only by kernels without the call (before 3.15): then nothing changes.
         let _ = rustix::thread::disable_transparent_huge_pages(true);
