@@ -613,7 +613,14 @@ impl Store for PostgresStore {
 
     async fn app(&self, key: &str) -> Result<Option<App>> {
         if self.inner.standbys.is_empty() {
-            return find_app(&self.client().await?, key.to_owned()).await;
+            let mut cuts = 0;
+            loop {
+                let client = self.client().await?;
+                match find_app(&client, key.to_owned()).await {
+                    Err(e) if read::cut_under(&e, &mut cuts) => read::discard(client),
+                    other => return other,
+                }
+            }
         }
         // Read on a standby, so that requests are authenticated while the primary is away.
         let owned = key.to_owned();

@@ -235,8 +235,14 @@ pub(super) async fn page(
                 }
             }
             None => {
-                let mut client = s.client().await?;
-                page_on(s, &mut client, false, app, scope, &req).await?
+                let mut cuts = 0;
+                loop {
+                    let mut client = s.client().await?;
+                    match page_on(s, &mut client, false, app, scope, &req).await {
+                        Err(e) if cut_under(&e, &mut cuts) => discard(client),
+                        other => break other?,
+                    }
+                }
             }
         };
         match attempt {
@@ -417,7 +423,33 @@ pub(super) async fn on_reader<T>(
             other => return other,
         }
     }
-    read(&mut s.client().await?).await
+    let mut cuts = 0;
+    loop {
+        let mut client = s.client().await?;
+        match read(&mut client).await {
+            Err(e) if cut_under(&e, &mut cuts) => discard(client),
+            other => return other,
+        }
+    }
+}
+
+/// Whether a read failed because the database cut its connection under it (a restart, a
+/// failover, an operator's `pg_terminate_backend`), and may be tried again on another: reads
+/// change nothing. A cut reaches every pooled connection at once and the pool learns of each
+/// only when it is used, so up to [`CUT_RETRIES`] are tried before the error is answered.
+pub(super) fn cut_under(e: &StoreError, cuts: &mut u32) -> bool {
+    let cut = matches!(e, StoreError::Unavailable(_)) && *cuts < CUT_RETRIES;
+    *cuts += u32::from(cut);
+    cut
+}
+
+const CUT_RETRIES: u32 = 3;
+
+/// Closes a connection that failed for want of the database instead of returning it to the
+/// pool: one the server ended with a fatal error is not yet seen closed, and would be handed
+/// out again.
+pub(super) fn discard(client: deadpool_postgres::Object) {
+    drop(deadpool_postgres::Object::take(client));
 }
 
 /// Day rows `from..=to` and the totals at the end of `from - 1` (the all-time totals minus the
