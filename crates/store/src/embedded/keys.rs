@@ -4,8 +4,9 @@
 //! Day partitions (one fjall keyspace per UTC day of `msg_ctime`, so retention drops whole days):
 //! - `m | app u32 | ctime u64 | msgid u64` → a run of message records: up to [`RUN_MAX`]
 //!   consecutive records of one commit, the first at the key's position (see [`encode_run`]),
-//!   in partitions holding [`RUNS`]; in older partitions, one record per key (the app scope
-//!   reads these directly)
+//!   in partitions holding [`RUNS`], opening with a directory of their records in partitions
+//!   holding [`RUN_DIRECTORIES`]; in older partitions, one record per key (the app scope reads
+//!   these directly)
 //! - `k | app u32 | scope u8 | len u8 | id | hour u32 | seq u64` → the positions (`ctime`,
 //!   `msgid`) of the scope's messages that hour written by commit `seq`, sorted (user, group,
 //!   chatroom; see [`encode_chunk`]), each with the position of the run holding its record in
@@ -50,6 +51,10 @@ pub const RUNS: &[u8] = b"~runs";
 /// Written when a day partition is created by a version that keeps a scope's hour counter only
 /// for busy hours; older partitions (without it) keep one for every scope and hour.
 pub const SPARSE_COUNTERS: &[u8] = b"~sparse-counters";
+/// Written when a day partition is created by a version whose record runs open with a
+/// directory of their records (see [`encode_run`]); older partitions' runs interleave each
+/// record's entry with its bytes.
+pub const RUN_DIRECTORIES: &[u8] = b"~run-directories";
 /// Written (as a tombstone) by the tidy thread after merging a day partition; no scan reaches
 /// it, since every read is under one of the tags above.
 pub const TIDY: &[u8] = b"~tidy";
@@ -198,39 +203,85 @@ pub fn first_run_key(app: u32, ctime: Millis) -> [u8; 21] {
 }
 
 /// Appends a run's value: each record (sorted, the first at the run key's position `first`) as
-/// the step back to `first` (milliseconds, zigzag msgid), its length, and its bytes.
+/// an entry (the step back to `first` in milliseconds, the zigzag step back in msgid, its
+/// length) and its bytes. With `directory` (partitions holding [`RUN_DIRECTORIES`]) the
+/// entries come first, behind their length in bytes, and the records' bytes follow in order;
+/// otherwise each record's bytes follow its entry. A page wants one record of most runs it
+/// reads: through a directory it steps over ~6 bytes an entry instead of every record's
+/// ~400, one cache miss each in the runs of 1000 scattered messages (82% of finding them).
 pub fn encode_run<'a>(
     first: (Millis, u64),
-    records: impl Iterator<Item = ((Millis, u64), &'a [u8])>,
+    records: impl Iterator<Item = ((Millis, u64), &'a [u8])> + Clone,
+    directory: bool,
     v: &mut Vec<u8>,
 ) {
     use varint_rs::VarintWriter;
-    for ((ctime, msgid), rec) in records {
+    let entry = |v: &mut Vec<u8>, (ctime, msgid): (Millis, u64), len: usize| {
         let _ = v.write_u64_varint((ctime - first.0) as u64);
         let _ = v.write_i64_varint(msgid.wrapping_sub(first.1) as i64);
-        let _ = v.write_usize_varint(rec.len());
+        let _ = v.write_usize_varint(len);
+    };
+    if !directory {
+        for (pos, rec) in records {
+            entry(v, pos, rec.len());
+            v.extend_from_slice(rec);
+        }
+        return;
+    }
+    let at = v.len();
+    for (pos, rec) in records.clone() {
+        entry(v, pos, rec.len());
+    }
+    let mut len = Vec::with_capacity(2);
+    let _ = len.write_usize_varint(v.len() - at);
+    v.splice(at..at, len);
+    for (_, rec) in records {
         v.extend_from_slice(rec);
     }
 }
 
-/// The records of a run whose key holds `first`: each position and where its bytes lie in `v`
-/// (a truncated last record, which no writer makes, ends them).
+/// The records of a run whose key holds `first`, encoded with or without a `directory` (see
+/// [`encode_run`]): each position and where its bytes lie in `v` (a truncated entry or
+/// record, which no writer makes, ends them). Reads only the entries, never the bytes.
 pub fn run_records(
     first: (Millis, u64),
     v: &[u8],
+    directory: bool,
 ) -> impl Iterator<Item = ((Millis, u64), std::ops::Range<usize>)> + '_ {
     use varint_rs::VarintReader;
-    let mut rest = v;
+    // The entries still to read, and (with a directory) where the next record's bytes start.
+    let (mut entries, mut next) = (v, 0);
+    if directory {
+        let mut r = v;
+        let dir = r.read_usize_varint().ok().and_then(|n| {
+            let at = v.len() - r.len();
+            at.checked_add(n)
+                .filter(|end| *end <= v.len())
+                .map(|end| (at, end))
+        });
+        (entries, next) = match dir {
+            Some((at, end)) => (&v[at..end], end),
+            None => (&v[..0], v.len()),
+        };
+    }
     std::iter::from_fn(move || {
-        if rest.is_empty() {
+        if entries.is_empty() {
             return None;
         }
-        let back = rest.read_u64_varint().ok()?;
-        let id_back = rest.read_i64_varint().ok()?;
-        let len = rest.read_usize_varint().ok()?;
-        let start = v.len() - rest.len();
+        let back = entries.read_u64_varint().ok()?;
+        let id_back = entries.read_i64_varint().ok()?;
+        let len = entries.read_usize_varint().ok()?;
+        let start = if directory {
+            next
+        } else {
+            v.len() - entries.len()
+        };
         let end = start.checked_add(len).filter(|e| *e <= v.len())?;
-        rest = &v[end..];
+        if directory {
+            next = end;
+        } else {
+            entries = &v[end..];
+        }
         Some((
             (
                 first.0.wrapping_add(back as i64),
@@ -460,7 +511,7 @@ mod tests {
         }
 
         /// Whatever records a run holds (empty ones, ties in time, msgids either side of the
-        /// first), they decode to the positions and bytes encoded.
+        /// first), with or without a directory, they decode to the positions and bytes encoded.
         #[test]
         fn run_records_decode_to_what_was_encoded(
             first in (0i64..1 << 45, proptest::num::u64::ANY),
@@ -473,11 +524,24 @@ mod tests {
                 .into_iter()
                 .map(|(dt, id, rec)| ((first.0 + dt, id), rec))
                 .collect();
-            let mut v = Vec::new();
-            encode_run(first, records.iter().map(|(p, r)| (*p, r.as_slice())), &mut v);
-            let back: Vec<((Millis, u64), Vec<u8>)> =
-                run_records(first, &v).map(|(p, r)| (p, v[r].to_vec())).collect();
-            proptest::prop_assert_eq!(back, records);
+            for directory in [false, true] {
+                let mut v = vec![7u8; 3]; // appended after what is there
+                encode_run(first, records.iter().map(|(p, r)| (*p, r.as_slice())), directory, &mut v);
+                proptest::prop_assert_eq!(&v[..3], &[7u8; 3]);
+                let v = &v[3..];
+                let back: Vec<((Millis, u64), Vec<u8>)> = run_records(first, v, directory)
+                    .map(|(p, r)| (p, v[r].to_vec()))
+                    .collect();
+                proptest::prop_assert_eq!(&back, &records);
+                // A run cut short yields a prefix of its records, never bytes past its end.
+                for cut in [1, v.len() / 2, v.len() - 1] {
+                    let v = &v[..cut.min(v.len())];
+                    let back: Vec<((Millis, u64), Vec<u8>)> = run_records(first, v, directory)
+                        .map(|(p, r)| (p, v[r].to_vec()))
+                        .collect();
+                    proptest::prop_assert!(back.len() < records.len() && records.starts_with(&back));
+                }
+            }
         }
     }
 }

@@ -73,17 +73,20 @@ pub enum Format {
     /// [`EmbeddedConfig::busy_hour`] messages; the other hours are counted from their index
     /// chunks ([`keys::SPARSE_COUNTERS`]).
     SparseCounters,
+    /// Record runs open with a directory of their records ([`keys::RUN_DIRECTORIES`]).
+    RunDirectories,
 }
 
 impl Format {
-    pub const LATEST: Format = Format::SparseCounters;
+    pub const LATEST: Format = Format::RunDirectories;
 
     /// Marker keys, in format order: a partition holds those of its format and the ones before.
-    const MARKERS: [(Format, &'static [u8]); 4] = [
+    const MARKERS: [(Format, &'static [u8]); 5] = [
         (Format::Minutes, keys::MINUTES),
         (Format::Chunks, keys::CHUNKS),
         (Format::Runs, keys::RUNS),
         (Format::SparseCounters, keys::SPARSE_COUNTERS),
+        (Format::RunDirectories, keys::RUN_DIRECTORIES),
     ];
 }
 

@@ -71,6 +71,7 @@ pub(crate) fn page(inner: &Inner, app: &App, scope: &Scope, req: PageRequest) ->
             app: app.id,
             from,
             to: req.range.end,
+            directory: format >= Format::RunDirectories,
         };
         let go_on = match (scope, format) {
             (Scope::App, f) if f >= Format::Runs => walk.runs(&mut out)?,
@@ -155,6 +156,8 @@ struct Walk<'a> {
     app: u32,
     from: (Millis, u64),
     to: Millis,
+    /// Whether the partition's runs open with a directory ([`Format::RunDirectories`]).
+    directory: bool,
 }
 
 impl Walk<'_> {
@@ -209,7 +212,7 @@ impl Walk<'_> {
                     break;
                 }
                 let (_, v) = runs.next().expect("peeked")?;
-                for (pos, bytes) in keys::run_records(first, &v) {
+                for (pos, bytes) in keys::run_records(first, &v, self.directory) {
                     if pos >= from && pos.0 <= to {
                         let run = v.clone();
                         waiting.push(std::cmp::Reverse(Pending { pos, run, bytes }));
@@ -334,7 +337,7 @@ impl Records<'_> {
             // The first record wanted of a run: scanned to, not the whole run decoded (a sparse
             // scope wants one record of each run it reads: decoding all ~30 was a fifth of its
             // page). A run's records are in position order.
-            let found = keys::run_records(run, v)
+            let found = keys::run_records(run, v, self.walk.directory)
                 .take_while(|(p, _)| *p <= (ctime, msgid))
                 .find(|(p, _)| *p == (ctime, msgid));
             return match found {
@@ -345,7 +348,8 @@ impl Records<'_> {
         let v = &self.last.as_ref().expect("read before").1;
         if self.decoded.is_empty() {
             // A second record of the run: a dense scope's neighbours often share one.
-            self.decoded.extend(keys::run_records(run, v));
+            self.decoded
+                .extend(keys::run_records(run, v, self.walk.directory));
         }
         match self
             .decoded
@@ -533,9 +537,13 @@ impl Tally<'_> {
                 let lo = keys::first_run_key(self.app, from);
                 for kv in self.snap.range(&ks, lo.as_slice()..=hi.as_slice()) {
                     let (k, v) = kv.into_inner()?;
-                    n += keys::run_records(keys::position_of(&k), &v)
-                        .filter(|((ctime, _), _)| (from..=to).contains(ctime))
-                        .count() as u64;
+                    n += keys::run_records(
+                        keys::position_of(&k),
+                        &v,
+                        format >= Format::RunDirectories,
+                    )
+                    .filter(|((ctime, _), _)| (from..=to).contains(ctime))
+                    .count() as u64;
                 }
             } else {
                 for kv in self.snap.range(&ks, lo.as_slice()..=hi.as_slice()) {
@@ -685,7 +693,9 @@ pub(crate) fn backup(
         let mut prefix = vec![keys::MSG];
         prefix.extend_from_slice(&id.to_be_bytes());
         for (day, ks) in &days {
-            let runs = inner.format(*day) >= Format::Runs;
+            let format = inner.format(*day);
+            let runs = format >= Format::Runs;
+            let directory = format >= Format::RunDirectories;
             for kv in snap.prefix(ks, &prefix) {
                 let (k, v) = kv.into_inner()?;
                 let first = keys::position_of(&k);
@@ -695,7 +705,7 @@ pub(crate) fn backup(
                     Ok(())
                 };
                 if runs {
-                    for (pos, bytes) in keys::run_records(first, &v) {
+                    for (pos, bytes) in keys::run_records(first, &v, directory) {
                         one(pos, &v[bytes])?;
                     }
                 } else {

@@ -320,7 +320,7 @@ proptest::proptest! {
         cuts in proptest::collection::vec(1usize..40, 1..8),
         cache in 0usize..12,
         restart_after in proptest::option::of(0usize..8),
-        format in proptest::sample::select(vec![Format::Minutes, Format::Chunks, Format::Runs, Format::SparseCounters]),
+        format in proptest::sample::select(vec![Format::Minutes, Format::Chunks, Format::Runs, Format::SparseCounters, Format::RunDirectories]),
         busy in proptest::sample::select(vec![1u64, 3, 32]),
         span in proptest::sample::select(vec![2i64, 60]),
     ) {
@@ -489,6 +489,7 @@ async fn partial_hours_count_the_same_in_every_format() {
         Format::Chunks,
         Format::Runs,
         Format::SparseCounters,
+        Format::RunDirectories,
     ] {
         let dir = tempfile::tempdir().unwrap();
         let config = EmbeddedConfig {
@@ -517,7 +518,7 @@ async fn partial_hours_count_the_same_in_every_format() {
 
 /// Walks of the app's and a user's messages across partitions of every format still
 /// written (one index key and one record per message; index chunks; record runs; chunks
-/// carrying counts), in pages
+/// carrying counts; runs opening with a directory), in pages
 /// of every size: every message once, in order, with the right total, whether the window's
 /// edges cut hours or not. Each later partition is written in commits that interleave in
 /// time, so that runs and chunks of one hour overlap.
@@ -529,6 +530,7 @@ async fn walks_read_partitions_of_every_format_alike() {
         Format::Chunks,
         Format::Runs,
         Format::SparseCounters,
+        Format::RunDirectories,
     ];
     let line = |msgid: u64, t: Millis, from: &str| single(msgid, t, from);
     // Per format, a partition day: fours of messages 0, 5, 10 and 10 s after the fours'

@@ -12,14 +12,15 @@ impl Writer {
         let mut runs: HashMap<(i64, u32), Vec<Position>> = HashMap::default();
         for ((day, app), mut recs) in g.records.drain() {
             recs.sort_unstable_by_key(|r| r.0);
-            let ks = &g.partitions[&day].0;
+            let (ks, format) = &g.partitions[&day];
+            let directory = *format >= Format::RunDirectories;
             let mut firsts = Vec::with_capacity(recs.len() / keys::RUN_MAX + 1);
             for run in cut_runs(&recs) {
                 let first = run[0].0;
                 let bytes = |(s, e): ArenaRange| s..e;
                 g.rec.clear();
                 let records = run.iter().map(|r| (r.0, &g.arena[bytes(r.1)]));
-                keys::encode_run(first, records, &mut g.rec);
+                keys::encode_run(first, records, directory, &mut g.rec);
                 g.staged
                     .put(ks, keys::msg_key(app, first.0, first.1), g.rec.as_slice());
                 firsts.push(first);
