@@ -380,13 +380,24 @@ proptest::proptest! {
                 }
                 batch += 1;
             }
-            // In sparse partitions, a scope's hour below `busy` has no counter.
+            // In sparse partitions, a scope's hour below `busy` has a counter only if the
+            // writer had to count it from the store (it no longer held the hour, or restarted
+            // since): then it counts the hour's messages like any other.
             let app_scope = keys::scope_prefix(keys::CNT, app.id, &Scope::App);
-            model.retain(|(_, key), n| {
-                format < Format::SparseCounters
+            let mut optional = 0;
+            model.retain(|(day, key), n| {
+                let needed = format < Format::SparseCounters
                     || key[0] == keys::MIN_CNT
                     || key.starts_with(&app_scope)
-                    || *n >= busy
+                    || *n >= busy;
+                if !needed {
+                    let stored = store.inner.day(*day).unwrap().get(key).unwrap();
+                    if let Some(v) = stored {
+                        assert_eq!(keys::u64_value(&v), *n, "a quiet hour's counter");
+                        optional += 1;
+                    }
+                }
+                needed
             });
             for ((day, key), n) in &model {
                 let stored = store.inner.day(*day).unwrap().get(key).unwrap();
@@ -405,8 +416,74 @@ proptest::proptest! {
                 .values()
                 .map(|ks| ks.prefix([keys::CNT]).count() + ks.prefix([keys::MIN_CNT]).count())
                 .sum();
-            assert_eq!(stored, model.len(), "no counter beyond the model's");
+            assert_eq!(stored, model.len() + optional, "no counter beyond the model's");
         });
+    }
+}
+
+/// A quiet hour the writer no longer holds is counted from its chunks once, then keeps a
+/// counter (so that its next write reads one key); one it holds gets none.
+#[tokio::test]
+async fn a_quiet_hour_counted_from_its_chunks_keeps_a_counter() {
+    for (cache, counted) in [(0, true), (128, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EmbeddedConfig {
+            counter_cache_keys: cache,
+            ..test_config()
+        };
+        let (store, app) = store_with_app(dir.path(), config).await;
+        let t = T0 - 3 * MILLIS_PER_HOUR;
+        for i in 0..3 {
+            let line = single(i + 1, t + i as i64, "quiet");
+            assert_eq!(ingest(&store, &app, &[line]).await.accepted, 1);
+        }
+        let prefix = keys::scope_prefix(keys::CNT, app.id, &Scope::User("quiet".into()));
+        let key = keys::counter_key(&prefix, (t / MILLIS_PER_HOUR) as u32);
+        let day = store.inner.pday(t);
+        let stored = store.inner.day(day).unwrap().get(key).unwrap();
+        assert_eq!(
+            stored.map(|v| keys::u64_value(&v)),
+            counted.then_some(3),
+            "cache {cache}"
+        );
+        let user = Scope::User("quiet".into());
+        let hour = t.div_euclid(MILLIS_PER_HOUR) * MILLIS_PER_HOUR;
+        assert_eq!(
+            scope_total(&store, &app, &user, hour, hour + MILLIS_PER_HOUR - 1).await,
+            3
+        );
+    }
+}
+
+/// A restarted writer holds the hours after the last message of a partition it finds: a quiet
+/// hour written there gets no counter (no read), while one it had written before the restart
+/// is read and keeps one; both count every message.
+#[tokio::test]
+async fn a_restarted_writer_holds_the_hours_after_a_partitions_last_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, app) = store_with_app(dir.path(), test_config()).await;
+    let early = T0 - 3 * MILLIS_PER_HOUR;
+    let late = early + MILLIS_PER_HOUR;
+    assert_eq!(store.inner.pday(early), store.inner.pday(late));
+    let write = |msgid: u64, t: Millis| vec![single(msgid, t, "quiet")];
+    assert_eq!(ingest(&store, &app, &write(1, early)).await.accepted, 1);
+    drop(store);
+    let store = reopen(dir.path(), test_config()).await;
+    for (msgid, t) in [(2, late), (3, late + 1), (4, early + 1)] {
+        assert_eq!(ingest(&store, &app, &write(msgid, t)).await.accepted, 1);
+    }
+    let user = Scope::User("quiet".into());
+    let prefix = keys::scope_prefix(keys::CNT, app.id, &user);
+    let ks = store.inner.day(store.inner.pday(early)).unwrap();
+    for (t, counter) in [(early, Some(2)), (late, None)] {
+        let key = keys::counter_key(&prefix, (t / MILLIS_PER_HOUR) as u32);
+        let stored = ks.get(key).unwrap().map(|v| keys::u64_value(&v));
+        assert_eq!(stored, counter, "hour at {t}");
+        let hour = t.div_euclid(MILLIS_PER_HOUR) * MILLIS_PER_HOUR;
+        assert_eq!(
+            scope_total(&store, &app, &user, hour, hour + MILLIS_PER_HOUR - 1).await,
+            2
+        );
     }
 }
 

@@ -35,7 +35,15 @@ impl Writer {
             Some(p) => p.clone(),
             None => {
                 let ks = match inner.day(day) {
-                    Some(ks) => ks,
+                    Some(ks) => {
+                        if !self.counters.days.contains_key(&day) {
+                            let last = last_message(&inner, &ks)?;
+                            self.counters
+                                .days
+                                .insert(day, DayCounters::holding_through(last));
+                        }
+                        ks
+                    }
                     None => {
                         let ks = inner.day_or_create(day)?;
                         self.counters.days.insert(day, DayCounters::default());
@@ -315,4 +323,26 @@ fn tally(g: &mut Group, app: u32, mark: Mark<'_>) {
             deltas.insert(PresenceKey::from_slice(&g.key), 1);
         }
     }
+}
+
+/// The latest instant any app's message in partition `ks` can have (its last run's first
+/// position plus a run's span), if it holds any.
+fn last_message(inner: &Inner, ks: &Keyspace) -> Result<Option<Millis>> {
+    let apps: Vec<u32> = inner
+        .apps
+        .read()
+        .expect("lock")
+        .values()
+        .map(|a| a.id)
+        .collect();
+    let mut last = None;
+    for app in apps {
+        let mut prefix = vec![keys::MSG];
+        prefix.extend_from_slice(&app.to_be_bytes());
+        if let Some(kv) = ks.prefix(&prefix).next_back() {
+            let (ctime, _) = keys::position_of(&kv.key()?);
+            last = last.max(Some(ctime + keys::RUN_SPAN));
+        }
+    }
+    Ok(last)
 }
