@@ -36,11 +36,10 @@ impl Writer {
             None => {
                 let ks = match inner.day(day) {
                     Some(ks) => {
-                        if !self.counters.days.contains_key(&day) {
-                            let last = last_message(&inner, &ks)?;
-                            self.counters
-                                .days
-                                .insert(day, DayCounters::holding_through(last));
+                        if let std::collections::hash_map::Entry::Vacant(e) =
+                            self.counters.days.entry(day)
+                        {
+                            e.insert(DayCounters::holding_through(last_message(&inner, &ks)?));
                         }
                         ks
                     }
