@@ -73,18 +73,26 @@ impl Writer {
                     // A busy hour has a counter (readers count the chunks of the others); the
                     // cache holds every hour's count, keyed by the counter prefix. An hour the
                     // cache no longer holds (a late message, a backfill, the first writes after
-                    // a restart) is read from the store, and then keeps a counter whatever its
-                    // count, so that its next write reads one key rather than counting its
-                    // chunks again: those counts were 62% of the writer's time while a
-                    // backfill swept a week it had written. A held hour never has one below
+                    // a restart) is read from the store: its counter if it has one, else (unless
+                    // the hour's sketch says the scope stays quiet, see `counters::Sketch`) by
+                    // counting its chunks, and then it keeps a counter whatever its count, so
+                    // that its next write reads one key. A held hour never has one below
                     // `busy_hour` (an hour once dropped stays dropped).
                     prefix[0] = keys::CNT;
+                    let new = positions.len() as u64;
+                    let busy = inner.config.busy_hour;
                     let (before, read) = match self.counters.get(day, hour, &prefix) {
                         Some(n) => (n, false),
-                        None => (stored_hour_count(ks, &prefix, hour)?, true),
+                        None => match ks.get(keys::counter_key(&prefix, hour))? {
+                            Some(v) => (keys::u64_value(&v), true),
+                            None if self.counters.add_if_quiet(day, hour, &prefix, new, busy) => {
+                                continue;
+                            }
+                            None => (chunk_count(ks, &prefix, hour)?, true),
+                        },
                     };
                     let total = before + positions.len() as u64;
-                    if total >= inner.config.busy_hour || read {
+                    if total >= busy || read {
                         g.staged
                             .put(ks, keys::counter_key(&prefix, hour), total.to_be_bytes());
                     }
@@ -215,7 +223,8 @@ impl Writer {
         for (day, hour, key, n) in counted {
             self.counters.set(day, hour, key, n);
         }
-        self.counters.trim(inner.config.counter_cache_keys);
+        self.counters
+            .trim(inner.config.counter_cache_keys, inner.config.busy_hour);
         if let Some(&newest) = self.present.keys().max() {
             self.present.retain(|d, _| *d > newest - PRESENT_DAYS);
             let present = &self.present;
@@ -229,13 +238,10 @@ impl Writer {
     }
 }
 
-/// A scope's messages in one hour of a [`Format::SparseCounters`] partition (`prefix` from
-/// [`keys::scope_prefix`] with [`keys::CNT`]): its counter if it has one, else the positions
-/// in its index chunks.
-fn stored_hour_count(ks: &Keyspace, prefix: &[u8], hour: u32) -> Result<u64> {
-    if let Some(v) = ks.get(keys::counter_key(prefix, hour))? {
-        return Ok(keys::u64_value(&v));
-    }
+/// A scope's messages in one hour of a [`Format::SparseCounters`] partition that has no
+/// counter for it (`prefix` from [`keys::scope_prefix`] with [`keys::CNT`]): the positions in
+/// its index chunks.
+fn chunk_count(ks: &Keyspace, prefix: &[u8], hour: u32) -> Result<u64> {
     let mut chunk = prefix.to_vec();
     chunk[0] = keys::CHUNK;
     let lo = keys::chunk_key(&chunk, hour, 0);

@@ -399,8 +399,9 @@ impl Writer {
         quiet.sort_unstable_by(|a, b| b.cmp(a));
         for day in quiet {
             self.written.remove(&day);
-            // Its writes have moved on; late ones can afford a read.
-            self.counters.drop_day(day);
+            // Its writes have moved on; late ones can afford a read (or none, if its sketch
+            // says the scope stays quiet).
+            self.counters.drop_day(day, self.inner.config.busy_hour);
             if let Some(ks) = self.inner.day(day)
                 && ks.l0_table_count() > 1
             {
