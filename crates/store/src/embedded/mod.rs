@@ -209,6 +209,16 @@ impl Inner {
             .unwrap_or(Format::Plain)
     }
 
+    /// The ids of every app.
+    fn app_ids(&self) -> Vec<u32> {
+        self.apps
+            .read()
+            .expect("lock")
+            .values()
+            .map(|a| a.id)
+            .collect()
+    }
+
     fn day(&self, day: i64) -> Option<Keyspace> {
         self.days.read().expect("lock").get(&day).cloned()
     }

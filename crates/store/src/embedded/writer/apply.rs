@@ -327,15 +327,8 @@ fn tally(g: &mut Group, app: u32, mark: Mark<'_>) {
 /// The latest instant any app's message in partition `ks` can have (its last run's first
 /// position plus a run's span), if it holds any.
 fn last_message(inner: &Inner, ks: &Keyspace) -> Result<Option<Millis>> {
-    let apps: Vec<u32> = inner
-        .apps
-        .read()
-        .expect("lock")
-        .values()
-        .map(|a| a.id)
-        .collect();
     let mut last = None;
-    for app in apps {
+    for app in inner.app_ids() {
         let mut prefix = vec![keys::MSG];
         prefix.extend_from_slice(&app.to_be_bytes());
         if let Some(kv) = ks.prefix(&prefix).next_back() {

@@ -453,15 +453,8 @@ impl Writer {
         for ks in old_days.into_iter().chain(old_acts) {
             inner.db.delete_keyspace(ks)?;
         }
-        let apps: Vec<u32> = inner
-            .apps
-            .read()
-            .expect("lock")
-            .values()
-            .map(|a| a.id)
-            .collect();
         let mut batch = inner.db.batch();
-        for app in apps {
+        for app in inner.app_ids() {
             for (kind, upto) in [
                 (keys::STAT_DAY, stats_horizon),
                 (keys::STAT_HOUR, stats_horizon * 24),
