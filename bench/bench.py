@@ -16,6 +16,7 @@ import re
 import socket
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -582,24 +583,38 @@ def stats_figures(sys_, w, tag=""):
 DURING_S = 5 if SMOKE else 90
 
 
-def during_ingest(sys_, w, rate):
+def during_ingest(sys_, w, rate, live):
     """First pages and statistics again, while `imreport loadgen` posts more of the same traffic
-    (new msgids, the same 7 days) at `rate` messages/s in batches of 1000 from 2 clients."""
+    (new msgids) at `rate` messages/s in batches of 1000 from 2 clients: live (each message
+    stamped with the second it is posted in, as a running app's traffic arrives) or a backfill
+    (the same 7 days as the load, in time order, as an import of the past)."""
     n = max(int(rate * DURING_S), 1000)
-    proc = subprocess.Popen([BIN, "loadgen", "--seed", "2", "--messages", str(n), "--days", "7", "--end", w.end_str,
-                             "--quiet", "--profile", w.profile, "--first-msgid", str(10**12), "--url", sys_.url,
+    first = 10**12 if live else 2 * 10**12
+    span = ["--live"] if live else ["--days", "7", "--end", w.end_str]
+    proc = subprocess.Popen([BIN, "loadgen", "--seed", "3" if live else "2", "--messages", str(n), *span,
+                             "--quiet", "--profile", w.profile, "--first-msgid", str(first), "--url", sys_.url,
                              "--app-key", KEY, "--master-secret", SECRET, "--concurrency", "2", "--batch", "1000",
                              "--rate", f"{rate:.0f}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(min(2, DURING_S / 2))
-    r = {"rate": rate, "first_page": first_pages(sys_, w, " while ingesting"),
-         "stats": stats_figures(sys_, w, " while ingesting")}
+    tag = " while ingesting" + ("" if live else " (backfill)")
+    r = {"rate": rate, "live": live, "first_page": first_pages(sys_, w, tag), "stats": stats_figures(sys_, w, tag)}
     r["ingest_ran_throughout"] = proc.poll() is None
-    proc.kill()
-    proc.wait()
-    if not r["ingest_ran_throughout"] and proc.returncode != 0:
-        raise RuntimeError(f"the ingest during the queries failed: {proc.stderr.read().strip()}")
+    # Stopped with SIGINT, loadgen lets the batches in flight finish and prints what it posted.
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"the ingest during the queries failed ({proc.returncode}): {err.strip()}")
     if not r["ingest_ran_throughout"]:
-        log(f"NOTE: the ingest during the queries ended before them: {proc.stderr.read().strip()}")
+        log(f"NOTE: the ingest during the queries ended before them: {err.strip()}")
+    # The rate it reached over its run (it starts 2 s before the queries and ends with them).
+    m = re.search(r"in ([0-9.]+) s: ([0-9]+) messages/s", err)
+    r["reached"] = float(m.group(2)) if m else None
+    log(f"   while ingesting ({'live' if live else 'backfill'}): asked {rate:,.0f} messages/s, reached "
+        + (f"{r['reached']:,.0f}" if m else f"? ({err.strip()[-200:]})"))
     return r
 
 
@@ -727,8 +742,10 @@ def run_size(n, profile, work):
                 + "; querying")
             results[s.name] = {"ingest_per_sec": rate, "settle_s": settle, **measure(s, w)}
             if cls is Imreport:
-                # Queries while ingest runs at half the rate just measured.
-                results[s.name]["during_ingest"] = during_ingest(s, w, rate / 2)
+                # Queries while ingest runs at half the rate just measured: live traffic (the
+                # targets' case), then a backfill of the loaded week (harder: see LIMITS).
+                results[s.name]["during_ingest"] = during_ingest(s, w, rate / 2, live=True)
+                results[s.name]["during_backfill"] = during_ingest(s, w, rate / 2, live=False)
         finally:
             s.close()
     for name, r in results.items():
@@ -808,10 +825,14 @@ def report(runs, cmd, date=None):
                 row(f"statistics {k} ({p}, ms)", [res[n]["stats"][k][p] for n in names], False)
         row("disk (bytes/message)", [res[n]["bytes_per_message"] for n in names], False)
         row("peak RSS (MB)", [(res[n]["rss_peak"] or 0) / 2**20 or "n/a" for n in names], False)
-        d = res[imr].get("during_ingest")
-        if d:
-            lines += ["", f"imreport while `imreport loadgen` posts more of the same traffic at {d['rate']:,.0f} "
-                      "messages/s (half its measured ingest), in batches of 1000 from 2 clients"
+        during = [d for d in (res[imr].get("during_ingest"), res[imr].get("during_backfill")) if d]
+        for d in during:
+            reached = d.get("reached")
+            what = ("live traffic (each message stamped with the second it is posted in)" if d.get("live", True)
+                    else "a backfill of the loaded week (the same 7 days, in time order)")
+            lines += ["", f"imreport while `imreport loadgen` posts {what} at {d['rate']:,.0f} messages/s asked "
+                      "(half its measured ingest)" + (f", {reached:,.0f} reached" if reached else "")
+                      + ", in batches of 1000 from 2 clients"
                       + ("" if d["ingest_ran_throughout"] else " (the ingest ended before the queries did)") + ":", "",
                       "| figure | p50 (ms) | p99 (ms) |", "|---|---|---|"]
             for k, v in d["first_page"].items():
@@ -821,13 +842,14 @@ def report(runs, cmd, date=None):
         if "server_p99" in next(iter(res[imr]["first_page"].values())):
             # What of each imreport figure is the server's own time (its Server-Timing header):
             # the rest is the loopback and the Python client decoding the answer.
-            cols = ["idle"] + (["while ingesting"] if d else [])
+            cols = ["idle"] + [("while ingesting live" if d.get("live", True) else "while backfilling")
+                               for d in during]
             lines += ["", "imreport's own time for the same requests (its `Server-Timing` header; the figures above "
                       "add the loopback and the Python client decoding the answer), p50 / p99 in ms:", "",
                       "| figure | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
             for kind, label in (("first_page", "first page"), ("stats", "statistics")):
                 for k, v in res[imr][kind].items():
-                    cells = [v] + ([d[kind][k]] if d else [])
+                    cells = [v] + [d[kind][k] for d in during]
                     lines.append(f"| {label} {k} | " + " | ".join(
                         f"{fmt_ms(c['server_p50'])} / {fmt_ms(c['server_p99'])}" if "server_p99" in c else "" for c in cells) + " |")
         same = all(res[n].get("totals") == res[imr].get("totals") for n in names)

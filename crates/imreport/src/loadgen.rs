@@ -104,9 +104,18 @@ pub struct LoadgenArgs {
     /// No progress bar
     #[arg(long)]
     pub quiet: bool,
+    /// Live traffic: each message carries the time it is due to be posted at (from the start,
+    /// --rate messages a second) instead of a time in the --days ending at --end; needs --rate
+    #[arg(long, requires = "rate")]
+    pub live: bool,
 }
 
 impl LoadgenArgs {
+    /// The rate live traffic is generated at, when it is live.
+    pub fn live_rate(&self) -> Option<f64> {
+        self.rate.filter(|r| self.live && *r > 0.0)
+    }
+
     /// Users, groups and chatrooms, and the Zipf exponent of group and chatroom activity: as
     /// given, else the profile's.
     pub fn populations(&self) -> (u32, u32, u32, f64) {
@@ -141,6 +150,7 @@ impl LoadgenArgs {
             batch: 5_000,
             rate: None,
             quiet: true,
+            live: false,
         }
     }
 }

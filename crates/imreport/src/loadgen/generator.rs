@@ -133,10 +133,11 @@ pub struct Generator {
     groups: WeightedAliasIndex<f64>,
     chatrooms: WeightedAliasIndex<f64>,
     n_users: u32,
-    /// Messages left to place, per hour, from the first hour on.
+    /// Messages left to place, per slot (an hour; a second when live), from the first on.
     hours: Vec<u64>,
     hour_idx: usize,
     start_ms: i64,
+    slot_ms: i64,
     next_msgid: u64,
     pending: std::collections::VecDeque<GenEvent>,
     registered: HashSet<u32>,
@@ -148,27 +149,60 @@ pub struct Generator {
 
 const HOUR: i64 = 3_600_000;
 
+/// Messages per hour of `days` ending at `end_ms`, on a diurnal curve: quiet at 04:00, busiest
+/// around 21:00 in the report zone. Returns the counts, the first hour's start and the slot.
+fn diurnal_hours(
+    tz: &imreport_domain::time::ReportTz,
+    messages: u64,
+    days: u32,
+    end_ms: i64,
+) -> (Vec<u64>, i64, i64) {
+    let n_hours = (days.max(1) as usize) * 24;
+    let start_ms = end_ms - n_hours as i64 * HOUR + 1;
+    let weights: Vec<f64> = (0..n_hours)
+        .map(|h| {
+            let local_hour = tz.civil_hour(start_ms + h as i64 * HOUR).rem_euclid(24) as f64;
+            1.0 + 0.85 * ((local_hour - 15.0) / 24.0 * std::f64::consts::TAU).sin()
+        })
+        .collect();
+    let sum: f64 = weights.iter().sum();
+    (spread(messages, &weights, sum), start_ms, HOUR)
+}
+
+/// Live traffic: `rate` messages in each second from `now_ms`, so that a message posted on
+/// schedule carries (within a second) the time it is posted at.
+fn live_slots(messages: u64, rate: f64, now_ms: i64) -> (Vec<u64>, i64, i64) {
+    let seconds = (messages as f64 / rate).ceil().max(1.0) as usize;
+    let weights = vec![1.0; seconds];
+    // Each second gets `rate`, the last what is left (the running total is capped).
+    (
+        spread(messages, &weights, messages as f64 / rate),
+        now_ms,
+        1000,
+    )
+}
+
+/// `messages` split over slots in proportion to `weights` (of total `sum`), rounding so that
+/// the running total stays exact.
+fn spread(messages: u64, weights: &[f64], sum: f64) -> Vec<u64> {
+    let mut out = Vec::with_capacity(weights.len());
+    let (mut placed, mut acc) = (0u64, 0.0);
+    for w in weights {
+        acc += w / sum * messages as f64;
+        let upto = (acc.round() as u64).min(messages);
+        out.push(upto - placed);
+        placed = upto;
+    }
+    out
+}
+
 impl Generator {
     pub fn new(a: &LoadgenArgs, end_ms: i64) -> Result<Self> {
         let tz = imreport_domain::time::ReportTz::new(&a.report_tz)?;
-        let n_hours = (a.days.max(1) as usize) * 24;
-        let start_ms = end_ms - n_hours as i64 * HOUR + 1;
-        // Diurnal weight: quiet at 04:00, busiest around 21:00 local time.
-        let weights: Vec<f64> = (0..n_hours)
-            .map(|h| {
-                let local_hour = tz.civil_hour(start_ms + h as i64 * HOUR).rem_euclid(24) as f64;
-                1.0 + 0.85 * ((local_hour - 15.0) / 24.0 * std::f64::consts::TAU).sin()
-            })
-            .collect();
-        let sum: f64 = weights.iter().sum();
-        let mut hours = Vec::with_capacity(n_hours);
-        let (mut placed, mut acc) = (0u64, 0.0);
-        for w in &weights {
-            acc += w / sum * a.messages as f64;
-            let upto = acc.round() as u64;
-            hours.push(upto - placed);
-            placed = upto;
-        }
+        let (hours, start_ms, slot_ms) = match a.live_rate() {
+            Some(rate) => live_slots(a.messages, rate, jiff::Timestamp::now().as_millisecond()),
+            None => diurnal_hours(&tz, a.messages, a.days, end_ms),
+        };
         // Zipf (exponent 1.07) over the ranks as an alias table: one draw is two random numbers
         // and a lookup, where rand_distr's `Zipf` (rejection sampling, a `powf` or more per
         // draw) was ~30% of the generator's CPU, which shares the machine with the server in
@@ -192,6 +226,7 @@ impl Generator {
             hours,
             hour_idx: 0,
             start_ms,
+            slot_ms,
             next_msgid: a.first_msgid,
             pending: Default::default(),
             registered: HashSet::new(),
@@ -332,11 +367,11 @@ impl Generator {
             return false;
         }
         let n = self.hours[self.hour_idx];
-        let hour_start = self.start_ms + self.hour_idx as i64 * HOUR;
+        let hour_start = self.start_ms + self.hour_idx as i64 * self.slot_ms;
         self.hour_idx += 1;
         let mut times: Vec<i64> = Vec::with_capacity(n as usize);
         while (times.len() as u64) < n {
-            let t = hour_start + self.rng.random_range(0..HOUR);
+            let t = hour_start + self.rng.random_range(0..self.slot_ms);
             // About 1% of messages open a burst sharing one millisecond.
             let burst = if self.rng.random_bool(0.01) {
                 self.rng.random_range(5..200)

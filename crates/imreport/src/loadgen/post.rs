@@ -33,13 +33,25 @@ pub(super) async fn post(
     let batch = a.batch.max(1);
     let (ready, batches) = tokio::sync::mpsc::channel::<(bytes::Bytes, u64, u64)>(clients);
     let rate = a.rate.filter(|r| *r > 0.0);
+    // Ctrl-C (SIGINT) stops releasing batches: those in flight are answered and the summary is
+    // printed (the benchmark reads the rate reached from it); a second one exits at once.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
     let producer = std::thread::Builder::new()
         .name("loadgen".into())
         .spawn(move || {
             let mut events = generator.peekable();
             let mut body = String::with_capacity(batch * 256);
             let (started, mut released) = (Instant::now(), 0u64);
-            while events.peek().is_some() {
+            while events.peek().is_some() && !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 body.clear();
                 let (mut n, mut msgs) = (0u64, 0u64);
                 for e in events.by_ref().take(batch) {

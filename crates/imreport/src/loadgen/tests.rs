@@ -192,3 +192,37 @@ fn each_profile_generates_the_same_bytes_as_before() {
         assert_eq!((got.as_str(), all.len()), (digest, len), "{profile}");
     }
 }
+
+#[test]
+fn live_traffic_carries_the_seconds_it_is_due_in() {
+    let mut a = args(&["--live", "--rate", "1000"]);
+    a.messages = 3500;
+    let before = jiff::Timestamp::now().as_millisecond();
+    let events: Vec<serde_json::Value> = lines(&a)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let after = jiff::Timestamp::now().as_millisecond();
+    let times: Vec<i64> = events
+        .iter()
+        .filter(|e| e["event"] == "message")
+        .map(|m| m["msg_ctime"].as_i64().unwrap())
+        .collect();
+    assert_eq!(times.len(), 3500);
+    assert!(times.windows(2).all(|w| w[0] <= w[1]));
+    // 1000 a second from the start: the i-th message is due in second i / 1000 (the last,
+    // partial second holds the 500 left), whatever --days and --end say.
+    for (i, t) in times.iter().enumerate() {
+        let second = i as i64 / 1000;
+        assert!(
+            (before + second * 1000..after + (second + 1) * 1000).contains(t),
+            "message {i} at {t}, started between {before} and {after}"
+        );
+    }
+}
+
+#[test]
+fn live_traffic_needs_a_rate() {
+    let v = ["x", "--messages", "10", "--live"];
+    assert!(Wrap::try_parse_from(v).is_err());
+}
