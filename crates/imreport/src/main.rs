@@ -21,10 +21,18 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 const PURGE_DELAY_MS: std::ffi::c_long = 200;
 
 fn tune_allocator() {
+    set_purge_delay();
+    disable_huge_pages();
+}
+
+fn set_purge_delay() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets a plain integer option; mimalloc reads options atomically.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
     }
+}
+
+fn disable_huge_pages() {
     // No transparent huge pages for this process (`MIMALLOC_ALLOW_THP=1` keeps them). mimalloc
     // asks for them on its arenas, and memory it purged (a flushed memtable, a decoded batch)
     // came back as a whole 2 MiB page zeroed at its first touch: a tenth of the writer's and the
@@ -170,7 +178,9 @@ mod tests {
     use super::*;
 
     /// Index 15 is mimalloc's purge delay: the only option whose default is 1000 (ms), and
-    /// `tune_allocator` sets it (unless the environment chose a value).
+    /// `tune_allocator` sets it (unless the environment chose a value). Each test calls only
+    /// its own half: `cargo test` runs them on threads of one process, and the other half
+    /// setting the delay first read as a wrong default.
     #[test]
     fn the_purge_delay_option_is_the_one_set() {
         if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
@@ -179,7 +189,7 @@ mod tests {
         // SAFETY: reads a plain integer option.
         let get = || unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
         assert_eq!(get(), 1000, "mimalloc 3's default purge delay");
-        tune_allocator();
+        set_purge_delay();
         assert_eq!(get(), PURGE_DELAY_MS);
     }
 
@@ -190,7 +200,7 @@ mod tests {
         if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
             return;
         }
-        tune_allocator();
+        disable_huge_pages();
         assert!(rustix::thread::transparent_huge_pages_are_disabled().unwrap());
     }
 }
