@@ -287,6 +287,7 @@ fn day_options() -> KeyspaceCreateOptions {
     ))
 }
 const L0_TABLES: u8 = 16;
+const FJALL_WORKERS: usize = 1;
 const PARTITION_OFFSET: &str = "partition_offset_ms";
 
 impl EmbeddedStore {
@@ -320,7 +321,14 @@ impl EmbeddedStore {
             .max_journaling_size(JOURNAL_BYTES)
             // Uncompressed: the writer compressed every batch it journaled (an eighth of its
             // time), for a file deleted once its memtables are flushed (bench/LIMITS.md).
-            .journal_compression(fjall::CompressionType::None);
+            .journal_compression(fjall::CompressionType::None)
+            // One background worker for flushes and compactions. With more, fjall's first
+            // worker hands every compaction request back to their shared queue and takes it
+            // straight back for as long as another worker compacts: a core spinning through
+            // each merge of a growing day partition. 10M loaded, then live traffic at 130k
+            // messages/s: fjall 82-83% of a core with two, 45% with one, which reached the
+            // asked rate (122k with two) and loaded as fast (bench/LIMITS.md, Session 21).
+            .worker_threads(FJALL_WORKERS);
         let db = match builder.open() {
             Err(fjall::Error::Locked) => return Err(StoreError::Locked(dir.display().to_string())),
             other => other?,
