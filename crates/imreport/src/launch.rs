@@ -13,6 +13,7 @@ use imreport_server::{AppState, BodyLimits, Capacity, ConnLimits, Connections, a
 use imreport_store::Store;
 use imreport_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use imreport_store::postgres::{PostgresConfig, PostgresStore};
+use imreport_store::priority::IngestPool;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -78,6 +79,7 @@ pub async fn open_store(s: &Settings, clock: &Clock) -> Result<Stores> {
         StoreChoice::Embedded => {
             let config = EmbeddedConfig {
                 busy_hour: s.busy_hour,
+                ingest_nice: s.ingest_nice,
                 ..EmbeddedConfig::new(
                     s.retention_days,
                     s.queue_depth,
@@ -142,6 +144,11 @@ async fn cursor_key(s: &Settings, pg: Option<&PostgresStore>) -> Result<CursorKe
     Ok(CursorKey::from_text(&text)?)
 }
 
+/// The threads that decode ingest bodies (HTTP and stream intake alike), at `ingest_nice`.
+pub fn ingest_pool(s: &Settings) -> Result<IngestPool> {
+    IngestPool::new(s.ingest_nice).context("cannot start the ingest threads")
+}
+
 /// The HTTP layer's state for these settings.
 pub async fn state(s: &Settings, stores: &Stores, hooks: &Hooks) -> Result<AppState> {
     let store = match hooks.wrap_store {
@@ -167,6 +174,7 @@ pub async fn state(s: &Settings, stores: &Stores, hooks: &Hooks) -> Result<AppSt
         },
         Settings::secs(s.busy_wait_secs),
         Settings::secs(s.console_session_secs),
+        ingest_pool(s)?,
     );
     if s.rate_limit > 0 {
         state.rate_limit = Some(Arc::new(RateLimiter::new(
@@ -456,6 +464,7 @@ pub async fn start(s: &Settings, hooks: Hooks) -> Result<Running> {
             clock: hooks.clock.clone(),
             status: status.clone(),
             batch: s.nats_batch,
+            pool: state.ingest_pool.clone(),
         };
         tasks.push(tokio::spawn(consume_nats(config, engine, until_stopped())));
         let shown: admin::StatusFn = Arc::new(move || status.to_json());

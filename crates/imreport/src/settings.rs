@@ -102,6 +102,11 @@ settings! {
     /// Ingest requests read, decoded and stored at once, shared fairly between apps (each may
     /// hold about 3 x max_body_bytes).
     ingest_concurrency: usize = 8;
+    /// How many nice steps (0-19) below the rest of the process ingest's CPU work runs:
+    /// decoding bodies, and in the embedded store its writer, fsync and merge threads, so that
+    /// history and statistics requests take the cores first while ingest keeps them busy (0:
+    /// the same priority).
+    ingest_nice: i32 = imreport_store::priority::DEFAULT_INGEST_NICE;
     /// History pages built at once, shared fairly between apps.
     page_concurrency: usize = 8;
     /// Memory (MiB) for history pages built and not yet sent, shared fairly between apps.
@@ -198,6 +203,10 @@ impl Settings {
         );
         anyhow::ensure!(self.pg_pool_size >= 2, "pg_pool_size must be at least 2");
         anyhow::ensure!(self.busy_hour >= 1, "busy_hour must be at least 1");
+        anyhow::ensure!(
+            (0..=19).contains(&self.ingest_nice),
+            "ingest_nice must be 0 to 19"
+        );
         anyhow::ensure!(
             self.pg_standby_max_lag_secs.is_finite() && self.pg_standby_max_lag_secs >= 0.0,
             "pg_standby_max_lag_secs must be a number of seconds, 0 or more"

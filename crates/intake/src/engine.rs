@@ -22,6 +22,8 @@ pub struct Engine {
     pub status: Arc<Status>,
     /// Most messages taken at once.
     pub batch: usize,
+    /// Where payloads are decoded: threads below the queries' priority.
+    pub pool: imreport_store::priority::IngestPool,
 }
 
 /// What became of a group of messages.
@@ -114,15 +116,16 @@ impl Engine {
         };
         let payloads: Vec<_> = group.iter().map(|d| d.payload()).collect();
         let (now, limits, k) = (self.clock.now_ms(), self.limits, key.to_owned());
-        // Decoding megabytes of JSON is kept off the async workers.
-        let decoded = tokio::task::spawn_blocking(move || {
-            payloads
-                .iter()
-                .map(|p| decode(p, &k, now, &limits))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        // Decoding megabytes of JSON is kept off the async workers, below the queries' priority.
+        let decoded = self
+            .pool
+            .run(move || {
+                payloads
+                    .iter()
+                    .map(|p| decode(p, &k, now, &limits))
+                    .collect::<Vec<_>>()
+            })
+            .await;
         let mut good: Ds = Vec::new();
         let mut events = Vec::new();
         for (d, r) in group.into_iter().zip(decoded) {

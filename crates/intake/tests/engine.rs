@@ -169,6 +169,7 @@ impl Rig {
             clock: Clock::manual(NOW),
             status: self.status.clone(),
             batch,
+            pool: imreport_store::priority::IngestPool::new(0).unwrap(),
         };
         let source = FakeSource(self.script.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -93,10 +93,17 @@ async fn store_batch(
         let now = st.clock.now_ms();
         let limits = st.limits;
         let key = app.key.clone();
-        // Parsing 16 MiB of JSON takes tens of milliseconds: keep it off the async workers.
-        let events = tokio::task::spawn_blocking(move || decode(&bytes, &key, now, &limits))
-            .await
-            .map_err(ApiError::internal)??;
+        // Parsing 16 MiB of JSON takes tens of milliseconds: off the async workers, and below
+        // the queries' priority.
+        let (events, bytes) = st
+            .ingest_pool
+            .run(move || (decode(&bytes, &key, now, &limits), bytes))
+            .await;
+        // The body is freed by the thread that read it, which goes on running: freed by a
+        // decoding thread, which then sleeps until the next body, its memory stayed resident
+        // (`memory::oversized_ingest_arrays_stay_within_the_documented_bound`).
+        drop(bytes);
+        let events = events?;
         let outcome = st.store.ingest(&app, events).await?;
         for (result, n) in [
             ("accepted", outcome.accepted),

@@ -47,6 +47,8 @@ pub struct AppState {
     pub ingest_slots: Arc<share::FairShare>,
     /// How fast and how soon an ingest body must arrive.
     pub body: BodyLimits,
+    /// Where ingest bodies are decoded: threads below the queries' priority.
+    pub ingest_pool: imreport_store::priority::IngestPool,
     /// History pages built at once, shared fairly between apps.
     pub page_slots: Arc<share::FairShare>,
     /// Bytes of history pages built and not yet sent, shared fairly between apps.
@@ -93,6 +95,7 @@ impl AppState {
         body: BodyLimits,
         share_wait: Duration,
         session_ttl: Duration,
+        ingest_pool: imreport_store::priority::IngestPool,
     ) -> Self {
         AppState {
             session_key: imreport_domain::session::SessionKey::derive(&cursor_key),
@@ -107,6 +110,7 @@ impl AppState {
             rate_limit: None,
             ingest_slots: share::FairShare::new(capacity.ingest_slots as u64),
             body,
+            ingest_pool,
             page_slots: share::FairShare::new(capacity.page_slots as u64),
             response_bytes: share::FairShare::new(capacity.response_bytes),
             share_wait,

@@ -6,6 +6,7 @@ pub mod apps;
 pub mod archive;
 pub mod embedded;
 pub mod postgres;
+pub mod priority;
 pub mod window;
 
 /// A user's, group's or chatroom's hour gets its own message counter once it holds this many

@@ -49,6 +49,7 @@ async fn the_binary_serves_what_a_user_expects() {
         ingest_at(&http, &url, &creds, &evs).await,
         json!({"accepted": 5, "duplicates": 0, "expired": 0})
     );
+    ingest_runs_below_the_queries(child.id());
 
     let q = format!(
         "{url}/v2/users/bob/messages?count=2&begin_time={}&end_time={}",
@@ -587,3 +588,47 @@ fn the_binary_names_its_commit_documents_itself_and_its_unit_verifies() {
         String::from_utf8_lossy(&verify.stderr)
     );
 }
+
+/// The server's ingest threads (decoding, the writer, fjall's worker) run `ingest_nice` (10)
+/// steps below its main thread and as batch threads; the async workers that serve queries do
+/// not (docs/API.md, "Queries before ingest").
+#[cfg(target_os = "linux")]
+fn ingest_runs_below_the_queries(pid: u32) {
+    // (name, nice, policy) of each thread: fields 19 and 41 of its stat.
+    let threads: Vec<(String, i32, i32)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            let name = stat[stat.find('(')? + 1..stat.rfind(')')?].to_owned();
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+            Some((
+                name,
+                fields.get(16)?.parse().ok()?,
+                fields.get(38)?.parse().ok()?,
+            ))
+        })
+        .collect();
+    let main = threads
+        .iter()
+        .find(|t| t.0 == "imreport")
+        .expect("the main thread");
+    let lowered = ((main.1 + 10).min(19), 3); // SCHED_BATCH
+    for name in ["imreport-decode", "imreport-writer", "fjall:worker"] {
+        let of: Vec<_> = threads.iter().filter(|t| t.0.starts_with(name)).collect();
+        assert!(!of.is_empty(), "no {name} thread in {threads:?}");
+        assert!(of.iter().all(|t| (t.1, t.2) == lowered), "{name}: {of:?}");
+    }
+    let workers: Vec<_> = threads
+        .iter()
+        .filter(|t| t.0 == "tokio-rt-worker")
+        .collect();
+    assert!(!workers.is_empty());
+    assert!(
+        workers.iter().all(|t| (t.1, t.2) == (main.1, 0)),
+        "{workers:?}"
+    );
+}
+
+#[cfg(not(target_os = "linux"))]
+fn ingest_runs_below_the_queries(_pid: u32) {}

@@ -54,6 +54,9 @@ pub struct EmbeddedConfig {
     /// counter, and most scope-hours (a user in one message) never write one. Any value reads
     /// right; tests lower it to reach both sides.
     pub busy_hour: u64,
+    /// How much lower than the process the writer, its fsync and merge threads and fjall's
+    /// background worker run ([`crate::priority`]).
+    pub ingest_nice: i32,
 }
 
 /// The layout of a day partition, fixed when it is created (each format's marker key in the
@@ -111,6 +114,7 @@ impl EmbeddedConfig {
             counter_cache_keys: 128 * 1024,
             partition_format: Format::LATEST,
             busy_hour: crate::BUSY_HOUR,
+            ingest_nice: crate::priority::DEFAULT_INGEST_NICE,
         }
     }
 }
@@ -293,6 +297,12 @@ const PARTITION_OFFSET: &str = "partition_offset_ms";
 impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`. Fails with `Locked` if another process has it open.
     pub fn open(dir: &Path, config: EmbeddedConfig) -> Result<Self> {
+        // Opened on a lowered thread: the threads it starts (fjall's worker, the writer, its
+        // fsync and merge threads) inherit its priority, below the queries'.
+        crate::priority::on_lowered_thread(config.ingest_nice, || Self::open_here(dir, config))
+    }
+
+    fn open_here(dir: &Path, config: EmbeddedConfig) -> Result<Self> {
         crate::private_dir(dir)?;
         let path = dir.join("db");
         // Bounded memtables and journal: memory stays flat however many day partitions are

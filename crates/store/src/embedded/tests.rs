@@ -788,3 +788,55 @@ async fn busiest_counts_each_message_once_across_tally_logs_folds_and_restarts()
         assert!(logs < super::writer::TALLY_FOLD, "{logs} logs");
     }
 }
+
+/// Nice values and scheduling policies of this process's threads, by name.
+#[cfg(target_os = "linux")]
+fn thread_nices() -> Vec<(String, (i32, i32))> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+            let name = stat[stat.find('(')? + 1..stat.rfind(')')?].to_owned();
+            // Fields after the name: state is the first, nice the 17th, the policy the 39th.
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+            let field = |i: usize| fields.get(i)?.parse().ok();
+            Some((name, (field(16)?, field(38)?)))
+        })
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_stores_ingest_threads_run_below_the_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let own = rustix::process::getpriority_process(None).unwrap();
+    let config = test_config();
+    let lowered = (own + config.ingest_nice).min(19);
+    assert!(lowered > own, "the default lowers them");
+    let (store, app) = store_with_app(dir.path(), config).await;
+    ingest(&store, &app, &[single(1, T0 - 1000, "a")]).await;
+    let threads = thread_nices();
+    for name in [
+        "imreport-writer",
+        "imreport-sync",
+        "imreport-tidy",
+        "fjall:worker",
+    ] {
+        let of: Vec<(i32, i32)> = threads
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, nice)| *nice)
+            .collect();
+        assert!(!of.is_empty(), "no {name} thread");
+        // Every store of this test process is opened with the default.
+        assert!(
+            of.iter().all(|n| *n == (lowered, libc::SCHED_BATCH)),
+            "{name}: {of:?}"
+        );
+    }
+    assert_eq!(
+        rustix::process::getpriority_process(None).unwrap(),
+        own,
+        "opening a store leaves the caller's priority alone"
+    );
+}
