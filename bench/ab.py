@@ -8,8 +8,9 @@ rate reached, and the server's CPU by thread name.
   bench/.venv/bin/python bench/ab.py --variant base= --variant exp=IMREPORT_EXP_X=1 \\
       [--messages 1000000] [--profile standard] [--rate 130000] [--pairs 2]
 
-A variant is NAME=[ENV=VALUE,...][@BINARY]. Experiments only: the suite (bench.py) is what
-BENCHMARKS.md reports."""
+A variant is NAME=[ENV=VALUE,...][@BINARY]. With --load-each every variant loads a data dir of
+its own (with its binary: for a change of the data dir's format). Experiments only: the suite
+(bench.py) is what BENCHMARKS.md reports."""
 
 import argparse
 import collections
@@ -73,6 +74,7 @@ def main():
     ap.add_argument("--reps", type=int, default=100)
     ap.add_argument("--scopes", default="app,user,group,chatroom")
     ap.add_argument("--windows", default="1d,7d")
+    ap.add_argument("--load-each", action="store_true")
     a = ap.parse_args()
     bench.REPS = a.reps
     variants = [parse_variant(v) for v in a.variant]
@@ -81,19 +83,29 @@ def main():
         w = bench.Workload(a.messages, a.profile)
         w.scopes = {k: v for k, v in w.scopes.items() if k in a.scopes.split(",")}
         w.windows = {k: v for k, v in w.windows.items() if k in a.windows.split(",")}
-        s = bench.Imreport(w, work)
-        try:
-            rate = s.load()
-            s.settle()
-        finally:
-            s.close()
-        bench.log(f"loaded {a.messages:,} {a.profile} at {rate:,.0f} messages/s")
-        pristine = work / "imreport-data"
+        def load(name, binary):
+            into = work / f"load-{name}"
+            into.mkdir()
+            bench.BIN = binary
+            s = bench.Imreport(w, into)
+            try:
+                rate = s.load()
+                s.settle()
+            finally:
+                s.close()
+            bench.log(f"{name}: loaded {a.messages:,} {a.profile} at {rate:,.0f} messages/s")
+            return into / "imreport-data"
+
+        if a.load_each:
+            pristine = {name: load(name, binary) for name, _, binary in variants}
+        else:
+            one = load("all", variants[0][2])
+            pristine = {name: one for name, _, _ in variants}
         rows = collections.defaultdict(list)
         for pair in range(a.pairs):
             for name, env, binary in variants:
                 data = work / f"run-{name}-{pair}"
-                shutil.copytree(pristine, data)
+                shutil.copytree(pristine[name], data)
                 srv = Served(w, data, binary, env)
                 try:
                     srv.settle()

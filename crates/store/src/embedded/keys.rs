@@ -6,7 +6,8 @@
 //!   consecutive records of one commit, the first at the key's position (see [`encode_run`]),
 //!   in partitions holding [`RUNS`], opening with a directory of their records in partitions
 //!   holding [`RUN_DIRECTORIES`]; in older partitions, one record per key (the app scope reads
-//!   these directly)
+//!   these directly). In partitions holding [`RECORD_KEYSPACE`] these keys are in a keyspace
+//!   of their own beside the partition's ([`records_name`]), the rest below in the partition's
 //! - `k | app u32 | scope u8 | len u8 | id | hour u32 | seq u64` → the positions (`ctime`,
 //!   `msgid`) of the scope's messages that hour written by commit `seq`, sorted (user, group,
 //!   chatroom; see [`encode_chunk`]), each with the position of the run holding its record in
@@ -55,6 +56,13 @@ pub const SPARSE_COUNTERS: &[u8] = b"~sparse-counters";
 /// directory of their records (see [`encode_run`]); older partitions' runs interleave each
 /// record's entry with its bytes.
 pub const RUN_DIRECTORIES: &[u8] = b"~run-directories";
+/// Written when a day partition is created by a version that keeps its message records (the
+/// `m` keys) in a keyspace of their own ([`records_name`]); older partitions keep them beside
+/// their index. Apart, the records of traffic arriving in time order are flushed in tables of
+/// disjoint key ranges: a point read visits one table a level instead of every table of level
+/// 0, and compaction merges a flushed table with the few it overlaps, or moves it, instead of
+/// rewriting the day's records each time the index's tables merge.
+pub const RECORD_KEYSPACE: &[u8] = b"~record-keyspace";
 /// Written (as a tombstone) by the tidy thread after merging a day partition; no scan reaches
 /// it, since every read is under one of the tags above.
 pub const TIDY: &[u8] = b"~tidy";
@@ -469,6 +477,15 @@ pub fn stat_total_key(app: u32) -> [u8; 5] {
 
 /// The keyspace of a civil day's presence sets: keys `app | kind | id`, the kind being the
 /// set's [`imreport_domain::rollup::Presence::code`].
+/// The keyspace of a day partition's records (partitions holding [`RECORD_KEYSPACE`]).
+pub fn records_name(day: i64) -> String {
+    format!("rec-{day}")
+}
+
+pub fn parse_records_name(name: &str) -> Option<i64> {
+    name.strip_prefix("rec-")?.parse().ok()
+}
+
 pub fn act_name(day: i64) -> String {
     format!("act-{day}")
 }

@@ -78,18 +78,31 @@ pub enum Format {
     SparseCounters,
     /// Record runs open with a directory of their records ([`keys::RUN_DIRECTORIES`]).
     RunDirectories,
+    /// Records in a keyspace of their own ([`keys::RECORD_KEYSPACE`]).
+    RecordKeyspace,
 }
 
 impl Format {
-    pub const LATEST: Format = Format::RunDirectories;
+    pub const LATEST: Format = Format::RecordKeyspace;
+    /// Every format, oldest first (the tests write and read each).
+    pub const ALL: [Format; 7] = [
+        Format::Plain,
+        Format::Minutes,
+        Format::Chunks,
+        Format::Runs,
+        Format::SparseCounters,
+        Format::RunDirectories,
+        Format::RecordKeyspace,
+    ];
 
     /// Marker keys, in format order: a partition holds those of its format and the ones before.
-    const MARKERS: [(Format, &'static [u8]); 5] = [
+    const MARKERS: [(Format, &'static [u8]); 6] = [
         (Format::Minutes, keys::MINUTES),
         (Format::Chunks, keys::CHUNKS),
         (Format::Runs, keys::RUNS),
         (Format::SparseCounters, keys::SPARSE_COUNTERS),
         (Format::RunDirectories, keys::RUN_DIRECTORIES),
+        (Format::RecordKeyspace, keys::RECORD_KEYSPACE),
     ];
 }
 
@@ -119,6 +132,25 @@ impl EmbeddedConfig {
     }
 }
 
+/// A day partition: its keyspace, and its records' (the same keyspace in partitions from
+/// before [`Format::RecordKeyspace`]). Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Partition {
+    pub(crate) ks: Keyspace,
+    pub(crate) records: Keyspace,
+}
+
+impl Partition {
+    /// Its keyspaces, each once.
+    pub(crate) fn keyspaces(&self) -> Vec<Keyspace> {
+        if self.records.id() == self.ks.id() {
+            vec![self.ks.clone()]
+        } else {
+            vec![self.ks.clone(), self.records.clone()]
+        }
+    }
+}
+
 pub(crate) struct Inner {
     db: Database,
     meta: Keyspace,
@@ -133,7 +165,7 @@ pub(crate) struct Inner {
     /// The statistics rows rewritten last, which readers look up instead of scanning.
     hot_stats: hot_rows::HotRows,
     /// Message partitions by partition day (see [`Inner::pday`]).
-    days: RwLock<BTreeMap<i64, Keyspace>>,
+    days: RwLock<BTreeMap<i64, Partition>>,
     /// The format of each partition in `days`.
     formats: RwLock<HashMap<i64, Format>>,
     /// Presence sets (active users, senders, active groups) by civil day.
@@ -223,24 +255,33 @@ impl Inner {
             .collect()
     }
 
-    fn day(&self, day: i64) -> Option<Keyspace> {
+    fn day(&self, day: i64) -> Option<Partition> {
         self.days.read().expect("lock").get(&day).cloned()
     }
 
-    fn day_or_create(&self, day: i64) -> Result<Keyspace> {
-        if let Some(ks) = self.day(day) {
-            return Ok(ks);
+    fn day_or_create(&self, day: i64) -> Result<Partition> {
+        if let Some(p) = self.day(day) {
+            return Ok(p);
         }
         let ks = self.db.keyspace(&keys::day_name(day), day_options)?;
         let format = self.config.partition_format;
+        // A crash before the markers are written leaves a records keyspace that no partition
+        // claims: the next open deletes it.
+        let records = if format >= Format::RecordKeyspace {
+            self.db
+                .keyspace(&keys::records_name(day), records_options)?
+        } else {
+            ks.clone()
+        };
         for (f, marker) in Format::MARKERS {
             if f <= format {
                 ks.insert(marker, b"")?;
             }
         }
+        let p = Partition { ks, records };
         self.formats.write().expect("lock").insert(day, format);
-        self.days.write().expect("lock").insert(day, ks.clone());
-        Ok(ks)
+        self.days.write().expect("lock").insert(day, p.clone());
+        Ok(p)
     }
 }
 
@@ -291,6 +332,12 @@ fn day_options() -> KeyspaceCreateOptions {
     ))
 }
 const L0_TABLES: u8 = 16;
+/// A partition's records ([`Format::RecordKeyspace`]) arrive mostly in time order, so their
+/// flushed tables overlap little (a commit's neighbours at their edges) and merging them costs
+/// little: fjall's defaults (4 tables in level 0) keep point reads to few tables.
+fn records_options() -> KeyspaceCreateOptions {
+    ks_options()
+}
 const FJALL_WORKERS: usize = 1;
 const PARTITION_OFFSET: &str = "partition_offset_ms";
 
@@ -360,10 +407,24 @@ impl EmbeddedStore {
                         format = f;
                     }
                 }
+                let records = if format >= Format::RecordKeyspace {
+                    db.keyspace(&keys::records_name(day), records_options)?
+                } else {
+                    ks.clone()
+                };
                 formats.insert(day, format);
-                days.insert(day, ks);
+                days.insert(day, Partition { ks, records });
             } else if let Some(day) = keys::parse_act_name(&name) {
                 acts.insert(day, db.keyspace(&name, ks_options)?);
+            }
+        }
+        for name in db.list_keyspace_names() {
+            if let Some(day) = keys::parse_records_name(&name)
+                && formats
+                    .get(&day)
+                    .is_none_or(|f| *f < Format::RecordKeyspace)
+            {
+                db.delete_keyspace(db.keyspace(&name, records_options)?)?;
             }
         }
         let partition_offset_ms = match meta.get(PARTITION_OFFSET)? {

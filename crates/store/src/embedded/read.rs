@@ -1,6 +1,6 @@
 //! Reads: one page of a scope, and `total` from per-hour counters plus at most two partial hours.
 
-use super::{Format, Inner, keys};
+use super::{Format, Inner, Partition, keys};
 use crate::archive::{BATCH, BackupItem};
 use crate::{DaysReport, Page, PageRequest, Result, StoreError};
 use fjall::{Keyspace, Readable, Snapshot};
@@ -16,10 +16,10 @@ use std::collections::HashMap;
 
 impl Inner {
     /// The day partitions that exist between two instants, oldest first.
-    fn partitions(&self, from: Millis, to: Millis) -> Vec<(i64, Keyspace)> {
+    fn partitions(&self, from: Millis, to: Millis) -> Vec<(i64, Partition)> {
         let days = self.days.read().expect("lock");
         days.range(self.pday(from)..=self.pday(to))
-            .map(|(d, ks)| (*d, ks.clone()))
+            .map(|(d, p)| (*d, p.clone()))
             .collect()
     }
 }
@@ -63,11 +63,12 @@ pub(crate) fn page(inner: &Inner, app: &App, scope: &Scope, req: PageRequest) ->
     };
     let from = (start_ctime, start_msgid);
     let prefix = keys::order_prefix(app.id, scope);
-    for (day, ks) in inner.partitions(start_ctime, req.range.end) {
+    for (day, p) in inner.partitions(start_ctime, req.range.end) {
         let format = inner.format(day);
         let walk = Walk {
             snap: &snap,
-            ks: &ks,
+            ks: &p.ks,
+            records: &p.records,
             app: app.id,
             from,
             to: req.range.end,
@@ -153,6 +154,8 @@ impl Ord for Pending {
 struct Walk<'a> {
     snap: &'a Snapshot,
     ks: &'a Keyspace,
+    /// Where its records are (`ks` in partitions before [`Format::RecordKeyspace`]).
+    records: &'a Keyspace,
     app: u32,
     from: (Millis, u64),
     to: Millis,
@@ -165,6 +168,9 @@ impl Walk<'_> {
     /// scope's index keys. `false` once the page is full.
     fn keys(&self, prefix: &[u8], out: &mut Out) -> Result<bool> {
         let (snap, ks, app, from, to) = (self.snap, self.ks, self.app, self.from, self.to);
+        // Ordering keys are records (the app's) or index keys, both in partitions from before
+        // the records' keyspace, where it is `ks`.
+        debug_assert!(self.records.id() == ks.id());
         let lo = keys::with_position(prefix, from.0, from.1);
         let hi = keys::with_position(prefix, to, u64::MAX);
         for kv in snap.range(ks, lo.as_slice()..=hi.as_slice()) {
@@ -190,7 +196,7 @@ impl Walk<'_> {
     /// or before position `p` is in a run starting at or before `p`, so the least waiting record
     /// goes out once the next run starts after it. `false` once the page is full.
     fn runs(&self, out: &mut Out) -> Result<bool> {
-        let (snap, ks, app, from, to) = (self.snap, self.ks, self.app, self.from, self.to);
+        let (snap, ks, app, from, to) = (self.snap, self.records, self.app, self.from, self.to);
         let lo = keys::first_run_key(app, from.0);
         let hi = keys::msg_key(app, to, u64::MAX);
         let mut runs = snap
@@ -320,7 +326,12 @@ impl Records<'_> {
     }
 
     fn push(&mut self, ((ctime, msgid), run): keys::Entry, out: &mut Out) -> Result<bool> {
-        let Walk { snap, ks, app, .. } = *self.walk;
+        let Walk {
+            snap,
+            records: ks,
+            app,
+            ..
+        } = *self.walk;
         if !self.runs {
             return match snap.get(ks, keys::msg_key(app, ctime, msgid))? {
                 Some(rec) => out.push(ctime, msgid, &rec),
@@ -398,7 +409,8 @@ impl Tally<'_> {
         let counter = keys::scope_prefix(keys::CNT, self.app, self.scope);
         let chunk = keys::scope_prefix(keys::CHUNK, self.app, self.scope);
         let mut n = 0;
-        for (day, ks) in self.inner.partitions(first * h, end * h - 1) {
+        for (day, p) in self.inner.partitions(first * h, end * h - 1) {
+            let ks = p.ks;
             let format = self.inner.format(day);
             let sparse = *self.scope != Scope::App && format >= Format::SparseCounters;
             let lo = keys::counter_key(&counter, first as u32);
@@ -441,8 +453,8 @@ impl Tally<'_> {
     /// Sum of the counters keyed `lo..hi` in the partitions covering `span`.
     fn counters(&self, span: (Millis, Millis), lo: &[u8], hi: &[u8]) -> Result<u64> {
         let mut n = 0;
-        for (_, ks) in self.inner.partitions(span.0, span.1) {
-            for kv in self.snap.range(&ks, lo..hi) {
+        for (_, p) in self.inner.partitions(span.0, span.1) {
+            for kv in self.snap.range(&p.ks, lo..hi) {
                 let (_, v) = kv.into_inner()?;
                 n += keys::u64_value(&v);
             }
@@ -523,10 +535,10 @@ impl Tally<'_> {
             keys::chunk_key(&chunk, hour_of(to), u64::MAX),
         );
         let mut n = 0;
-        for (day, ks) in self.inner.partitions(from, to) {
+        for (day, p) in self.inner.partitions(from, to) {
             let format = self.inner.format(day);
             if *self.scope != Scope::App && format >= Format::Chunks {
-                for kv in self.snap.range(&ks, clo.as_slice()..=chi.as_slice()) {
+                for kv in self.snap.range(&p.ks, clo.as_slice()..=chi.as_slice()) {
                     let (k, v) = kv.into_inner()?;
                     let (hour, _) = keys::chunk_hour_seq(&k);
                     n += keys::chunk_entries(hour, &v, format >= Format::Runs)
@@ -535,7 +547,7 @@ impl Tally<'_> {
                 }
             } else if *self.scope == Scope::App && format >= Format::Runs {
                 let lo = keys::first_run_key(self.app, from);
-                for kv in self.snap.range(&ks, lo.as_slice()..=hi.as_slice()) {
+                for kv in self.snap.range(&p.records, lo.as_slice()..=hi.as_slice()) {
                     let (k, v) = kv.into_inner()?;
                     n += keys::run_records(
                         keys::position_of(&k),
@@ -546,7 +558,8 @@ impl Tally<'_> {
                     .count() as u64;
                 }
             } else {
-                for kv in self.snap.range(&ks, lo.as_slice()..=hi.as_slice()) {
+                // Records or index keys, in partitions from before the records' keyspace.
+                for kv in self.snap.range(&p.ks, lo.as_slice()..=hi.as_slice()) {
                     kv.key()?;
                     n += 1;
                 }
@@ -660,7 +673,7 @@ pub(crate) fn backup(
         .read()
         .expect("lock")
         .iter()
-        .map(|(d, k)| (*d, k.clone()))
+        .map(|(d, p)| (*d, p.records.clone()))
         .collect();
     let acts: Vec<(i64, Keyspace)> = inner
         .acts

@@ -31,25 +31,28 @@ impl Writer {
         }
         g.seen.insert((app.id, m.msgid));
         g.next_ids.insert(app.id, next.max(m.msgid + 1));
-        let (ks, format) = match g.partitions.get(&day) {
+        let (part, format) = match g.partitions.get(&day) {
             Some(p) => p.clone(),
             None => {
-                let ks = match inner.day(day) {
-                    Some(ks) => {
+                let part = match inner.day(day) {
+                    Some(part) => {
                         if let std::collections::hash_map::Entry::Vacant(e) =
                             self.counters.days.entry(day)
                         {
-                            e.insert(DayCounters::holding_through(last_message(&inner, &ks)?));
+                            e.insert(DayCounters::holding_through(last_message(
+                                &inner,
+                                &part.records,
+                            )?));
                         }
-                        ks
+                        part
                     }
                     None => {
-                        let ks = inner.day_or_create(day)?;
+                        let part = inner.day_or_create(day)?;
                         self.counters.days.insert(day, DayCounters::default());
-                        ks
+                        part
                     }
                 };
-                let p = (ks, inner.format(day));
+                let p = (part, inner.format(day));
                 g.partitions.insert(day, p.clone());
                 p
             }
@@ -65,7 +68,7 @@ impl Writer {
             g.rec.clear();
             encode_record(&m, &app.key, g.seq, &mut g.rec);
             g.staged.put(
-                &ks,
+                &part.records,
                 keys::msg_key(app.id, m.msg_ctime, m.msgid),
                 g.rec.as_slice(),
             );

@@ -12,7 +12,7 @@ impl Writer {
         let mut runs: HashMap<(i64, u32), Vec<Position>> = HashMap::default();
         for ((day, app), mut recs) in g.records.drain() {
             recs.sort_unstable_by_key(|r| r.0);
-            let (ks, format) = &g.partitions[&day];
+            let (part, format) = &g.partitions[&day];
             let directory = *format >= Format::RunDirectories;
             let mut firsts = Vec::with_capacity(recs.len() / keys::RUN_MAX + 1);
             for run in cut_runs(&recs) {
@@ -21,8 +21,11 @@ impl Writer {
                 g.rec.clear();
                 let records = run.iter().map(|r| (r.0, &g.arena[bytes(r.1)]));
                 keys::encode_run(first, records, directory, &mut g.rec);
-                g.staged
-                    .put(ks, keys::msg_key(app, first.0, first.1), g.rec.as_slice());
+                g.staged.put(
+                    &part.records,
+                    keys::msg_key(app, first.0, first.1),
+                    g.rec.as_slice(),
+                );
                 firsts.push(first);
             }
             runs.insert((day, app), firsts);
@@ -40,7 +43,8 @@ impl Writer {
                 .map(move |(prefix, positions)| (day, hour, prefix, positions))
         });
         for (day, hour, mut prefix, mut positions) in scopes {
-            let (ks, format) = &g.partitions[&day];
+            let (part, format) = &g.partitions[&day];
+            let ks = &part.ks;
             if *format >= Format::Chunks {
                 positions.sort_unstable();
                 let entries: Vec<keys::Entry> = if *format >= Format::Runs {
@@ -131,7 +135,7 @@ impl Writer {
             *g.counters.entry((day, key)).or_default() += n;
         }
         for ((day, key), delta) in g.counters.drain() {
-            let ks = &g.partitions[&day].0;
+            let ks = &g.partitions[&day].0.ks;
             let hour = keys::counter_hour(&key);
             let current = match self.counters.get(day, hour, &key) {
                 Some(n) => n,

@@ -12,7 +12,7 @@ mod staging;
 mod syncer;
 
 use super::recent_ids::RecentIds;
-use super::{Format, Inner, keys};
+use super::{Format, Inner, Partition, keys};
 use crate::{IngestOutcome, Result, StoreError};
 use counters::{Counters, DayCounters};
 use fjall::{Keyspace, OwnedWriteBatch, PersistMode, Slice};
@@ -98,13 +98,13 @@ impl Handle {
             .get(SEQ_KEY)?
             .map(|v| keys::u64_value(&v))
             .unwrap_or(0);
-        let (tidy, tidy_rx) = std::sync::mpsc::channel::<(i64, Keyspace)>();
+        let (tidy, tidy_rx) = std::sync::mpsc::channel::<(i64, Partition)>();
         let acts = inner.clone();
         std::thread::Builder::new()
             .name("imreport-tidy".into())
             .spawn(move || {
-                for (day, ks) in tidy_rx {
-                    match merge(&ks) {
+                for (day, p) in tidy_rx {
+                    match p.keyspaces().iter().try_for_each(merge) {
                         Ok(()) => tracing::debug!(day, "merged a quiet day partition"),
                         Err(e) => {
                             tracing::warn!(day, error = %e, "could not merge a day partition")
@@ -224,7 +224,7 @@ struct Writer {
     /// Set by that thread when an fsync failed: the caches may be ahead of the disk.
     sync_failed: Arc<AtomicBool>,
     /// Day partitions to merge into one level, for the tidy thread.
-    tidy: std::sync::mpsc::Sender<(i64, Keyspace)>,
+    tidy: std::sync::mpsc::Sender<(i64, Partition)>,
     /// When each day partition was last written, until it is handed to `tidy`.
     written: HashMap<i64, Instant>,
     last_tidy: Instant,
@@ -290,7 +290,7 @@ struct Group {
     seen: HashSet<(u32, u64)>,
     counters: HashMap<(i64, Vec<u8>), u64>,
     /// The partitions written, and their formats.
-    partitions: HashMap<i64, (Keyspace, Format)>,
+    partitions: HashMap<i64, (Partition, Format)>,
     /// The records for partitions that keep them in runs, by partition day and app: each
     /// message's position and where its encoded record lies in `arena`; cut into runs at
     /// `flush`.
@@ -402,10 +402,10 @@ impl Writer {
             // Its writes have moved on; late ones can afford a read (or none, if its sketch
             // says the scope stays quiet).
             self.counters.drop_day(day, self.inner.config.busy_hour);
-            if let Some(ks) = self.inner.day(day)
-                && ks.l0_table_count() > 1
+            if let Some(p) = self.inner.day(day)
+                && p.keyspaces().iter().any(|ks| ks.l0_table_count() > 1)
             {
-                let _ = self.tidy.send((day, ks));
+                let _ = self.tidy.send((day, p));
             }
         }
     }
@@ -422,7 +422,14 @@ impl Writer {
             inner.entities.clone(),
             inner.stats.clone(),
         ];
-        all.extend(inner.days.read().expect("lock").values().cloned());
+        all.extend(
+            inner
+                .days
+                .read()
+                .expect("lock")
+                .values()
+                .flat_map(Partition::keyspaces),
+        );
         all.extend(inner.acts.read().expect("lock").values().cloned());
         for ks in all {
             if let Err(e) = ks.rotate_memtable() {
@@ -437,20 +444,22 @@ impl Writer {
         let inner = &self.inner;
         let now = inner.config.clock.now_ms();
         let (horizon, stats_horizon) = (inner.horizon_day(now), inner.stats_horizon_day(now));
-        let split = |map: &std::sync::RwLock<std::collections::BTreeMap<i64, Keyspace>>,
-                     at: i64|
-         -> Vec<Keyspace> {
+        fn split<T>(
+            map: &std::sync::RwLock<std::collections::BTreeMap<i64, T>>,
+            at: i64,
+        ) -> Vec<T> {
             let mut m = map.write().expect("lock");
             let keep = m.split_off(&at);
             std::mem::replace(&mut *m, keep).into_values().collect()
-        };
+        }
         inner
             .ids_horizon
             .fetch_max(horizon, std::sync::atomic::Ordering::Relaxed);
         let old_days = split(&inner.days, horizon);
         let old_acts = split(&inner.acts, stats_horizon);
         let dropped = old_days.len();
-        for ks in old_days.into_iter().chain(old_acts) {
+        let old_days = old_days.iter().flat_map(Partition::keyspaces);
+        for ks in old_days.chain(old_acts) {
             inner.db.delete_keyspace(ks)?;
         }
         let mut batch = inner.db.batch();
