@@ -8,6 +8,8 @@ rate reached, and the server's CPU by thread name.
   bench/.venv/bin/python bench/ab.py --variant base= --variant exp=IMREPORT_EXP_X=1 \\
       [--messages 1000000] [--profile standard] [--rate 130000] [--pairs 2]
 
+--rate 0 asks the same questions with nothing posted meanwhile (the suite's idle figures).
+
 A variant is NAME=[ENV=VALUE,...][@BINARY]. With --load-each every variant loads a data dir of
 its own (with its binary: for a change of the data dir's format). Experiments only: the suite
 (bench.py) is what BENCHMARKS.md reports."""
@@ -111,7 +113,12 @@ def main():
                     srv.settle()
                     before = threads_cpu(srv.proc.pid)
                     t = time.perf_counter()
-                    r = bench.during_ingest(srv, w, a.rate, live=True)
+                    if a.rate > 0:
+                        r = bench.during_ingest(srv, w, a.rate, live=True)
+                    else:
+                        # Idle: the suite's own first pages and statistics, nothing posted.
+                        r = {"first_page": bench.first_pages(srv, w), "stats": bench.stats_figures(srv, w),
+                             "reached": 0}
                     secs = time.perf_counter() - t
                     after = threads_cpu(srv.proc.pid)
                     cpu = {k: (after[k] - before.get(k, 0)) / secs for k in after}

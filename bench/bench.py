@@ -712,7 +712,7 @@ def scale_report():
     for k in a["stats"]:
         row(f"statistics {k} (p99, ms)", a["stats"][k]["p99"], b["stats"][k]["p99"])
     row("disk (bytes/message)", a["bytes_per_message"], b["bytes_per_message"])
-    row("peak RSS (MB)", a["rss_peak"] / 2**20, b["rss_peak"] / 2**20)
+    row("peak RSS (MB)", a["rss_peak"] / 1e6, b["rss_peak"] / 1e6)
     row("start to ready (s)", a["ready_s"], b["ready_s"])
     lines += ["", f"`total` of each first page at {large['messages']:,}: "
               + ", ".join(f"{k} {v:,}" for k, v in b["totals"].items()), ""]
@@ -831,7 +831,7 @@ def report(runs, cmd, date=None):
             for p in ("p50", "p99"):
                 row(f"statistics {k} ({p}, ms)", [res[n]["stats"][k][p] for n in names], False)
         row("disk (bytes/message)", [res[n]["bytes_per_message"] for n in names], False)
-        row("peak RSS (MB)", [(res[n]["rss_peak"] or 0) / 2**20 or "n/a" for n in names], False)
+        row("peak RSS (MB)", [(res[n]["rss_peak"] or 0) / 1e6 or "n/a" for n in names], False)
         during = [d for d in (res[imr].get("during_ingest"), res[imr].get("during_backfill")) if d]
         for d in during:
             reached = d.get("reached")

@@ -80,6 +80,7 @@ pub async fn open_store(s: &Settings, clock: &Clock) -> Result<Stores> {
             let config = EmbeddedConfig {
                 busy_hour: s.busy_hour,
                 ingest_nice: s.ingest_nice,
+                cache_bytes: s.block_cache_mb * 1024 * 1024,
                 ..EmbeddedConfig::new(
                     s.retention_days,
                     s.queue_depth,
@@ -294,6 +295,8 @@ fn scrape(
             metrics::gauge!("imreport_store_memtable_bytes").set(m.memtable_bytes as f64);
             metrics::gauge!("imreport_store_pending_flushes").set(m.pending_flushes as f64);
             metrics::gauge!("imreport_store_block_cache_bytes").set(m.cache_bytes as f64);
+            metrics::gauge!("imreport_store_block_cache_capacity_bytes")
+                .set(m.cache_capacity_bytes as f64);
         }
         metrics::counter!("imreport_connections_refused_total").absolute(conns.refused());
         if let Some(st) = &intake {

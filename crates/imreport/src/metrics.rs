@@ -92,6 +92,11 @@ fn describe() {
         Unit::Bytes,
         "Embedded store: bytes held by the block cache (at most its configured size)"
     );
+    describe_gauge!(
+        "imreport_store_block_cache_capacity_bytes",
+        Unit::Bytes,
+        "Embedded store: the block cache's configured size (block_cache_mb)"
+    );
     describe_histogram!(
         "imreport_postgres_ingest_seconds",
         Unit::Seconds,

@@ -109,6 +109,10 @@ settings! {
     ingest_nice: i32 = imreport_store::priority::DEFAULT_INGEST_NICE;
     /// History pages built at once, shared fairly between apps.
     page_concurrency: usize = 8;
+    /// The embedded store's block cache (MiB): blocks recently read, decompressed, shared by
+    /// every keyspace. More keeps more of what pages read in memory; the process's peak memory
+    /// grows by as much.
+    block_cache_mb: u64 = imreport_store::embedded::CACHE_BYTES / (1024 * 1024);
     /// Memory (MiB) for history pages built and not yet sent, shared fairly between apps.
     response_buffer_mb: u64 = 256;
     /// Requests per app per rate window; 0 turns rate limiting off.
@@ -198,8 +202,9 @@ impl Settings {
             self.ingest_concurrency >= 1
                 && self.page_concurrency >= 1
                 && self.max_connections >= 1
-                && self.response_buffer_mb >= 1,
-            "ingest_concurrency, page_concurrency, max_connections and response_buffer_mb must be at least 1"
+                && self.response_buffer_mb >= 1
+                && self.block_cache_mb >= 1,
+            "ingest_concurrency, page_concurrency, max_connections, response_buffer_mb and block_cache_mb must be at least 1"
         );
         anyhow::ensure!(self.pg_pool_size >= 2, "pg_pool_size must be at least 2");
         anyhow::ensure!(self.busy_hour >= 1, "busy_hour must be at least 1");

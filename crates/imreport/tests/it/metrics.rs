@@ -52,6 +52,8 @@ async fn counters_move_by_exactly_what_a_workload_did_and_promtool_accepts_them(
     let flags = [
         "--metrics-listen",
         "127.0.0.1:0",
+        "--block-cache-mb",
+        "3",
         "--rate-limit",
         "8",
         // A window whose edge no test run meets (windows are aligned to the epoch).
@@ -161,7 +163,8 @@ async fn counters_move_by_exactly_what_a_workload_did_and_promtool_accepts_them(
     assert!(get("imreport_writer_fsync_seconds_count") >= 1.0);
     assert!(get("imreport_store_disk_bytes") > 0.0);
     // Where the embedded store's memory is: each within its bound.
-    let cache = imreport_store::embedded::CACHE_BYTES as f64;
+    let cache = 3.0 * 1024.0 * 1024.0;
+    assert_eq!(get("imreport_store_block_cache_capacity_bytes"), cache);
     assert!(get("imreport_store_block_cache_bytes") <= cache);
     assert!(get("imreport_store_memtable_bytes") <= 64.0 * 1024.0 * 1024.0);
     assert!(get("imreport_store_pending_flushes") <= 64.0);

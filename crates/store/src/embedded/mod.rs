@@ -285,7 +285,10 @@ impl Inner {
     }
 }
 
-/// The block cache's size (decompressed blocks of every keyspace), unless configured otherwise.
+/// The block cache's size (decompressed blocks of every keyspace), unless configured otherwise
+/// (`block_cache_mb`). Ingest's own reads fill it over a long load (full by the end of 100M
+/// messages loaded through the API); 48 MiB did not lower that load's peak RSS, which comes
+/// from transient allocations, not the cache (bench/LIMITS.md, Memory).
 pub const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// See [`EmbeddedStore::memory`].
@@ -294,6 +297,8 @@ pub struct StoreMemory {
     pub memtable_bytes: u64,
     pub pending_flushes: u64,
     pub cache_bytes: u64,
+    /// What the block cache may hold (`EmbeddedConfig::cache_bytes`).
+    pub cache_capacity_bytes: u64,
 }
 
 /// The embedded store. Cheap to clone; all clones share one database and writer.
@@ -315,10 +320,16 @@ const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 /// every level LZ4-compressed in 16 KiB blocks (fjall leaves the first two levels uncompressed,
 /// which is where a week of messages lives), for the bytes-per-message budget.
 fn ks_options() -> KeyspaceCreateOptions {
-    use fjall::config::{BlockSizePolicy, CompressionPolicy, PinningPolicy};
+    use fjall::config::{BlockSizePolicy, CompressionPolicy, PartitioningPolicy, PinningPolicy};
     KeyspaceCreateOptions::default()
         .max_memtable_size(MEMTABLE_BYTES)
         .filter_block_pinning_policy(PinningPolicy::all(false))
+        // Partitioned filters: a table writer then holds the key hashes of one 4 KiB filter
+        // partition at a time (and the finished filter, ~1.2 bytes a key), not 8 bytes for every
+        // key of a 64 MiB compaction output in a Vec doubling as it grows. 100M loaded through
+        // the API peaked at 258 MiB against 284-290 with whole-table filters (bench/LIMITS.md,
+        // Memory). A point read loads one partition, not the table's whole filter.
+        .filter_block_partitioning_policy(PartitioningPolicy::all(true))
         .index_block_pinning_policy(PinningPolicy::all(false))
         .data_block_compression_policy(CompressionPolicy::all(fjall::CompressionType::Lz4))
         .data_block_size_policy(BlockSizePolicy::all(16 * 1024))
@@ -502,6 +513,7 @@ impl EmbeddedStore {
             memtable_bytes: db.write_buffer_size(),
             pending_flushes: db.outstanding_flushes() as u64,
             cache_bytes: db.cache_size(),
+            cache_capacity_bytes: self.inner.config.cache_bytes,
         }
     }
 

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Where a load's memory goes: loads MESSAGES over DAYS days into a new data dir through the API
+(the suite's load: seed 1, 4 clients, batches of 5000) while sampling the server's RSS and the
+embedded store's memory gauges (memtables, pending flushes, block cache) every 0.5 s. Prints
+the rate, the peak (VmHWM) and the sample at the highest RSS; the samples go to OUT.
+
+  bench/.venv/bin/python bench/rss.py [--binary target/release/imreport] [--messages 100000000]
+      [--days 60] [--out rss.json] [ENV=VALUE ...]
+
+Experiments only: the suite (bench.py --scale) is what BENCHMARKS.md reports."""
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import bench  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default=str(bench.BIN))
+    ap.add_argument("--messages", type=int, default=100_000_000)
+    ap.add_argument("--days", type=int, default=60)
+    ap.add_argument("--out", default="rss.json")
+    ap.add_argument("env", nargs="*", help="ENV=VALUE for the server")
+    a = ap.parse_args()
+    env = dict(os.environ, **dict(kv.split("=", 1) for kv in a.env))
+    work = pathlib.Path(tempfile.mkdtemp(prefix="imreport-rss-"))
+    try:
+        data = work / "data"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            mport = s.getsockname()[1]
+        env["IMREPORT_METRICS_LISTEN"] = f"127.0.0.1:{mport}"
+        subprocess.run([a.binary, "app", "create", "--data-dir", data, "--app-key", bench.KEY, "--master-secret",
+                        bench.SECRET], check=True, capture_output=True)
+        proc = subprocess.Popen([a.binary, "serve", "--data-dir", data, "--listen", "127.0.0.1:0", "--queue-depth",
+                                 "1024", "--ingest-concurrency", "8"], stdout=subprocess.PIPE, text=True, env=env,
+                                stderr=subprocess.DEVNULL)
+        url = proc.stdout.readline().strip().rsplit(" ", 1)[1]
+        samples, done = [], threading.Event()
+
+        def gauges():
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=2).read().decode()
+            except OSError:
+                return {}
+            return {k.removeprefix("imreport_store_"): float(v) for k, v in
+                    (line.rsplit(" ", 1) for line in body.splitlines() if line.startswith("imreport_store_"))}
+
+        def status(field):
+            for line in open(f"/proc/{proc.pid}/status"):
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+
+        def sample():
+            t0 = time.time()
+            while not done.wait(0.5):
+                samples.append({"t": round(time.time() - t0, 1), "rss": status("VmRSS:"), **gauges()})
+
+        th = threading.Thread(target=sample)
+        th.start()
+        w = bench.Workload(a.messages, days=a.days)
+        t = time.time()
+        subprocess.run([a.binary, "loadgen", *w.loadgen_args(), "--url", url, "--app-key", bench.KEY,
+                        "--master-secret", bench.SECRET, "--concurrency", "4", "--batch", "5000"],
+                       check=True, capture_output=True)
+        secs = time.time() - t
+        time.sleep(10)  # the upkeep after a load
+        done.set()
+        th.join()
+        hwm = status("VmHWM:")
+        proc.terminate()
+        proc.wait()
+        mib = 2**20
+        top = max(samples, key=lambda x: x["rss"])
+        res = {"messages_per_s": round(a.messages / secs), "peak_rss_mib": round(hwm / mib, 1),
+               "at_highest_sample_mib": {k: round(v / mib, 1) for k, v in top.items()
+                                         if k in ("rss", "memtable_bytes", "block_cache_bytes")},
+               "pending_flushes_then": top.get("pending_flushes")}
+        json.dump({"result": res, "samples": samples}, open(a.out, "w"))
+        print(json.dumps(res))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
