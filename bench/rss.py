@@ -15,7 +15,6 @@ import os
 import pathlib
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,20 +33,16 @@ def main():
     ap.add_argument("--out", default="rss.json")
     ap.add_argument("env", nargs="*", help="ENV=VALUE for the server")
     a = ap.parse_args()
-    env = dict(os.environ, **dict(kv.split("=", 1) for kv in a.env))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        mport = s.getsockname()[1]
+    # The suite's own server start and load (bench.Imreport), with the metrics listener on.
+    os.environ.update(dict(kv.split("=", 1) for kv in a.env), IMREPORT_METRICS_LISTEN=f"127.0.0.1:{mport}")
+    bench.BIN = pathlib.Path(a.binary)
     work = pathlib.Path(tempfile.mkdtemp(prefix="imreport-rss-"))
     try:
-        data = work / "data"
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            mport = s.getsockname()[1]
-        env["IMREPORT_METRICS_LISTEN"] = f"127.0.0.1:{mport}"
-        subprocess.run([a.binary, "app", "create", "--data-dir", data, "--app-key", bench.KEY, "--master-secret",
-                        bench.SECRET], check=True, capture_output=True)
-        proc = subprocess.Popen([a.binary, "serve", "--data-dir", data, "--listen", "127.0.0.1:0", "--queue-depth",
-                                 "1024", "--ingest-concurrency", "8"], stdout=subprocess.PIPE, text=True, env=env,
-                                stderr=subprocess.DEVNULL)
-        url = proc.stdout.readline().strip().rsplit(" ", 1)[1]
+        w = bench.Workload(a.messages, days=a.days)
+        srv = bench.Imreport(w, work)
         samples, done = [], threading.Event()
 
         def gauges():
@@ -58,33 +53,27 @@ def main():
             return {k.removeprefix("imreport_store_"): float(v) for k, v in
                     (line.rsplit(" ", 1) for line in body.splitlines() if line.startswith("imreport_store_"))}
 
-        def status(field):
-            for line in open(f"/proc/{proc.pid}/status"):
-                if line.startswith(field):
+        def rss():
+            for line in open(f"/proc/{srv.proc.pid}/status"):
+                if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
 
         def sample():
             t0 = time.time()
             while not done.wait(0.5):
-                samples.append({"t": round(time.time() - t0, 1), "rss": status("VmRSS:"), **gauges()})
+                samples.append({"t": round(time.time() - t0, 1), "rss": rss(), **gauges()})
 
         th = threading.Thread(target=sample)
         th.start()
-        w = bench.Workload(a.messages, days=a.days)
-        t = time.time()
-        subprocess.run([a.binary, "loadgen", *w.loadgen_args(), "--url", url, "--app-key", bench.KEY,
-                        "--master-secret", bench.SECRET, "--concurrency", "4", "--batch", "5000"],
-                       check=True, capture_output=True)
-        secs = time.time() - t
+        rate = srv.load()
         time.sleep(10)  # the upkeep after a load
         done.set()
         th.join()
-        hwm = status("VmHWM:")
-        proc.terminate()
-        proc.wait()
+        hwm = srv.rss_peak()
+        srv.close()
         mib = 2**20
         top = max(samples, key=lambda x: x["rss"])
-        res = {"messages_per_s": round(a.messages / secs), "peak_rss_mib": round(hwm / mib, 1),
+        res = {"messages_per_s": round(rate), "peak_rss_mib": round(hwm / mib, 1),
                "at_highest_sample_mib": {k: round(v / mib, 1) for k, v in top.items()
                                          if k in ("rss", "memtable_bytes", "block_cache_bytes")},
                "pending_flushes_then": top.get("pending_flushes")}

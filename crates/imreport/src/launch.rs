@@ -80,12 +80,12 @@ pub async fn open_store(s: &Settings, clock: &Clock) -> Result<Stores> {
             let config = EmbeddedConfig {
                 busy_hour: s.busy_hour,
                 ingest_nice: s.ingest_nice,
-                cache_bytes: s.block_cache_mb * 1024 * 1024,
+                cache_bytes: Settings::mib(s.block_cache_mb),
                 ..EmbeddedConfig::new(
                     s.retention_days,
                     s.queue_depth,
                     tz,
-                    s.min_free_disk_mb * 1024 * 1024,
+                    Settings::mib(s.min_free_disk_mb),
                     clock.clone(),
                 )
             };
@@ -166,7 +166,7 @@ pub async fn state(s: &Settings, stores: &Stores, hooks: &Hooks) -> Result<AppSt
         Capacity {
             ingest_slots: s.ingest_concurrency,
             page_slots: s.page_concurrency,
-            response_bytes: s.response_buffer_mb * 1024 * 1024,
+            response_bytes: Settings::mib(s.response_buffer_mb),
         },
         BodyLimits {
             read_timeout: Settings::secs(s.body_read_timeout_secs),

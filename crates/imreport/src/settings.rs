@@ -319,6 +319,12 @@ impl Settings {
     pub fn secs(secs: f64) -> std::time::Duration {
         std::time::Duration::from_secs_f64(secs)
     }
+
+    /// A size setting given in MiB, in bytes (saturating: a huge value means "no limit", not a
+    /// wrapped small one).
+    pub fn mib(mb: u64) -> u64 {
+        mb.saturating_mul(1024 * 1024)
+    }
 }
 
 /// Which store a server (or `imreport app`) works on.
@@ -423,6 +429,12 @@ mod tests {
             .args
             .resolve()
             .unwrap()
+    }
+
+    #[test]
+    fn sizes_in_mib_become_bytes_and_saturate() {
+        assert_eq!(Settings::mib(3), 3 * 1024 * 1024);
+        assert_eq!(Settings::mib(u64::MAX / 1024), u64::MAX);
     }
 
     #[test]
