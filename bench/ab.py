@@ -44,21 +44,6 @@ def threads_cpu(pid):
     return out
 
 
-class Served(bench.Imreport):
-    """A server on an existing data dir (no app created)."""
-
-    def __init__(self, w, data, binary, env):
-        self.w, self.dir = w, data
-        self.proc = subprocess.Popen([binary, "serve", "--data-dir", data, "--listen", "127.0.0.1:0",
-                                      "--queue-depth", "1024", "--ingest-concurrency", "8"],
-                                     stdout=subprocess.PIPE, text=True, stderr=subprocess.DEVNULL,
-                                     env={**os.environ, **env})
-        self.url = self.proc.stdout.readline().strip().rsplit(" ", 1)[1]
-        self.host = bench.urllib.parse.urlparse(self.url).netloc
-        self.auth = "Basic " + bench.base64.b64encode(f"{bench.KEY}:{bench.SECRET}".encode()).decode()
-        self.conn = bench.Http(self.host, self.auth)
-
-
 def parse_variant(s):
     name, _, rest = s.partition("=")
     rest, _, binary = rest.partition("@")
@@ -108,7 +93,7 @@ def main():
             for name, env, binary in variants:
                 data = work / f"run-{name}-{pair}"
                 shutil.copytree(pristine[name], data)
-                srv = Served(w, data, binary, env)
+                srv = bench.Served(w, data, binary, env)
                 try:
                     srv.settle()
                     before = threads_cpu(srv.proc.pid)

@@ -5,7 +5,9 @@ embedded store's memory gauges (memtables, pending flushes, block cache) every 0
 the rate, the peak (VmHWM) and the sample at the highest RSS; the samples go to OUT.
 
   bench/.venv/bin/python bench/rss.py [--binary target/release/imreport] [--messages 100000000]
-      [--days 60] [--out rss.json] [ENV=VALUE ...]
+      [--days 60] [--out rss.json] [--keep DIR] [ENV=VALUE ...]
+
+--keep DIR keeps the loaded data dir at DIR (for profiling queries on it) instead of deleting it.
 
 Experiments only: the suite (bench.py --scale) is what BENCHMARKS.md reports."""
 
@@ -31,6 +33,7 @@ def main():
     ap.add_argument("--messages", type=int, default=100_000_000)
     ap.add_argument("--days", type=int, default=60)
     ap.add_argument("--out", default="rss.json")
+    ap.add_argument("--keep", help="move the loaded data dir here instead of deleting it")
     ap.add_argument("env", nargs="*", help="ENV=VALUE for the server")
     a = ap.parse_args()
     with socket.socket() as s:
@@ -79,6 +82,8 @@ def main():
                "pending_flushes_then": top.get("pending_flushes")}
         json.dump({"result": res, "samples": samples}, open(a.out, "w"))
         print(json.dumps(res))
+        if a.keep:
+            shutil.move(str(srv.dir), a.keep)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
