@@ -196,16 +196,19 @@ class Imreport:
         self.prepare()
         subprocess.run([BIN, "app", "create", "--data-dir", self.dir, *self.store, "--app-key", KEY,
                         "--master-secret", SECRET], check=True, capture_output=True)
-        self.proc = subprocess.Popen([BIN, "serve", "--data-dir", self.dir, *self.store, "--listen", "127.0.0.1:0",
-                                      "--queue-depth", "1024", "--ingest-concurrency", "8"],
-                                     stdout=subprocess.PIPE, text=True,
+        self.start()
+
+    def start(self, binary=None, env=None):
+        """Starts `binary` (BIN by default) serving the data dir, with `env` added."""
+        self.proc = subprocess.Popen([binary or BIN, "serve", "--data-dir", self.dir, *self.store, "--listen",
+                                      "127.0.0.1:0", "--queue-depth", "1024", "--ingest-concurrency", "8"],
+                                     stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
                                      # BENCH_SERVER_LOG=FILE keeps the server's log (with
                                      # its access log: one line per request with its latency).
                                      stderr=open(os.environ["BENCH_SERVER_LOG"], "a")
                                      if os.environ.get("BENCH_SERVER_LOG") else subprocess.DEVNULL)
-        url = self.proc.stdout.readline().strip().rsplit(" ", 1)[1]
-        self.url = url
-        self.host = urllib.parse.urlparse(url).netloc
+        self.url = self.proc.stdout.readline().strip().rsplit(" ", 1)[1]
+        self.host = urllib.parse.urlparse(self.url).netloc
         self.auth = "Basic " + base64.b64encode(f"{KEY}:{SECRET}".encode()).decode()
         self.conn = Http(self.host, self.auth)
 
@@ -298,14 +301,7 @@ class Served(Imreport):
 
     def __init__(self, w, data, binary=None, env=None):
         self.w, self.dir = w, data
-        self.proc = subprocess.Popen([binary or BIN, "serve", "--data-dir", data, "--listen", "127.0.0.1:0",
-                                      "--queue-depth", "1024", "--ingest-concurrency", "8"],
-                                     stdout=subprocess.PIPE, text=True, stderr=subprocess.DEVNULL,
-                                     env={**os.environ, **(env or {})})
-        self.url = self.proc.stdout.readline().strip().rsplit(" ", 1)[1]
-        self.host = urllib.parse.urlparse(self.url).netloc
-        self.auth = "Basic " + base64.b64encode(f"{KEY}:{SECRET}".encode()).decode()
-        self.conn = Http(self.host, self.auth)
+        self.start(binary, env)
 
 
 class ImreportPg(Imreport):
