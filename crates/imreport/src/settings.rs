@@ -105,7 +105,7 @@ settings! {
     /// How many nice steps (0-19) below the rest of the process ingest's CPU work runs:
     /// decoding bodies, and in the embedded store its writer, fsync and merge threads, so that
     /// history and statistics requests take the cores first while ingest keeps them busy (0:
-    /// the same priority).
+    /// the same priority). Decoding runs 9 steps lower still, below the writer.
     ingest_nice: i32 = imreport_store::priority::DEFAULT_INGEST_NICE;
     /// History pages built at once, shared fairly between apps.
     page_concurrency: usize = 8;

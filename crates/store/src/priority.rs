@@ -3,14 +3,31 @@
 //! worker) run at a higher nice value than the rest of the process, so that a history page or a
 //! statistics request that wakes while ingest keeps both cores busy is scheduled at once instead
 //! of sharing a core with them; they are also batch threads, which never preempt a running
-//! thread when they wake. Ingest still takes every cycle the queries leave. Measured in
-//! bench/LIMITS.md (session 22).
+//! thread when they wake. Ingest still takes every cycle the queries leave. Within ingest, the
+//! decoding threads run below the writer, its one serial stage ([`DECODE_BELOW_WRITER`]).
+//! Measured in bench/LIMITS.md (sessions 22 and 24).
 
 use std::sync::Arc;
 
 /// How much lower (in nice steps, 0-19) ingest threads run than the process: the default of
 /// the `ingest_nice` setting.
 pub const DEFAULT_INGEST_NICE: i32 = 10;
+
+/// How many nice steps more than the writer the decoding threads take (19 at most), where ingest
+/// is lowered at all. The writer is ingest's one serial stage; the decoders run ahead of it on
+/// every core, and at the writer's level they took its core as often as the queries' threads
+/// did. One level below it, ingest loaded 1M `full` messages 7-10% faster (bench/LIMITS.md,
+/// session 24).
+pub const DECODE_BELOW_WRITER: i32 = 9;
+
+/// The nice steps the decoding threads are lowered by, for ingest lowered by `nice`.
+pub fn decode_nice(nice: i32) -> i32 {
+    if nice <= 0 {
+        0
+    } else {
+        nice + DECODE_BELOW_WRITER
+    }
+}
 
 /// Lowers the calling thread's CPU priority by `nice` steps (its nice value rises, to 19 at
 /// most). An unprivileged process cannot raise it back, so only threads that do nothing but
@@ -58,15 +75,18 @@ pub fn on_lowered_thread<T: Send>(nice: i32, f: impl FnOnce() -> T + Send) -> T 
     })
 }
 
-/// Threads at ingest priority for the CPU work of ingest requests (decoding their bodies), one
-/// a core: at most that many bodies are decoded at once, whatever the number of clients.
+/// Threads below the writer's priority ([`decode_nice`]) for the CPU work of ingest requests
+/// (decoding their bodies), one a core: at most that many bodies are decoded at once, whatever
+/// the number of clients.
 #[derive(Clone)]
 pub struct IngestPool {
     pool: Arc<rayon::ThreadPool>,
 }
 
 impl IngestPool {
+    /// A pool for ingest lowered by `nice` (the `ingest_nice` setting).
     pub fn new(nice: i32) -> std::io::Result<IngestPool> {
+        let nice = decode_nice(nice);
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -140,10 +160,20 @@ mod tests {
         let (nice, batch, sum) = pool
             .run(|| (nice_of_this_thread(), is_batch(), (1..=10).sum::<i32>()))
             .await;
-        assert_eq!((nice, batch, sum), ((parent + 3).min(19), true, 55));
+        assert_eq!(
+            (nice, batch, sum),
+            ((parent + 3 + DECODE_BELOW_WRITER).min(19), true, 55),
+            "below the writer's level, a batch thread"
+        );
         assert_eq!(nice_of_this_thread(), parent);
         assert!(!is_batch(), "the caller's policy is untouched");
         let panicked = tokio::spawn(async move { pool.run(|| panic!("in a job")).await }).await;
         assert!(panicked.is_err(), "a job's panic reaches its caller");
+        let level = IngestPool::new(0).unwrap();
+        assert_eq!(
+            level.run(|| (nice_of_this_thread(), is_batch())).await,
+            (parent, false),
+            "ingest_nice 0 lowers no decoder either"
+        );
     }
 }
