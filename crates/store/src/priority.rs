@@ -14,10 +14,8 @@ use std::sync::Arc;
 pub const DEFAULT_INGEST_NICE: i32 = 10;
 
 /// How many nice steps more than the writer the decoding threads take (19 at most), where ingest
-/// is lowered at all. The writer is ingest's one serial stage; the decoders run ahead of it on
-/// every core, and at the writer's level they took its core as often as the queries' threads
-/// did. One level below it, ingest loaded 1M `full` messages 7-10% faster (bench/LIMITS.md,
-/// session 24).
+/// is lowered at all. The writer is ingest's one serial stage; at its level the decoders, running
+/// ahead of it on every core, kept it waiting for a core (bench/LIMITS.md, session 24).
 pub const DECODE_BELOW_WRITER: i32 = 9;
 
 /// The nice steps the decoding threads are lowered by, for ingest lowered by `nice`.
