@@ -613,11 +613,20 @@ fn ingest_runs_below_the_queries(pid: u32) {
         .iter()
         .find(|t| t.0 == "imreport")
         .expect("the main thread");
-    let lowered = ((main.1 + 10).min(19), 3); // SCHED_BATCH
-    for name in ["imreport-decode", "imreport-writer", "fjall:worker"] {
+    // SCHED_BATCH at the default ingest_nice; decoders further below the writer.
+    use imreport_store::priority::{DEFAULT_INGEST_NICE, decode_nice};
+    let lowered = |by: i32| ((main.1 + by).min(19), 3);
+    for (name, by) in [
+        ("imreport-decode", decode_nice(DEFAULT_INGEST_NICE)),
+        ("imreport-writer", DEFAULT_INGEST_NICE),
+        ("fjall:worker", DEFAULT_INGEST_NICE),
+    ] {
         let of: Vec<_> = threads.iter().filter(|t| t.0.starts_with(name)).collect();
         assert!(!of.is_empty(), "no {name} thread in {threads:?}");
-        assert!(of.iter().all(|t| (t.1, t.2) == lowered), "{name}: {of:?}");
+        assert!(
+            of.iter().all(|t| (t.1, t.2) == lowered(by)),
+            "{name}: {of:?}"
+        );
     }
     let workers: Vec<_> = threads
         .iter()
