@@ -16,7 +16,7 @@ if [ "${BENCH_SMOKE:-}" = 1 ]; then
   # will do, which spares CI a release build.
   SIZES=(10000)
   cargo build --quiet --bin imreport
-  export IMREPORT_BIN="$PWD/target/debug/imreport"
+  export IMREPORT_BIN="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/imreport"
 else
   cargo build --release --quiet --bin imreport
 fi
