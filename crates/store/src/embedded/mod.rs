@@ -7,6 +7,7 @@ mod id_index_retention;
 mod keys;
 mod read;
 mod recent_ids;
+mod spares;
 mod writer;
 
 use crate::window::Window;
@@ -170,6 +171,8 @@ pub(crate) struct Inner {
     formats: RwLock<HashMap<i64, Format>>,
     /// Presence sets (active users, senders, active groups) by civil day.
     acts: RwLock<BTreeMap<i64, Keyspace>>,
+    /// Empty keyspaces made ahead of the writer's need (see `spares`).
+    spares: Mutex<spares::Spares>,
     /// Partition days and retention horizons; the partition offset is the report zone's offset
     /// when the data dir was created, fixed forever (see [`Window`]).
     window: Window,
@@ -220,15 +223,6 @@ impl Inner {
         Ok(())
     }
 
-    fn act(&self, day: i64) -> Result<Keyspace> {
-        if let Some(ks) = self.acts.read().expect("lock").get(&day) {
-            return Ok(ks.clone());
-        }
-        let ks = self.db.keyspace(&keys::act_name(day), ks_options)?;
-        self.acts.write().expect("lock").insert(day, ks.clone());
-        Ok(ks)
-    }
-
     /// Whether every partition that `from..=to` touches has at least format `f`.
     fn all_at_least(&self, f: Format, from: Millis, to: Millis) -> bool {
         let formats = self.formats.read().expect("lock");
@@ -257,31 +251,6 @@ impl Inner {
 
     fn day(&self, day: i64) -> Option<Partition> {
         self.days.read().expect("lock").get(&day).cloned()
-    }
-
-    fn day_or_create(&self, day: i64) -> Result<Partition> {
-        if let Some(p) = self.day(day) {
-            return Ok(p);
-        }
-        let ks = self.db.keyspace(&keys::day_name(day), day_options)?;
-        let format = self.config.partition_format;
-        // A crash before the markers are written leaves a records keyspace that no partition
-        // claims: the next open deletes it.
-        let records = if format >= Format::RecordKeyspace {
-            self.db
-                .keyspace(&keys::records_name(day), records_options)?
-        } else {
-            ks.clone()
-        };
-        for (f, marker) in Format::MARKERS {
-            if f <= format {
-                ks.insert(marker, b"")?;
-            }
-        }
-        let p = Partition { ks, records };
-        self.formats.write().expect("lock").insert(day, format);
-        self.days.write().expect("lock").insert(day, p.clone());
-        Ok(p)
     }
 }
 
@@ -438,6 +407,13 @@ impl EmbeddedStore {
                 db.delete_keyspace(db.keyspace(&name, records_options)?)?;
             }
         }
+        let spares = spares::Spares::sort_found(
+            &db,
+            &mut days,
+            &mut formats,
+            &mut acts,
+            config.partition_format,
+        )?;
         let partition_offset_ms = match meta.get(PARTITION_OFFSET)? {
             Some(v) => keys::u64_value(&v) as i64,
             None => {
@@ -465,6 +441,7 @@ impl EmbeddedStore {
             days: RwLock::new(days),
             formats: RwLock::new(formats),
             acts: RwLock::new(acts),
+            spares: Mutex::new(spares),
             window: Window {
                 retention_days: config.retention_days,
                 partition_offset_ms,

@@ -874,3 +874,77 @@ async fn records_live_in_their_own_keyspace_and_go_with_their_day() {
         "{left:?}"
     );
 }
+
+/// Waits (a bound, not a timing) until the store holds these spares.
+async fn spares_become(store: &EmbeddedStore, want: (Vec<i64>, Vec<i64>)) {
+    for _ in 0..1000 {
+        if store.inner.spare_days() == want {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("spares {:?}, not {want:?}", store.inner.spare_days());
+}
+
+/// A day's first message has the spare thread make the next day's keyspaces (up to tomorrow),
+/// which the writer takes when that day comes: invisible to readers and retention until then.
+/// A spare left at shutdown is a spare again after a restart, and retention deletes it without
+/// counting a day.
+#[tokio::test]
+async fn the_next_days_keyspaces_are_made_ahead_and_taken_when_the_day_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, app, clock) = two_day_store(dir.path()).await;
+    let (today, yesterday) = (T0 - 1000, T0 - 1000 - MILLIS_PER_DAY);
+    let (d, a) = (
+        store.inner.pday(yesterday),
+        store.inner.window.tz.civil_day(yesterday),
+    );
+    let out = ingest(&store, &app, &[single(1, yesterday, "a")]).await;
+    assert_eq!(out.accepted, 1);
+    spares_become(&store, (vec![d + 1], vec![a + 1])).await;
+    assert_eq!(store.day_partitions(), 1, "a spare is no partition");
+    assert_eq!(app_total(&store, &app, yesterday, T0).await, 1);
+
+    let spare = store.inner.spares.lock().unwrap().days[&(d + 1)].clone();
+    let out = ingest(&store, &app, &[single(2, today, "a")]).await;
+    assert_eq!(out.accepted, 1);
+    let taken = store.inner.day(d + 1).unwrap();
+    assert_eq!(
+        (taken.ks.id(), taken.records.id()),
+        (spare.ks.id(), spare.records.id())
+    );
+    assert_eq!(
+        store.inner.format(d + 1),
+        store.inner.config.partition_format
+    );
+    // Today's first message asks for tomorrow's; none beyond.
+    spares_become(&store, (vec![d + 2], vec![a + 2])).await;
+    assert_eq!(app_total(&store, &app, yesterday, T0).await, 2);
+    drop((store, spare, taken));
+
+    let config = EmbeddedConfig {
+        retention_days: 2,
+        clock: clock.clone(),
+        ..test_config()
+    };
+    let store = reopen(dir.path(), config).await;
+    assert_eq!(store.inner.spare_days(), (vec![d + 2], vec![a + 2]));
+    assert_eq!(store.day_partitions(), 2);
+    assert_eq!(app_total(&store, &app, yesterday, T0).await, 2);
+    clock.set(T0 + 5 * MILLIS_PER_DAY);
+    assert_eq!(store.enforce_retention().await.unwrap(), 2);
+    assert_eq!(store.inner.spare_days(), (vec![], vec![]));
+    let names: Vec<String> = store
+        .inner
+        .db
+        .list_keyspace_names()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| ["day-", "rec-", "act-"].iter().any(|p| n.starts_with(p))),
+        "{names:?}"
+    );
+}

@@ -12,6 +12,7 @@ mod staging;
 mod syncer;
 
 use super::recent_ids::RecentIds;
+use super::spares::Ahead;
 use super::{Format, Inner, Partition, keys};
 use crate::{IngestOutcome, Result, StoreError};
 use counters::{Counters, DayCounters};
@@ -132,6 +133,16 @@ impl Handle {
             .keys()
             .map(|d| (*d, long_ago))
             .collect();
+        let ahead = super::spares::spawn(inner.clone())?;
+        // A store already written today (live traffic) gets tomorrow's keyspaces ready now.
+        let now = inner.config.clock.now_ms();
+        if inner.day(inner.pday(now)).is_some() {
+            let _ = ahead.send(Ahead::Day(inner.pday(now) + 1));
+        }
+        let today = inner.window.tz.civil_day(now);
+        if inner.acts.read().expect("lock").contains_key(&today) {
+            let _ = ahead.send(Ahead::Act(today + 1));
+        }
         let sync_failed = Arc::new(AtomicBool::new(false));
         let sync = spawn_syncer(inner.clone(), sync_failed.clone())?;
         let health = Arc::new(Health {
@@ -144,6 +155,7 @@ impl Handle {
             sync,
             sync_failed,
             tidy,
+            ahead,
             written,
             last_tidy: Instant::now(),
             seq,
@@ -225,6 +237,8 @@ struct Writer {
     sync_failed: Arc<AtomicBool>,
     /// Day partitions to merge into one level, for the tidy thread.
     tidy: std::sync::mpsc::Sender<(i64, Partition)>,
+    /// Keyspaces for the spare thread to make before they are needed.
+    ahead: std::sync::mpsc::Sender<Ahead>,
     /// When each day partition was last written, until it is handed to `tidy`.
     written: HashMap<i64, Instant>,
     last_tidy: Instant,
@@ -457,6 +471,7 @@ impl Writer {
             .fetch_max(horizon, std::sync::atomic::Ordering::Relaxed);
         let old_days = split(&inner.days, horizon);
         let old_acts = split(&inner.acts, stats_horizon);
+        inner.drop_spares(horizon, stats_horizon)?;
         let dropped = old_days.len();
         let old_days = old_days.iter().flat_map(Partition::keyspaces);
         for ks in old_days.chain(old_acts) {
