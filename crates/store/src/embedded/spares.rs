@@ -125,15 +125,33 @@ impl Inner {
             Some(ks) => ks,
             None => {
                 tracing::debug!(day, "no spare presence sets: making them on the writer");
-                self.db.keyspace(&keys::act_name(day), ks_options)?
+                self.new_act(day)?
             }
         };
         self.acts.write().expect("lock").insert(day, ks.clone());
         Ok(ks)
     }
 
-    /// Makes a spare unless the day has its keyspace already.
-    pub(crate) fn make_spare(&self, ahead: Ahead) -> Result<()> {
+    /// A new presence-set keyspace, published nowhere.
+    fn new_act(&self, day: i64) -> Result<Keyspace> {
+        Ok(self.db.keyspace(&keys::act_name(day), ks_options)?)
+    }
+
+    /// Whether a spare is worth making: up to tomorrow in the server's clock (data from further
+    /// ahead is refused or rare, and a spare for it would sit unused).
+    fn wanted(&self, ahead: Ahead) -> bool {
+        let now = self.config.clock.now_ms();
+        match ahead {
+            Ahead::Day(day) => day <= self.pday(now) + 1,
+            Ahead::Act(day) => day <= self.window.tz.civil_day(now) + 1,
+        }
+    }
+
+    /// Makes a spare if it is wanted and the day has no keyspace yet.
+    fn make_spare(&self, ahead: Ahead) -> Result<()> {
+        if !self.wanted(ahead) {
+            return Ok(());
+        }
         let mut spares = self.spares.lock().expect("lock");
         match ahead {
             Ahead::Day(day) => {
@@ -147,7 +165,7 @@ impl Inner {
                 if !self.acts.read().expect("lock").contains_key(&day)
                     && !spares.acts.contains_key(&day)
                 {
-                    let ks = self.db.keyspace(&keys::act_name(day), ks_options)?;
+                    let ks = self.new_act(day)?;
                     spares.acts.insert(day, ks);
                     tracing::debug!(day, "made spare presence sets");
                 }
@@ -183,10 +201,19 @@ impl Inner {
     }
 }
 
-/// Starts the thread that makes the spares the writer asks for. Its failures only cost the
-/// writer the time to make the keyspace itself.
+/// Starts the thread that makes the spares the writer asks for (the day after each day it
+/// first writes). Its failures only cost the writer the time to make the keyspace itself.
 pub(crate) fn spawn(inner: std::sync::Arc<Inner>) -> Result<std::sync::mpsc::Sender<Ahead>> {
     let (tx, rx) = std::sync::mpsc::channel::<Ahead>();
+    // A store already written today (live traffic) gets tomorrow's keyspaces ready now.
+    let now = inner.config.clock.now_ms();
+    let (day, civil) = (inner.pday(now), inner.window.tz.civil_day(now));
+    if inner.day(day).is_some() {
+        let _ = tx.send(Ahead::Day(day + 1));
+    }
+    if inner.acts.read().expect("lock").contains_key(&civil) {
+        let _ = tx.send(Ahead::Act(civil + 1));
+    }
     std::thread::Builder::new()
         .name("imreport-spare".into())
         .spawn(move || {

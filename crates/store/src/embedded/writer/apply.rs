@@ -50,7 +50,7 @@ impl Writer {
                     None => {
                         let part = inner.day_or_create(day)?;
                         self.counters.days.insert(day, DayCounters::default());
-                        self.make_ahead(Ahead::Day(day + 1));
+                        let _ = self.ahead.send(Ahead::Day(day + 1));
                         part
                     }
                 };
@@ -206,22 +206,8 @@ impl Writer {
         }
         let ks = self.inner.act(day)?;
         self.complete.insert(day);
-        self.make_ahead(Ahead::Act(day + 1));
+        let _ = self.ahead.send(Ahead::Act(day + 1));
         Ok(ks)
-    }
-
-    /// Asks the spare thread for a day's keyspace once its previous day is first written, up to
-    /// tomorrow (data from further ahead is refused or rare: a spare for it would sit unused).
-    fn make_ahead(&self, ahead: Ahead) {
-        let now = self.inner.config.clock.now_ms();
-        let last = match ahead {
-            Ahead::Day(_) => self.inner.pday(now) + 1,
-            Ahead::Act(_) => self.inner.window.tz.civil_day(now) + 1,
-        };
-        let (Ahead::Day(day) | Ahead::Act(day)) = ahead;
-        if day <= last {
-            let _ = self.ahead.send(ahead);
-        }
     }
 
     /// Whether the app already holds a message with this id (in a day still retained).

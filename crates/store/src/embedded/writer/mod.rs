@@ -134,15 +134,6 @@ impl Handle {
             .map(|d| (*d, long_ago))
             .collect();
         let ahead = super::spares::spawn(inner.clone())?;
-        // A store already written today (live traffic) gets tomorrow's keyspaces ready now.
-        let now = inner.config.clock.now_ms();
-        if inner.day(inner.pday(now)).is_some() {
-            let _ = ahead.send(Ahead::Day(inner.pday(now) + 1));
-        }
-        let today = inner.window.tz.civil_day(now);
-        if inner.acts.read().expect("lock").contains_key(&today) {
-            let _ = ahead.send(Ahead::Act(today + 1));
-        }
         let sync_failed = Arc::new(AtomicBool::new(false));
         let sync = spawn_syncer(inner.clone(), sync_failed.clone())?;
         let health = Arc::new(Health {
