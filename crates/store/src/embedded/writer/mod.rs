@@ -502,7 +502,8 @@ impl Writer {
             self.forget();
         }
         let started = std::time::Instant::now();
-        let written = self.write(jobs);
+        let mut spent = Vec::with_capacity(jobs.len());
+        let written = self.write(jobs, &mut spent);
         metrics::histogram!("imreport_writer_commit_seconds")
             .record(started.elapsed().as_secs_f64());
         self.health.failing.store(
@@ -521,8 +522,12 @@ impl Writer {
                         }
                     }
                 }
+                let durable = Durable {
+                    replies: durable,
+                    spent,
+                };
                 if let Err(std::sync::mpsc::SendError(durable)) = self.sync.send(durable) {
-                    for (reply, _) in durable {
+                    for (reply, _) in durable.replies {
                         let _ = reply.send(Err(StoreError::ShuttingDown));
                     }
                 }
@@ -573,7 +578,13 @@ impl Writer {
 
     /// Stages and commits a group of requests; each gets its outcome, or its refusal when it
     /// cannot be stored as sent (the others commit all the same).
-    fn write(&mut self, jobs: Vec<(App, Vec<Event>)>) -> Result<Vec<Result<IngestOutcome>>> {
+    /// Commits the jobs' events as one group; the events go to `spent`, to be freed off the
+    /// writer.
+    fn write(
+        &mut self,
+        jobs: Vec<(App, Vec<Event>)>,
+        spent: &mut Vec<Vec<Event>>,
+    ) -> Result<Vec<Result<IngestOutcome>>> {
         let inner = self.inner.clone();
         inner.check_free_space()?;
         let now = inner.config.clock.now_ms();
@@ -603,7 +614,7 @@ impl Writer {
             rec: Vec::with_capacity(512),
         };
         let mut outcomes = Vec::with_capacity(jobs.len());
-        for (app, events) in jobs {
+        for (app, mut events) in jobs {
             let next = self.next_id(&g, app.id)?;
             let kept = events.iter().filter_map(|ev| match ev {
                 Event::Message(m) if inner.pday(m.msg_ctime) >= g.horizon => Some(m),
@@ -611,17 +622,18 @@ impl Writer {
             });
             if let Err(e) = check_msgids_assignable(next, kept) {
                 outcomes.push(Err(StoreError::Invalid(e)));
+                spent.push(events);
                 continue;
             }
             let mut out = IngestOutcome::default();
-            for ev in events {
+            for ev in &mut events {
                 let changed = match ev {
                     Event::Message(m) => self.message(&mut g, &app, m)?,
                     Event::UserLogin { username, time } => {
-                        if inner.pday(time) < g.horizon {
+                        if inner.pday(*time) < g.horizon {
                             None
                         } else {
-                            let mark = login_mark(&username, time, &inner.config.tz);
+                            let mark = login_mark(username, *time, &inner.config.tz);
                             Some(self.mark(&mut g, app.id, mark)?)
                         }
                     }
@@ -640,6 +652,7 @@ impl Writer {
                 }
             }
             outcomes.push(Ok(out));
+            spent.push(events);
         }
         self.flush(g)?;
         Ok(outcomes)
