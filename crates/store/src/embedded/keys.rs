@@ -22,6 +22,16 @@
 //!   holding [`MINUTES`]): a `total`'s partial hours cost minute counters and at most two
 //!   partial minutes of records, not up to two hours of them
 //!
+//! Presence keyspaces (one per civil day of the report time zone, [`act_name`]):
+//! - `app u32 | code u8 | id` → empty: the id is in the day's set (`s` senders, `a` active
+//!   users, `g` active groups). Written only for members nothing else implies: a sender's or
+//!   group's tally (below) makes it a member, and a sender is an active user; so since the
+//!   tallies these are mostly users who logged in without sending. Earlier days hold every
+//!   member's, and are read alike
+//! - `app u32 | code u8 | id` with the code upper case (`S`, `G`) → u64 messages of that sender
+//!   or group that day ([`tally_key_into`]), plus its entries in the day's tally logs
+//! - `app u32 | 'L' | seq u64` → a commit's tally deltas not yet folded ([`tally_log_key`])
+//!
 //! Global keyspaces:
 //! - `id-blocks`: `app u32 | msgid >> 6` → the block's stored msgids as `(partition day i64,
 //!   mask u64)` pairs, bit `msgid & 63` of a day's mask set for each msgid stored in that day's

@@ -730,10 +730,26 @@ pub(crate) fn backup(
         let tz = &inner.config.tz;
         let mut set = Vec::new();
         for (day, ks) in &acts {
-            keys::entity_key_into(id, Presence::Sender.code(), "", &mut set);
+            // The day's senders: by their own keys (written before tallies implied them), their
+            // tallies and their unfolded tally logs (see `Writer::mark`).
             let mut senders = std::collections::HashSet::new();
-            for kv in snap.prefix(ks, &set) {
-                senders.insert(kv.key()?.to_vec()[set.len()..].to_vec());
+            for code in [
+                Presence::Sender.code(),
+                Presence::Sender.code().to_ascii_uppercase(),
+            ] {
+                keys::entity_key_into(id, code, "", &mut set);
+                for kv in snap.prefix(ks, &set) {
+                    senders.insert(kv.key()?.to_vec()[set.len()..].to_vec());
+                }
+            }
+            let tally = Presence::Sender.code().to_ascii_uppercase();
+            for kv in snap.prefix(ks, keys::tally_log_prefix(id)) {
+                let (_, v) = kv.into_inner()?;
+                for (rest, _) in keys::tally_log_entries(&v) {
+                    if rest.first() == Some(&tally) {
+                        senders.insert(rest[1..].to_vec());
+                    }
+                }
             }
             keys::entity_key_into(id, Presence::ActiveUser.code(), "", &mut set);
             for kv in snap.prefix(ks, &set) {

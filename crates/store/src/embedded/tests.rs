@@ -179,9 +179,15 @@ async fn two_day_store(dir: &Path) -> (EmbeddedStore, App, Clock) {
 async fn a_restarted_writer_still_sees_what_was_stored_before() {
     let dir = tempfile::tempdir().unwrap();
     let (store, app) = store_with_app(dir.path(), test_config()).await;
-    let first = [message(10, "a", "g1"), message(5, "b", "g1")];
+    let login = |user: &str| {
+        format!(
+            r#"{{"event":"user_login","username":"{user}","time":{}}}"#,
+            T0 - 500
+        )
+    };
+    let first = [message(10, "a", "g1"), message(5, "b", "g1"), login("e")];
     let out = ingest(&store, &app, &first).await;
-    assert_eq!((out.accepted, out.duplicates), (2, 0));
+    assert_eq!((out.accepted, out.duplicates), (3, 0));
     // Below the watermark, stored in this run: a duplicate without a restart too.
     let out = ingest(
         &store,
@@ -205,19 +211,34 @@ async fn a_restarted_writer_still_sees_what_was_stored_before() {
         message(7, "b", "g2"),
         message(6, "c", "g1"),
         message(11, "a", "g3"),
+        // Known before the restart as a sender (only through its tally log), a user who only
+        // logged in, and a new one.
+        login("a"),
+        login("e"),
+        login("d"),
     ];
     let out = ingest(&store, &app, &again).await;
     assert_eq!(
         (out.accepted, out.duplicates),
-        (2, 2),
-        "5 and 7 were stored before the restart"
+        (3, 4),
+        "5 and 7 were stored before the restart, and a and e active"
     );
     let day = store.inner.config.tz.civil_day(T0);
     let report = store.stats_days(&app, day, day + 1).await.unwrap();
     let row = &report.days[0];
-    assert_eq!(row.active_users, 3, "a, b and c, each once");
+    assert_eq!(row.active_users, 5, "a to e, each once");
     assert_eq!(row.send_msg_users, 3);
     assert_eq!(row.active_groups, 3, "g1, g2, g3");
+    // Senders and groups are stored as their tallies, and a sender's activity as its sending:
+    // the only presence keys of their own are those of the users who only logged in.
+    let ks = store.inner.acts.read().unwrap()[&day].clone();
+    let own: Vec<Vec<u8>> = ks
+        .iter()
+        .map(|kv| kv.key().unwrap().to_vec())
+        .filter(|k| k.starts_with(&app.id.to_be_bytes()) && b"sag".contains(&k[4]))
+        .map(|k| k[4..].to_vec())
+        .collect();
+    assert_eq!(own, [b"ad".to_vec(), b"ae".to_vec()]);
     // Tallies continue from what was stored before the restart (read, not restarted at 0).
     let b = store.busiest(&app, day, 10).await.unwrap();
     let pairs = |v: &[imreport_domain::rollup::Tally]| {

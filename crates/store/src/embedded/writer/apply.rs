@@ -180,25 +180,91 @@ impl Writer {
     /// Adds an id to a day's presence set and, if it was not there yet, counts it in the day's
     /// row; `true` then. (`g.presence` holds the keys this group found or added; they join the
     /// cache once the group is committed.)
+    ///
+    /// A member is stored as a key of its own only where nothing else stored implies it: a
+    /// sender or group (a tallied set) is a member through its tally, which this batch writes
+    /// (as a tally log, or folded), and a user active that day as its sender through that
+    /// membership. Those keys were ~19% of the writer's memtable inserts (bench/LIMITS.md).
+    /// Presence keys written before are still read (see [`Writer::stored_member`]).
     pub(super) fn mark(&mut self, g: &mut Group, app: u32, mark: Mark<'_>) -> Result<bool> {
         let day = mark.day;
         keys::entity_key_into(app, mark.set.code(), mark.id, &mut g.key);
-        let key = g.key.as_slice();
-        if self.present.get(&day).is_some_and(|s| s.contains(key))
-            || g.presence.get(&day).is_some_and(|s| s.contains(key))
-        {
+        if self.held(g, day, &g.key) {
             return Ok(false);
         }
-        let key = PresenceKey::from_slice(key);
+        let key = PresenceKey::from_slice(&g.key);
         let ks = self.act(day)?;
-        if !self.complete.contains(&day) && ks.contains_key(&key)? {
+        if !self.complete.contains(&day) && self.stored_member(g, &ks, app, mark)? {
             g.presence.entry(day).or_default().insert(key);
             return Ok(false);
         }
-        g.staged.put(&ks, key.as_slice(), b"".as_slice());
+        let implied = mark.set.tallied() || {
+            // Messages mark their sender before it as active (`MessageRollup::marks`).
+            keys::entity_key_into(app, Presence::Sender.code(), mark.id, &mut g.key);
+            self.held(g, day, &g.key)
+        };
+        if !implied {
+            g.staged.put(&ks, key.as_slice(), b"".as_slice());
+        }
         g.presence.entry(day).or_default().insert(key);
         mark.set.count(g.days.entry((app, day)).or_default());
         Ok(true)
+    }
+
+    /// Whether this writer holds `key` in the day's presence set (stored, or added by `g`).
+    fn held(&self, g: &Group, day: i64, key: &[u8]) -> bool {
+        self.present.get(&day).is_some_and(|s| s.contains(key))
+            || g.presence.get(&day).is_some_and(|s| s.contains(key))
+    }
+
+    /// Whether a day's stored presence set (keyspace `ks`) holds the mark's id, for a day this
+    /// writer does not hold whole in memory: through its own key (every member's, as written
+    /// before tallies implied them; a user's who logged in before sending), its tally or an
+    /// unfolded tally log (a sender's or group's), or, for an active user, its membership of
+    /// the day's senders.
+    pub(super) fn stored_member(
+        &self,
+        g: &mut Group,
+        ks: &Keyspace,
+        app: u32,
+        mark: Mark<'_>,
+    ) -> Result<bool> {
+        let mut key = Vec::with_capacity(5 + mark.id.len());
+        keys::entity_key_into(app, mark.set.code(), mark.id, &mut key);
+        if ks.contains_key(&key)? {
+            return Ok(true);
+        }
+        let tallied = match mark.set {
+            Presence::ActiveUser => Presence::Sender,
+            set if set.tallied() => set,
+            _ => return Ok(false),
+        };
+        if tallied != mark.set {
+            keys::entity_key_into(app, tallied.code(), mark.id, &mut key);
+            if ks.contains_key(&key)? {
+                return Ok(true);
+            }
+        }
+        keys::tally_key_into(app, tallied, mark.id, &mut key);
+        if ks.contains_key(&key)? {
+            return Ok(true);
+        }
+        let logged = match g.logged.entry((mark.day, app)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let mut keys = HashSet::default();
+                for kv in ks.prefix(keys::tally_log_prefix(app)) {
+                    let (_, v) = kv.into_inner()?;
+                    for (rest, _) in keys::tally_log_entries(&v) {
+                        let mut k = PresenceKey::new();
+                        keys::join_entity_key(app, rest, &mut k);
+                        keys.insert(k);
+                    }
+                }
+                e.insert(keys)
+            }
+        };
+        Ok(logged.contains(key.as_slice()))
     }
 
     /// The day's presence keyspace; one this writer creates starts out complete in `present`.

@@ -23,7 +23,7 @@ use imreport_domain::event::{Event, check_msgids_assignable};
 use imreport_domain::lifecycle::{apply_lifecycle, decode_history, encode_history};
 use imreport_domain::message::{Message, encode_record};
 use imreport_domain::rollup::{
-    DayStats, Mark, MessageRollup, MsgCounts, decode_counts, encode_counts, login_mark,
+    DayStats, Mark, MessageRollup, MsgCounts, Presence, decode_counts, encode_counts, login_mark,
 };
 use imreport_domain::scope::Scope;
 use imreport_domain::time::{MILLIS_PER_HOUR, MILLIS_PER_MINUTE};
@@ -316,6 +316,9 @@ struct Group {
     presence: HashMap<i64, HashSet<PresenceKey>>,
     /// Messages this group adds to each tally, by civil day and tally key.
     tallies: HashMap<i64, HashMap<PresenceKey, u64>>,
+    /// The tally keys in the stored tally logs of an app's civil day (`(day, app)`), read when
+    /// a presence check of a day not held in memory first needs them (see `Writer::mark`).
+    logged: HashMap<(i64, u32), HashSet<PresenceKey>>,
     /// Messages per app and hour (`(day, app, hour)`) and per app and minute, in partitions
     /// keeping minute counters: counter deltas, keyed at `flush`.
     app_hours: HashMap<(i64, u32, u32), u64>,
@@ -608,6 +611,7 @@ impl Writer {
             totals: HashMap::default(),
             presence: HashMap::default(),
             tallies: HashMap::default(),
+            logged: HashMap::default(),
             app_hours: HashMap::default(),
             app_minutes: HashMap::default(),
             key: Vec::with_capacity(64),
