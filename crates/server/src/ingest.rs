@@ -92,12 +92,15 @@ async fn store_batch(
         let bytes = read_body(body, declared, limit, st.body).await?;
         let now = st.clock.now_ms();
         let limits = st.limits;
-        let key = app.key.clone();
+        let (store, for_pool) = (st.store.clone(), app.clone());
         // Parsing 16 MiB of JSON takes tens of milliseconds: off the async workers, and below
-        // the queries' priority.
-        let (events, bytes) = st
+        // the queries' priority; so does what the store can do ahead of its writer.
+        let (batch, bytes) = st
             .ingest_pool
-            .run(move || (decode(&bytes, &key, now, &limits), bytes))
+            .run(move || {
+                let events = decode(&bytes, &for_pool.key, now, &limits);
+                (events.map(|e| store.prepare(&for_pool, e)), bytes)
+            })
             .await;
         // The body is freed on a blocking-pool thread: mimalloc keeps what a thread frees in
         // that thread's heap until the thread allocates again or exits, and a pool thread exits
@@ -105,8 +108,7 @@ async fn store_batch(
         // which sleep until the next request, 16 MiB bodies stayed resident after a burst
         // (`memory::oversized_ingest_arrays_stay_within_the_documented_bound`).
         drop(tokio::task::spawn_blocking(move || drop(bytes)));
-        let events = events?;
-        let outcome = st.store.ingest(&app, events).await?;
+        let outcome = st.store.ingest_prepared(&app, batch?).await?;
         for (result, n) in [
             ("accepted", outcome.accepted),
             ("duplicate", outcome.duplicates),

@@ -229,6 +229,28 @@ pub struct PageRequest {
     pub total: u64,
 }
 
+/// A batch made ready to store by [`Store::prepare`].
+pub struct Prepared {
+    pub(crate) events: Vec<Event>,
+    /// The embedded store's: each message's record, encoded ahead.
+    pub(crate) records: Option<Records>,
+}
+
+impl Prepared {
+    /// The batch's events.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+}
+
+/// Messages' records encoded ahead ([`imreport_domain::message::encode_record_ahead`]): by
+/// event index, where each lies in `arena` (empty for the other events).
+#[derive(Default)]
+pub(crate) struct Records {
+    pub(crate) arena: Vec<u8>,
+    pub(crate) ranges: Vec<(usize, usize)>,
+}
+
 /// The domain-level storage interface. Every backend implements it; the server knows nothing else.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -243,6 +265,22 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a validated batch atomically and durably: when this returns `Ok`, every event is on
     /// disk; on `Err`, none is.
     async fn ingest(&self, app: &App, events: Vec<Event>) -> Result<IngestOutcome>;
+
+    /// Does the work of storing a batch that needs nothing of the store's state, on the
+    /// caller's thread: the server calls it where it decodes the batch, below the queries'
+    /// priority, so that less is left for the store's serial stage. Nothing by default.
+    fn prepare(&self, app: &App, events: Vec<Event>) -> Prepared {
+        let _ = app;
+        Prepared {
+            events,
+            records: None,
+        }
+    }
+
+    /// [`Store::ingest`] of a batch [`Store::prepare`] made (for this store and app).
+    async fn ingest_prepared(&self, app: &App, batch: Prepared) -> Result<IngestOutcome> {
+        self.ingest(app, batch.events).await
+    }
 
     /// One page of a scope's history.
     async fn page(&self, app: &App, scope: &Scope, req: PageRequest) -> Result<Page>;

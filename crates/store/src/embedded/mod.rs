@@ -611,7 +611,33 @@ impl Store for EmbeddedStore {
     }
 
     async fn ingest(&self, app: &App, events: Vec<Event>) -> Result<IngestOutcome> {
-        self.writer.ingest(app.clone(), events).await
+        self.writer.ingest(app.clone(), events, None).await
+    }
+
+    /// Encodes the messages' records (with their sequence left for the writer to fill in):
+    /// ~9% of the writer's time when it did, reading each message's strings from cold memory.
+    fn prepare(&self, app: &App, events: Vec<Event>) -> crate::Prepared {
+        let mut r = crate::Records {
+            arena: Vec::with_capacity(events.len() * 256),
+            ranges: Vec::with_capacity(events.len()),
+        };
+        for ev in &events {
+            let start = r.arena.len();
+            if let Event::Message(m) = ev {
+                imreport_domain::message::encode_record_ahead(m, &app.key, &mut r.arena);
+            }
+            r.ranges.push((start, r.arena.len()));
+        }
+        crate::Prepared {
+            events,
+            records: Some(r),
+        }
+    }
+
+    async fn ingest_prepared(&self, app: &App, batch: crate::Prepared) -> Result<IngestOutcome> {
+        self.writer
+            .ingest(app.clone(), batch.events, batch.records)
+            .await
     }
 
     async fn page(&self, app: &App, scope: &Scope, req: PageRequest) -> Result<Page> {

@@ -11,6 +11,7 @@ impl Writer {
         g: &mut Group,
         app: &App,
         m: &mut Message,
+        ahead: Option<&[u8]>,
     ) -> Result<Option<bool>> {
         let inner = self.inner.clone();
         let day = inner.pday(m.msg_ctime);
@@ -63,7 +64,10 @@ impl Writer {
         };
         if format >= Format::Runs {
             let start = g.arena.len();
-            encode_record(m, &app.key, g.seq, &mut g.arena);
+            match ahead {
+                Some(rec) => sequence_record(rec, g.seq, &mut g.arena),
+                None => encode_record(m, &app.key, g.seq, &mut g.arena),
+            }
             g.records
                 .entry((day, app.id))
                 .or_default()

@@ -14,14 +14,14 @@ mod syncer;
 use super::recent_ids::RecentIds;
 use super::spares::Ahead;
 use super::{Format, Inner, Partition, keys};
-use crate::{IngestOutcome, Result, StoreError};
+use crate::{IngestOutcome, Records, Result, StoreError};
 use counters::{Counters, DayCounters};
 use fjall::{Keyspace, OwnedWriteBatch, PersistMode, Slice};
 use imreport_domain::Millis;
 use imreport_domain::app::App;
 use imreport_domain::event::{Event, check_msgids_assignable};
 use imreport_domain::lifecycle::{apply_lifecycle, decode_history, encode_history};
-use imreport_domain::message::{Message, encode_record};
+use imreport_domain::message::{Message, encode_record, sequence_record};
 use imreport_domain::rollup::{
     DayStats, Mark, MessageRollup, MsgCounts, Presence, decode_counts, encode_counts, login_mark,
 };
@@ -57,6 +57,8 @@ pub(crate) enum Job {
     Ingest {
         app: App,
         events: Vec<Event>,
+        /// Their records, when encoded ahead ([`crate::Store::prepare`]).
+        records: Option<Records>,
         reply: oneshot::Sender<Result<IngestOutcome>>,
     },
     Retention {
@@ -201,9 +203,20 @@ impl Handle {
         }
     }
 
-    pub(crate) async fn ingest(&self, app: App, events: Vec<Event>) -> Result<IngestOutcome> {
+    pub(crate) async fn ingest(
+        &self,
+        app: App,
+        events: Vec<Event>,
+        records: Option<Records>,
+    ) -> Result<IngestOutcome> {
         let (reply, rx) = oneshot::channel();
-        self.send(Job::Ingest { app, events, reply }, rx).await
+        let job = Job::Ingest {
+            app,
+            events,
+            records,
+            reply,
+        };
+        self.send(job, rx).await
     }
 
     pub(crate) async fn retention(&self) -> Result<usize> {
@@ -272,7 +285,9 @@ type ScopeKey = smallvec::SmallVec<[u8; 32]>;
 /// Civil days of presence keys kept in memory, counting back from the newest.
 const PRESENT_DAYS: i64 = 2;
 
-type IngestJob = (App, Vec<Event>, oneshot::Sender<Result<IngestOutcome>>);
+/// A batch: its app, events and their records if encoded ahead.
+type Batch = (App, Vec<Event>, Option<Records>);
+type IngestJob = (Batch, oneshot::Sender<Result<IngestOutcome>>);
 
 /// What [`Writer::stage_tallies`] staged: tallies written (day, key, value), and the logs
 /// written and folded (day, app).
@@ -360,18 +375,28 @@ impl Writer {
                 Job::Stall(until) => {
                     let _ = until.recv();
                 }
-                Job::Ingest { app, events, reply } => {
+                Job::Ingest {
+                    app,
+                    events,
+                    records,
+                    reply,
+                } => {
                     let mut size = events.len();
-                    let mut group: Vec<IngestJob> = vec![(app, events, reply)];
+                    let mut group: Vec<IngestJob> = vec![((app, events, records), reply)];
                     while size < MAX_GROUP_EVENTS {
                         let next = rx.try_recv();
                         if next.is_ok() {
                             metrics::gauge!("imreport_writer_queue_depth").decrement(1.0);
                         }
                         match next {
-                            Ok(Job::Ingest { app, events, reply }) => {
+                            Ok(Job::Ingest {
+                                app,
+                                events,
+                                records,
+                                reply,
+                            }) => {
                                 size += events.len();
-                                group.push((app, events, reply));
+                                group.push(((app, events, records), reply));
                             }
                             Ok(other) => {
                                 carry = Some(other);
@@ -499,8 +524,7 @@ impl Writer {
     }
 
     fn commit_group(&mut self, group: Vec<IngestJob>) {
-        let (jobs, replies): (Vec<_>, Vec<_>) =
-            group.into_iter().map(|(a, e, r)| ((a, e), r)).unzip();
+        let (jobs, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
         if self.sync_failed.swap(false, Ordering::Relaxed) {
             self.forget();
         }
@@ -585,8 +609,8 @@ impl Writer {
     /// writer.
     fn write(
         &mut self,
-        jobs: Vec<(App, Vec<Event>)>,
-        spent: &mut Vec<Vec<Event>>,
+        jobs: Vec<Batch>,
+        spent: &mut Vec<(Vec<Event>, Option<Records>)>,
     ) -> Result<Vec<Result<IngestOutcome>>> {
         let inner = self.inner.clone();
         inner.check_free_space()?;
@@ -618,7 +642,7 @@ impl Writer {
             rec: Vec::with_capacity(512),
         };
         let mut outcomes = Vec::with_capacity(jobs.len());
-        for (app, mut events) in jobs {
+        for (app, mut events, records) in jobs {
             let next = self.next_id(&g, app.id)?;
             let kept = events.iter().filter_map(|ev| match ev {
                 Event::Message(m) if inner.pday(m.msg_ctime) >= g.horizon => Some(m),
@@ -626,13 +650,19 @@ impl Writer {
             });
             if let Err(e) = check_msgids_assignable(next, kept) {
                 outcomes.push(Err(StoreError::Invalid(e)));
-                spent.push(events);
+                spent.push((events, records));
                 continue;
             }
             let mut out = IngestOutcome::default();
-            for ev in &mut events {
+            for (i, ev) in events.iter_mut().enumerate() {
                 let changed = match ev {
-                    Event::Message(m) => self.message(&mut g, &app, m)?,
+                    Event::Message(m) => {
+                        let ahead = records.as_ref().map(|r| {
+                            let (start, end) = r.ranges[i];
+                            &r.arena[start..end]
+                        });
+                        self.message(&mut g, &app, m, ahead)?
+                    }
                     Event::UserLogin { username, time } => {
                         if inner.pday(*time) < g.horizon {
                             None
@@ -656,7 +686,7 @@ impl Writer {
                 }
             }
             outcomes.push(Ok(out));
-            spent.push(events);
+            spent.push((events, records));
         }
         self.flush(g)?;
         Ok(outcomes)

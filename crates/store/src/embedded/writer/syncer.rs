@@ -7,7 +7,7 @@ pub(super) struct Durable {
     pub(super) replies: Vec<(oneshot::Sender<Result<IngestOutcome>>, IngestOutcome)>,
     /// Freed here rather than on the writer, ingest's one serial stage: a group's messages own
     /// a dozen strings each, and freeing them was ~5% of the writer's time (bench/LIMITS.md).
-    pub(super) spent: Vec<Vec<Event>>,
+    pub(super) spent: Vec<(Vec<Event>, Option<Records>)>,
 }
 
 /// Starts the thread that makes committed groups durable and only then answers them: one fsync
