@@ -111,11 +111,19 @@ impl Writer {
             g.hours.entry((app.id, r.hour)).or_default(),
             g.days.entry((app.id, r.day)).or_default(),
         );
+        // A sender already in the day's set is among its active users too (a message marks
+        // both, the sender first, and a stored sender implies the other): its second lookup,
+        // in a set of the day's every member, was ~3% of the writer's time.
+        let mut known_sender = false;
         for mark in r.marks() {
+            if known_sender && mark.set == Presence::ActiveUser {
+                continue;
+            }
             if mark.set.tallied() {
                 tally(g, app.id, mark);
             }
-            self.mark(g, app.id, mark)?;
+            let added = self.mark(g, app.id, mark)?;
+            known_sender = mark.set == Presence::Sender && !added;
         }
         Ok(Some(true))
     }
