@@ -22,7 +22,9 @@ fn hex4(b: &[u8]) -> u32 {
 pub fn compact_body(s: &str) -> Result<String, &'static str> {
     const LONE: &str = "holds an escaped UTF-16 surrogate without its pair (such as \\ud800), which is not Unicode text; send valid UTF-8 or paired escapes";
     let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
+    // Spans of `s` between removed bytes: each cut is at an ASCII byte, so at a character
+    // boundary, and the result needs no second UTF-8 check (that was 1% of ingest's CPU).
+    let mut out = String::with_capacity(b.len());
     let (mut i, mut from, mut depth) = (0, 0, 0usize);
     while i < b.len() {
         match b[i] {
@@ -63,13 +65,13 @@ pub fn compact_body(s: &str) -> Result<String, &'static str> {
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
             b' ' | b'\n' | b'\r' | b'\t' => {
-                out.extend_from_slice(&b[from..i]);
+                out.push_str(&s[from..i]);
                 from = i + 1;
             }
             _ => {}
         }
         i += 1;
     }
-    out.extend_from_slice(&b[from..]);
-    Ok(String::from_utf8(out).expect("only ASCII bytes between UTF-8 characters were removed"))
+    out.push_str(&s[from..]);
+    Ok(out)
 }
