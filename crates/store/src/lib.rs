@@ -236,16 +236,8 @@ pub struct Prepared {
     pub(crate) records: Option<Records>,
 }
 
-impl Prepared {
-    /// The batch's events.
-    pub fn events(&self) -> &[Event] {
-        &self.events
-    }
-}
-
 /// Messages' records encoded ahead ([`imreport_domain::message::encode_record_ahead`]): by
 /// event index, where each lies in `arena` (empty for the other events).
-#[derive(Default)]
 pub(crate) struct Records {
     pub(crate) arena: Vec<u8>,
     pub(crate) ranges: Vec<(usize, usize)>,
