@@ -321,6 +321,74 @@ async fn a_quiet_day_partition_is_merged_and_its_old_tables_deleted() {
     assert_eq!(page.count, 3);
 }
 
+/// Flushes write uncompressed tables (`day_options`), so a day that goes quiet is merged
+/// even with one table, after its last flush (the one the idle writer seals included): its
+/// tables end compressed, nothing but the merge's tombstone left in level 0.
+#[tokio::test]
+async fn a_quiet_day_ends_compressed_after_its_last_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EmbeddedConfig {
+        tidy_after: std::time::Duration::from_secs(1),
+        ..test_config()
+    };
+    let (store, app) = store_with_app(dir.path(), config).await;
+    let text = "see you at the office tomorrow ".repeat(8);
+    let lines: Vec<String> = (1..=2000)
+        .map(|id| {
+            message(id, "a", "g1").replace(
+                r#""msg_body":{}"#,
+                &format!(r#""msg_body":{{"text":"{text}"}}"#),
+            )
+        })
+        .collect();
+    assert_eq!(ingest(&store, &app, &lines).await.accepted, 2000);
+    let part = {
+        let days = store.inner.days.read().unwrap();
+        days.values().next().unwrap().clone()
+    };
+    // Left alone past `IDLE_FLUSH`: the writer seals its memtables without waiting for them.
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let raw: usize = part
+        .records
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.into_inner().unwrap();
+            k.len() + v.len()
+        })
+        .sum();
+    // Merged: compressed, with nothing but the tombstone's flush left in level 0.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let merged = || {
+        part.records.disk_space() as usize * 3 < raw
+            && part
+                .keyspaces()
+                .iter()
+                .all(|ks| ks.l0_table_count() <= 1 && ks.sealed_memtable_count() == 0)
+    };
+    while !merged() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never merged compressed: the records take {} bytes on disk for {raw} bytes of keys and values",
+            part.records.disk_space()
+        );
+        drop(store.stall_writer()); // wakes the writer, which hands the day over
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let range = imreport_domain::time::TimeRange {
+        begin: T0 - 10_000,
+        end: T0 + 10_000,
+    };
+    let request = PageRequest {
+        range,
+        count: 100,
+        after: None,
+        snapshot: Default::default(),
+        total: 0,
+    };
+    let page = store.page(&app, &Scope::App, request).await.unwrap();
+    assert_eq!(page.total, 2000);
+}
+
 async fn reopen(dir: &Path, config: EmbeddedConfig) -> EmbeddedStore {
     loop {
         match EmbeddedStore::open(dir, config.clone()) {

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{
     Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
 };
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use syncer::{Durable, spawn_syncer};
 use tokio::sync::oneshot;
 
@@ -128,13 +128,8 @@ impl Handle {
         let long_ago = Instant::now()
             .checked_sub(inner.config.tidy_after)
             .unwrap_or_else(Instant::now);
-        let written = inner
-            .days
-            .read()
-            .expect("lock")
-            .keys()
-            .map(|d| (*d, long_ago))
-            .collect();
+        let found: HashSet<i64> = inner.days.read().expect("lock").keys().copied().collect();
+        let written = found.iter().map(|d| (*d, long_ago)).collect();
         let ahead = super::spares::spawn(inner.clone())?;
         let sync_failed = Arc::new(AtomicBool::new(false));
         let sync = spawn_syncer(inner.clone(), sync_failed.clone())?;
@@ -150,6 +145,7 @@ impl Handle {
             tidy,
             ahead,
             written,
+            found,
             last_tidy: Instant::now(),
             seq,
             next_ids: HashMap::default(),
@@ -245,6 +241,9 @@ struct Writer {
     ahead: std::sync::mpsc::Sender<Ahead>,
     /// When each day partition was last written, until it is handed to `tidy`.
     written: HashMap<i64, Instant>,
+    /// The days found at the start and not written since: merged only if their level 0 holds
+    /// more than one table (a merged day keeps one, its `TIDY` tombstone's).
+    found: HashSet<i64>,
     last_tidy: Instant,
     /// Last committed sequence.
     seq: u64,
@@ -411,11 +410,13 @@ impl Writer {
         }
     }
 
-    /// Hands the day partitions unwritten for `tidy_after` with more than one level-0 table to
-    /// the tidy thread (checked at most once per `tidy_after`; each day once per spell of
-    /// writes). Day partitions let 16 tables gather in level 0 before merging (cheap writes),
-    /// and a point read checks every one of them; once a day goes quiet (live traffic moves on
-    /// to the next day, or a bulk load ends) one merge makes its reads cheap for good.
+    /// Hands the day partitions unwritten for `tidy_after` to the tidy thread (checked at most
+    /// once per `tidy_after`; each day once per spell of writes). Day partitions let 16 tables
+    /// gather in level 0 before merging (cheap writes), and a point read checks every one of
+    /// them; once a day goes quiet (live traffic moves on to the next day, or a bulk load ends)
+    /// one merge makes its reads cheap for good, and compresses what its flushes left
+    /// uncompressed (see `day_options`). A day found at the start is merged only if more than
+    /// one table is in its level 0: merging every day at each start would rewrite the store.
     fn tidy(&mut self) {
         let quiet_for = self.inner.config.tidy_after;
         if self.last_tidy.elapsed() < quiet_for {
@@ -432,11 +433,12 @@ impl Writer {
         quiet.sort_unstable_by(|a, b| b.cmp(a));
         for day in quiet {
             self.written.remove(&day);
+            let found = self.found.remove(&day);
             // Its writes have moved on; late ones can afford a read (or none, if its sketch
             // says the scope stays quiet).
             self.counters.drop_day(day, self.inner.config.busy_hour);
             if let Some(p) = self.inner.day(day)
-                && p.keyspaces().iter().any(|ks| ks.l0_table_count() > 1)
+                && (!found || p.keyspaces().iter().any(|ks| ks.l0_table_count() > 1))
             {
                 let _ = self.tidy.send((day, p));
             }
@@ -693,10 +695,17 @@ impl Writer {
     }
 }
 
-/// Merges a day partition into one level and frees the tables it replaced. fjall deletes those
-/// at the partition's next flush or compaction after the merge, which a quiet partition would
-/// not have: a tombstone for a key no reader asks for, flushed, is that next flush.
+/// Merges a day partition into one level and frees the tables it replaced. Its memtables are
+/// flushed first, those the writer sealed when it went idle included (fjall's
+/// `rotate_memtable_and_wait` waits only when it seals one itself): a flush landing after the
+/// merge would stay in level 0, uncompressed. fjall deletes the replaced tables at the
+/// partition's next flush or compaction after the merge, which a quiet partition would not
+/// have: a tombstone for a key no reader asks for, flushed, is that next flush.
 fn merge(ks: &Keyspace) -> fjall::Result<()> {
+    ks.rotate_memtable()?;
+    while ks.sealed_memtable_count() > 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     ks.major_compact()?;
     ks.remove(keys::TIDY)?;
     ks.rotate_memtable_and_wait()
