@@ -374,19 +374,10 @@ async fn a_quiet_day_ends_compressed_after_its_last_flush() {
         drop(store.stall_writer()); // wakes the writer, which hands the day over
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let range = imreport_domain::time::TimeRange {
-        begin: T0 - 10_000,
-        end: T0 + 10_000,
-    };
-    let request = PageRequest {
-        range,
-        count: 100,
-        after: None,
-        snapshot: Default::default(),
-        total: 0,
-    };
-    let page = store.page(&app, &Scope::App, request).await.unwrap();
-    assert_eq!(page.total, 2000);
+    assert_eq!(
+        app_total(&store, &app, T0 - 10_000, T0 + 10_000).await,
+        2000
+    );
 }
 
 async fn reopen(dir: &Path, config: EmbeddedConfig) -> EmbeddedStore {

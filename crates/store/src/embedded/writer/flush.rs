@@ -200,8 +200,13 @@ impl Writer {
         }
         let now = Instant::now();
         for day in g.partitions.keys() {
-            self.written.insert(*day, now);
-            self.found.remove(day);
+            self.written.insert(
+                *day,
+                Written {
+                    at: now,
+                    found: false,
+                },
+            );
         }
         self.next_ids.extend(g.next_ids);
         let mut by_app: HashMap<u32, Vec<u64>> = HashMap::default();

@@ -128,8 +128,21 @@ impl Handle {
         let long_ago = Instant::now()
             .checked_sub(inner.config.tidy_after)
             .unwrap_or_else(Instant::now);
-        let found: HashSet<i64> = inner.days.read().expect("lock").keys().copied().collect();
-        let written = found.iter().map(|d| (*d, long_ago)).collect();
+        let written = inner
+            .days
+            .read()
+            .expect("lock")
+            .keys()
+            .map(|d| {
+                (
+                    *d,
+                    Written {
+                        at: long_ago,
+                        found: true,
+                    },
+                )
+            })
+            .collect();
         let ahead = super::spares::spawn(inner.clone())?;
         let sync_failed = Arc::new(AtomicBool::new(false));
         let sync = spawn_syncer(inner.clone(), sync_failed.clone())?;
@@ -145,7 +158,6 @@ impl Handle {
             tidy,
             ahead,
             written,
-            found,
             last_tidy: Instant::now(),
             seq,
             next_ids: HashMap::default(),
@@ -228,6 +240,15 @@ impl Handle {
     }
 }
 
+/// A day partition's last write, for `Writer::tidy`.
+#[derive(Clone, Copy)]
+struct Written {
+    at: Instant,
+    /// Found at the start and not written since: merged only if its level 0 holds more than
+    /// one table (a merged day keeps one, its `TIDY` tombstone's).
+    found: bool,
+}
+
 struct Writer {
     inner: Arc<Inner>,
     health: Arc<Health>,
@@ -240,10 +261,7 @@ struct Writer {
     /// Keyspaces for the spare thread to make before they are needed.
     ahead: std::sync::mpsc::Sender<Ahead>,
     /// When each day partition was last written, until it is handed to `tidy`.
-    written: HashMap<i64, Instant>,
-    /// The days found at the start and not written since: merged only if their level 0 holds
-    /// more than one table (a merged day keeps one, its `TIDY` tombstone's).
-    found: HashSet<i64>,
+    written: HashMap<i64, Written>,
     last_tidy: Instant,
     /// Last committed sequence.
     seq: u64,
@@ -423,17 +441,16 @@ impl Writer {
             return;
         }
         self.last_tidy = Instant::now();
-        let mut quiet: Vec<i64> = self
+        let mut quiet: Vec<(i64, bool)> = self
             .written
             .iter()
-            .filter(|(_, t)| t.elapsed() >= quiet_for)
-            .map(|(d, _)| *d)
+            .filter(|(_, w)| w.at.elapsed() >= quiet_for)
+            .map(|(d, w)| (*d, w.found))
             .collect();
         // Newest first: recent days are the ones read most.
-        quiet.sort_unstable_by(|a, b| b.cmp(a));
-        for day in quiet {
+        quiet.sort_unstable_by_key(|(day, _)| std::cmp::Reverse(*day));
+        for (day, found) in quiet {
             self.written.remove(&day);
-            let found = self.found.remove(&day);
             // Its writes have moved on; late ones can afford a read (or none, if its sketch
             // says the scope stays quiet).
             self.counters.drop_day(day, self.inner.config.busy_hour);
