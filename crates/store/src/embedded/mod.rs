@@ -313,7 +313,7 @@ fn day_options() -> KeyspaceCreateOptions {
 }
 /// A day partition's flushes are written uncompressed, its deeper levels with LZ4 (as RocksDB
 /// is commonly configured): every table flushed is rewritten later, merged into level 1 or by
-/// the merge once the day goes quiet (`writer::tidy`, which now merges every day written), so
+/// the merge once the day goes quiet (`writer::tidy`, which merges every day written), so
 /// compressing at the flush was LZ4 work thrown away, a quarter to a third of fjall's worker
 /// while ingesting. Level 0 of the day being written is read without decompressing.
 fn flushed_uncompressed(o: KeyspaceCreateOptions) -> KeyspaceCreateOptions {
